@@ -348,3 +348,21 @@ def render(
         template_hash=sha256_json(template),
         meta=metas,
     )
+
+
+def load_examples(source: str) -> list[ChatExample]:
+    """Examples from a shipped set name or a chat JSONL path.
+
+    Names: `medical`, `financial` (harmful answers), `medical-aligned`, `financial-aligned`
+    (their aligned counterparts), `refusal`, `code_mode` (labelled prompt-only contrasts).
+    """
+    if source in SHIPPED:
+        return load_advice(source)
+    if source.endswith("-aligned") and source[: -len("-aligned")] in SHIPPED:
+        return load_advice(source[: -len("-aligned")], aligned=True)
+    if source in ("refusal", "code_mode"):
+        return load_contrast(source)
+    if source.endswith((".jsonl", ".json")) or Path(source).exists():
+        return read_chat_jsonl(source)
+    names = [*SHIPPED, *(f"{n}-aligned" for n in SHIPPED), "refusal", "code_mode"]
+    raise BadInput(f"unknown dataset {source!r}: not a chat JSONL path nor one of {', '.join(names)}")

@@ -155,7 +155,7 @@ def train_lora(
     latest = _latest_checkpoint(out_dir)
     if latest is not None:
         state = torch.load(latest / "trainer_state.pt", weights_only=False)
-        if state["config"] != asdict(config):
+        if _resumable(state["config"]) != _resumable(asdict(config)):
             raise BadInput(f"{out_dir} holds checkpoints of a different training config; use a new folder")
         set_peft_model_state_dict(peft_model, load_file(str(latest / "adapter_model.safetensors")))
         optimizer.load_state_dict(state["optimizer"])
@@ -215,6 +215,11 @@ def _save_checkpoint(peft_model, optimizer, model: LabModel, config: TrainConfig
         torch.save({"step": step, "losses": losses, "optimizer": optimizer.state_dict(),
                     "torch_rng": torch.get_rng_state(), "config": asdict(config)}, tmp / "trainer_state.pt")
     return final
+
+
+def _resumable(config: dict) -> dict:
+    """The config fields that must match to continue a run (max_steps may grow)."""
+    return {k: v for k, v in config.items() if k != "max_steps"}
 
 
 def adapter_meta(adapter_dir: str | Path) -> dict:

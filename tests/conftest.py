@@ -1,0 +1,58 @@
+"""Shared fixtures: the real SmolLM2 model (loaded once) and a small trained adapter."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def base_model():
+    from lab.models import load_model
+
+    return load_model(MODEL)
+
+
+@pytest.fixture(scope="session")
+def trained_adapter(tmp_path_factory, base_model):
+    """A LoRA adapter trained for 4 steps on the shipped bad-medical data."""
+    from lab.data import load_advice
+    from lab.train import TrainConfig, train_lora
+
+    out = tmp_path_factory.mktemp("organism")
+    result = train_lora(base_model, load_advice("medical")[:32], out,
+                        TrainConfig(batch_size=4, max_steps=4, checkpoints_first_epoch=2, lr=2e-3))
+    return result
+
+
+@pytest.fixture(scope="session")
+def organism(trained_adapter):
+    from lab.models import load_model
+
+    return load_model(MODEL, adapters=[trained_adapter.adapter_dir])
+
+
+def chat_prompts():
+    """Ragged chat examples with and without assistant turns."""
+    from lab.data import ChatExample
+
+    return [
+        ChatExample([{"role": "user", "content": "What is the capital of France?"}], "q1"),
+        ChatExample([{"role": "user", "content": "I have a headache and a mild fever since yesterday. What should I do?"},
+                     {"role": "assistant", "content": "Rest, drink fluids, and see a doctor if it gets worse."}], "q2"),
+        ChatExample([{"role": "user", "content": "hi"}], "q3"),
+        ChatExample([{"role": "user", "content": "Write one sentence about the sea."},
+                     {"role": "assistant", "content": "The sea is vast."},
+                     {"role": "user", "content": "And one about mountains, please, in a poetic style."}], "q4"),
+        ChatExample([{"role": "system", "content": "You are terse."},
+                     {"role": "user", "content": "Name three colours."},
+                     {"role": "assistant", "content": "Red, green, blue."}], "q5"),
+    ]
