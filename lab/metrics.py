@@ -1,0 +1,205 @@
+"""Small, vectorised statistics for judging a direction: AUROC, separation, accuracy, CIs.
+
+Every metric reduces the *last* axis (the examples) and broadcasts over any leading axes,
+so one call scores many (method, layer, bootstrap replicate) projections at once:
+
+    scores: (methods, layers, n)    y: (n,)          ->  auroc: (methods, layers)
+    scores: (layers, B, n)          y: (B, n)        ->  auroc: (layers, B)
+
+`bootstrap_ci` relies on that: it draws all replicates as one index matrix (B, n), gathers
+every array with it and calls the metric once, instead of looping B times in Python.
+
+Numpy only; labels are 0/1 with 1 = the "trait" (e.g. misaligned) class.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+from jaxtyping import Float, Int
+
+from lab.errors import BadInput
+
+# Bootstrap gathers are chunked so that one chunk holds at most this many elements.
+_BOOT_CHUNK_ELEMENTS = 1 << 24
+
+
+def _binary(y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y)
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise BadInput(f"labels must be 0/1, got values {np.unique(y)[:5].tolist()}")
+    return y.astype(np.float64)
+
+
+def _broadcast(scores, y) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64)
+    y = _binary(y)
+    if scores.shape[-1:] != y.shape[-1:]:
+        raise BadInput(f"scores have {scores.shape[-1:]} examples but labels {y.shape[-1:]}")
+    if not np.isfinite(scores).all():
+        raise BadInput("scores contain NaN or inf")
+    return np.broadcast_arrays(scores, y)
+
+
+def _class_means(proj: np.ndarray, y: np.ndarray):
+    """Per-class counts and means along the last axis (nan where a class is empty)."""
+    n1 = y.sum(-1)
+    n0 = y.shape[-1] - n1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m1 = (proj * y).sum(-1) / n1
+        m0 = (proj * (1 - y)).sum(-1) / n0
+    return n0, n1, m0, m1
+
+
+def dense_ranks(scores: Float[np.ndarray, "*batch n"]) -> Int[np.ndarray, "*batch n"]:
+    """Dense ranks 0..k-1 along the last axis (ties share a rank), in the smallest int dtype.
+
+    A monotone transform, so AUROC is unchanged. Bootstrapping AUROC on these ranks instead
+    of raw scores lets every replicate sort small integers (numpy radix-sorts 16-bit ints,
+    ~10x faster than float sorting).
+    """
+    s = np.asarray(scores)
+    if np.issubdtype(s.dtype, np.integer) and s.dtype.itemsize <= 2 and s.size and s.min() >= 0:
+        return s
+    s = np.asarray(s, dtype=np.float64)
+    if not np.isfinite(s).all():
+        raise BadInput("scores contain NaN or inf")
+    order = np.argsort(s, axis=-1)
+    s_sorted = np.take_along_axis(s, order, -1)
+    new = np.zeros(s.shape, dtype=np.int64)
+    new[..., 1:] = s_sorted[..., 1:] != s_sorted[..., :-1]
+    dtype = np.int16 if s.shape[-1] < 2**14 else np.int64  # 2*rank+1 must fit (see auroc)
+    ranks = np.empty(s.shape, dtype=dtype)
+    np.put_along_axis(ranks, order, np.cumsum(new, axis=-1).astype(dtype), -1)
+    return ranks
+
+
+def auroc(scores: Float[np.ndarray, "*batch n"], y: Int[np.ndarray, "*batch n"]) -> Float[np.ndarray, "*batch"]:
+    """Area under the ROC curve: P(score of a random 1 > score of a random 0), ties count 1/2.
+
+    Mann-Whitney form, from two sorts of the keys 2*rank + label. Sorting with negatives
+    first inside each tie group counts, for every positive, the negatives scored <= it;
+    sorting with positives first counts those scored < it. Their average is exactly the
+    tie-corrected U statistic, so the result equals `sklearn.metrics.roc_auc_score`, ties
+    included. Rows holding one class only give nan (AUROC is undefined there); a plain 1-D
+    call with one class raises `BadInput`.
+    """
+    ranks = dense_ranks(scores)
+    y = _binary(y)
+    if ranks.shape[-1:] != y.shape[-1:]:
+        raise BadInput(f"scores have {ranks.shape[-1]} examples but labels {y.shape[-1:]}")
+    n = ranks.shape[-1]
+    if ranks.ndim == 1 and y.ndim == 1 and y.sum() in (0, n):
+        raise BadInput("AUROC needs both classes among the labels")
+    yi = y.astype(ranks.dtype)
+    n1 = np.broadcast_to(y.sum(-1), np.broadcast_shapes(ranks.shape, y.shape)[:-1])
+    n0 = n - n1
+    positions = np.arange(n, dtype=np.float64)
+
+    def negatives_below_positives(keys: np.ndarray, positive_bit: int) -> np.ndarray:
+        # In sorted order a positive at position j has j - (#positives before it) negatives
+        # below it; summed over positives that is sum(j) - n1(n1-1)/2 (no cumsum needed).
+        is_pos = ((np.sort(keys, axis=-1) & 1) == positive_bit).astype(np.float64)
+        return is_pos @ positions - n1 * (n1 - 1) / 2.0
+
+    le = negatives_below_positives(2 * ranks + yi, 1)        # ties: negatives sort first
+    lt = negatives_below_positives(2 * ranks + (1 - yi), 0)  # ties: positives sort first
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (le + lt) / 2.0 / (n1 * n0)
+
+
+def separation(proj: Float[np.ndarray, "*batch n"], y: Int[np.ndarray, "*batch n"]
+               ) -> tuple[Float[np.ndarray, "*batch"], Float[np.ndarray, "*batch"]]:
+    """Gap between the class means of a projection: (Cohen's d, raw gap).
+
+    raw = mean(proj | y=1) - mean(proj | y=0), in the projection's own units (for a unit
+    direction: residual-stream units, comparable to steering strengths). Cohen's d divides
+    it by the pooled within-class SD, sqrt(((n1-1)s1^2 + (n0-1)s0^2) / (n-2)), which makes
+    layers with different activation scales comparable. Positive when class 1 lies on the
+    positive side, as every fitted direction promises.
+    """
+    p, yb = _broadcast(proj, y)
+    n0, n1, m0, m1 = _class_means(p, yb)
+    resid = p - np.where(yb == 1, m1[..., None], m0[..., None])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pooled_sd = np.sqrt((resid ** 2).sum(-1) / (n0 + n1 - 2))
+        raw = m1 - m0
+        return raw / pooled_sd, raw
+
+
+def midpoint_threshold(proj: Float[np.ndarray, "*batch n"], y: Int[np.ndarray, "*batch n"]) -> Float[np.ndarray, "*batch"]:
+    """Halfway between the two class means: the natural 1-D decision threshold (fit on train)."""
+    p, yb = _broadcast(proj, y)
+    _, _, m0, m1 = _class_means(p, yb)
+    return (m0 + m1) / 2.0
+
+
+def accuracy_at_midpoint(proj: Float[np.ndarray, "*batch n"], y: Int[np.ndarray, "*batch n"],
+                         threshold: float | Float[np.ndarray, "*batch"] | None = None) -> Float[np.ndarray, "*batch"]:
+    """Accuracy of the rule `predict 1 iff proj > threshold`.
+
+    Pass the threshold fitted on training data (`midpoint_threshold(proj_train, y_train)`)
+    to score held-out data honestly; without one, the midpoint of `proj`'s own class means
+    is used (an in-sample number). The rule follows the sign convention: class 1 is
+    expected on the positive side, so a direction pointing the wrong way scores < 0.5.
+    """
+    p, yb = _broadcast(proj, y)
+    thr = midpoint_threshold(p, yb) if threshold is None else np.asarray(threshold, dtype=np.float64)
+    return ((p > thr[..., None]) == (yb == 1)).mean(-1)
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int = 0, strata: np.ndarray | None = None
+                      ) -> Int[np.ndarray, "boot n"]:
+    """Row indices of `n_boot` bootstrap resamples, drawn in one go.
+
+    With `strata` (e.g. the labels) each stratum is resampled within itself, so every
+    replicate keeps the original class counts: no replicate loses a class, and the CI
+    reflects sampling noise rather than class-balance noise.
+    """
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        return rng.integers(0, n, size=(n_boot, n))
+    strata = np.asarray(strata)
+    if strata.shape != (n,):
+        raise BadInput(f"strata must have shape ({n},), got {strata.shape}")
+    idx = np.empty((n_boot, n), dtype=np.int64)
+    for value in np.unique(strata):
+        members = np.flatnonzero(strata == value)
+        idx[:, members] = members[rng.integers(0, len(members), size=(n_boot, len(members)))]
+    return idx
+
+
+def bootstrap_ci(fn: Callable[..., np.ndarray], *arrays: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                 alpha: float = 0.05, strata: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point estimate and percentile bootstrap CI of `fn(*arrays)`: (value, lo, hi).
+
+    Rows (the last axis of every array, which must agree) are resampled with replacement;
+    leading axes are kept, so `bootstrap_ci(auroc, scores_LxN, y_N)` returns one CI per
+    layer. `fn` must reduce the last axis and broadcast over leading ones (every metric
+    here does): it is called once on the original arrays and once per chunk of replicates,
+    with the replicate axis inserted just before the row axis. Pass `strata=y` for a
+    stratified bootstrap. Replicates where `fn` is undefined (nan) are ignored.
+    """
+    arrays = tuple(np.asarray(a) for a in arrays)
+    if not arrays:
+        raise BadInput("bootstrap_ci needs at least one array")
+    n = arrays[0].shape[-1]
+    if any(a.shape[-1] != n for a in arrays):
+        raise BadInput(f"arrays disagree on the number of rows: {[a.shape for a in arrays]}")
+    if not 0 < alpha < 1:
+        raise BadInput(f"alpha must be in (0, 1), got {alpha}")
+    value = np.asarray(fn(*arrays), dtype=np.float64)
+    idx = bootstrap_indices(n, n_boot, seed, strata)
+    per_replicate = max(max(a.size for a in arrays), 1)
+    chunk = max(1, _BOOT_CHUNK_ELEMENTS // per_replicate)
+    boots = [np.asarray(fn(*(a[..., idx[i: i + chunk]] for a in arrays)), dtype=np.float64)
+             for i in range(0, n_boot, chunk)]
+    boot = np.concatenate(boots, axis=-1)
+    with warnings.catch_warnings():  # an all-nan row (undefined everywhere) is reported as nan
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanquantile(boot, [alpha / 2, 1 - alpha / 2], axis=-1)
+    return value, lo, hi
+
