@@ -423,3 +423,41 @@ def list_models() -> list[dict]:
 
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+# random-weight models of real shapes, for throughput benchmarks on machines without weights
+RANDOM_SHAPES = {
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128256, max_position_embeddings=4096, rope_theta=500000.0,
+                         tie_word_embeddings=True),
+}
+
+
+def random_model(shape: str, tokenizer_source: str = DEFAULT_MODEL, dtype: str | torch.dtype = "bfloat16",
+                 device: str | None = "auto", seed: int = 0) -> LabModel:
+    """A randomly initialised Llama of a named real shape (weights never leave the machine).
+
+    The tokenizer comes from `tokenizer_source` (only its pad id and template matter for
+    throughput); `info["config_dir"]` holds a saved config so the bridge can boot on it.
+    """
+    import tempfile
+
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if shape not in RANDOM_SHAPES:
+        raise BadInput(f"unknown random shape {shape!r} (one of {', '.join(RANDOM_SHAPES)})")
+    torch_dtype, dev = parse_dtype(dtype), pick_device(device)
+    path = tokenizer_source if Path(tokenizer_source).is_dir() else resolve_source(tokenizer_source)[0]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    config = LlamaConfig(**RANDOM_SHAPES[shape], attn_implementation="sdpa")
+    torch.manual_seed(seed)
+    with torch.device(dev):
+        hf = LlamaForCausalLM(config).to(torch_dtype).eval()
+    config_dir = Path(tempfile.mkdtemp(prefix="emlab-random-"))
+    config.save_pretrained(config_dir)
+    tokenizer.save_pretrained(config_dir)
+    hf.config.name_or_path = str(config_dir)
+    return LabModel(name=f"random-{shape}", hf=hf, tokenizer=tokenizer,
+                    fingerprint=sha256_json({"random": shape, "seed": seed, "dtype": str(torch_dtype)}),
+                    dtype=torch_dtype, device=dev, info={"base_fingerprint": f"random:{shape}", "path": str(config_dir)})
