@@ -5,7 +5,7 @@ the activations of every real token (no padding) of every example, or, in `poole
 only the pooled per-example features. Everything downstream (directions, sweeps, pooling
 comparisons, transfer, reports) reads it instead of rerunning the model.
 
-File format (`<cache_dir>/<key[:20]>.h5`, format version 1)::
+File format (`<cache_dir>/<key[:20]>.h5`, format version 2)::
 
     attrs      format="emlab-activation-cache", version, key, complete, model_fingerprint,
                model_name, prompt_hash, system_prompt, hooks (JSON), storage_dtype, mode,
@@ -18,8 +18,8 @@ File format (`<cache_dir>/<key[:20]>.h5`, format version 1)::
                                      is row starts[i] + prompt_len[i] - 1
     ids, labels, sources, meta       per-example strings (meta is JSON)
     acts/<hook>            (n_tokens, d_model)   mode "tokens"
-    pooled/<hook>/<pool>   (n_examples, d_model) mode "pooled" (last, mean_prompt,
-                                                 mean_response, first_k)
+    pooled/<hook>          (n_examples, 4, d_model) mode "pooled": last, mean_prompt,
+                           mean_response, first_k; row pooled_rows[i] holds example i
 
 Storage dtypes: float32, float16, and bfloat16 kept as its raw 16 bits in uint16 datasets
 (HDF5 has no bf16 type) with `attrs["storage_dtype"] = "bfloat16"`; readers convert back.
@@ -57,7 +57,7 @@ from lab.hooks import attention, capture, left_pad, parse_hook, run_until_stop, 
 from lab.io import sha256_json
 
 FORMAT = "emlab-activation-cache"
-VERSION = 1
+VERSION = 2
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 MODES = ("tokens", "pooled")
 STORED_POOLINGS = ("last", "mean_prompt", "mean_response", "first_k")
@@ -117,71 +117,63 @@ def batch_plan(lengths: np.ndarray, batch_size: int, max_batch_tokens: int) -> l
     return batches
 
 
-def _to_storage(x: torch.Tensor, storage_dtype: str) -> np.ndarray:
-    if storage_dtype == "bfloat16":
-        return x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    return x.to(torch.float32 if storage_dtype == "float32" else torch.float16).numpy()
-
-
 def _from_storage(arr: np.ndarray, storage_dtype: str) -> np.ndarray:
     if storage_dtype == "bfloat16":
         return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16).float().numpy()
     return arr.astype(np.float32, copy=False)
 
 
-def pool_batch(acts: torch.Tensor, roles: torch.Tensor, mask: torch.Tensor, prompt_end: torch.Tensor,
-               first_k: int) -> dict[str, torch.Tensor]:
-    """Pooled features of a left-padded batch; position 0 (BOS) is never pooled.
+def pool_weights(roles: torch.Tensor, mask: torch.Tensor, prompt_end: torch.Tensor, first_k: int) -> torch.Tensor:
+    """Pooling as a matrix: (batch, 4, seq) weights, rows in `STORED_POOLINGS` order.
 
-    acts: (batch, seq, d); roles/mask: (batch, seq); prompt_end: (batch,) index of the last
-    prompt token in padded coordinates.
+    `weights @ acts` gives all four pooled features of a layer in one batched matmul. Position
+    0 (BOS, huge norm) is never pooled. roles/mask: (batch, seq); prompt_end: (batch,) index of
+    the last prompt token in padded coordinates.
     """
-    real_pos = (mask.cumsum(-1) - 1)
+    real_pos = mask.cumsum(-1) - 1
     not_bos = (real_pos > 0) & mask.bool()
     user = (roles == ROLE_CODE["user"]) & not_bos
     answer = (roles == ROLE_CODE["assistant"]) & not_bos
-    answer_rank = answer.cumsum(-1) - 1
-    first = answer & (answer_rank < first_k)
-
-    def masked_mean(m: torch.Tensor) -> torch.Tensor:
-        w = m.to(acts.dtype).unsqueeze(-1)
-        return (acts * w).sum(1) / w.sum(1).clamp(min=1)
-
-    rows = torch.arange(acts.shape[0], device=acts.device)
-    return {
-        "last": acts[rows, prompt_end],
-        "mean_prompt": masked_mean(user),
-        "mean_response": masked_mean(answer),
-        "first_k": masked_mean(first),
-    }
+    first = answer & (answer.cumsum(-1) <= first_k)
+    last = torch.zeros_like(mask, dtype=torch.bool)
+    last[torch.arange(mask.shape[0], device=mask.device), prompt_end] = True
+    w = torch.stack([last, user, answer, first], dim=1).float()
+    return w / w.sum(-1, keepdim=True).clamp(min=1)
 
 
 # --------------------------------------------------------------------------- writing
 
 
 class _Writer(threading.Thread):
-    """Background thread that writes host arrays into the open HDF5 file and commits."""
+    """Background thread: waits for a batch's host copy, writes it, commits, frees the slot."""
 
-    def __init__(self, h5: h5py.File, sidecar: Path, commit: Callable[[int], None]):
+    def __init__(self, h5: h5py.File, sidecar: Path, commit: Callable[[int], None], staging: "_Staging"):
         super().__init__(daemon=True)
-        self.h5, self.sidecar, self.commit = h5, sidecar, commit
-        self.inbox: queue.Queue = queue.Queue(maxsize=2)  # bounds host memory to ~2 batches
+        self.h5, self.sidecar, self.commit, self.staging = h5, sidecar, commit, staging
+        self.inbox: queue.Queue = queue.Queue()  # the staging ring bounds what can be queued
         self.error: BaseException | None = None
+        self.prefix = "acts" if h5.attrs["mode"] == "tokens" else "pooled"
 
     def run(self) -> None:
         while (item := self.inbox.get()) is not None:
-            if self.error is not None:
-                continue
-            batch_no, writes = item
+            batch_no, slot, event, target, n_rows = item
             try:
-                for dataset, selection, array in writes:
-                    self.h5[dataset][selection] = array
-                self.commit(batch_no + 1)
+                if self.error is None:
+                    if event is not None:
+                        event.synchronize()
+                    for hook, buf in slot.items():
+                        if hook != "__index__":
+                            array = buf[:n_rows].numpy()
+                            self.h5[f"{self.prefix}/{hook}"][target] = array.view(np.uint16) if array.dtype == np.int16 else array
+                    self.commit(batch_no + 1)
             except BaseException as exc:  # surfaced in the main thread
                 self.error = exc
+            finally:
+                self.staging.release(slot)
 
     def put(self, item: Any) -> None:
         if self.error is not None:
+            self.staging.release(item[1])
             raise self.error
         self.inbox.put(item)
 
@@ -220,13 +212,16 @@ def _create_file(path: Path, key: str, model: Any, prompts: PromptSet, request: 
     h5["ids"], h5["labels"] = _string_array(prompts.ids), _string_array(prompts.labels)
     h5["sources"] = _string_array(prompts.sources)
     h5["meta"] = _string_array([json.dumps(m, sort_keys=True) for m in prompts.meta])
+    h5["pooled_rows"] = np.argsort(np.concatenate(plan), kind="stable")  # example -> row, plan order
     np_dtype = STORAGE_DTYPES[request.storage_dtype]
-    shape_rows = n_tokens if request.mode == "tokens" else len(prompts)
     for hook in request.hooks:
-        names = [f"acts/{hook}"] if request.mode == "tokens" else [f"pooled/{hook}/{p}" for p in STORED_POOLINGS]
-        for name in names:
-            ds = h5.create_dataset(name, shape=(shape_rows, model.d_model), dtype=np_dtype)
-            ds[-1] = 0  # allocate the contiguous block now, so later writes never touch metadata
+        if request.mode == "tokens":
+            ds = h5.create_dataset(f"acts/{hook}", shape=(n_tokens, model.d_model), dtype=np_dtype)
+        else:
+            ds = h5.create_dataset(f"pooled/{hook}", shape=(len(prompts), len(STORED_POOLINGS), model.d_model),
+                                   dtype=np_dtype)
+            ds.attrs["poolings"] = json.dumps(STORED_POOLINGS)
+        ds[-1] = 0  # allocate the contiguous block now, so later writes never touch metadata
     h5.flush()
     return h5
 
@@ -313,6 +308,7 @@ def _fill(h5: h5py.File, model: Any, prompts: PromptSet, request: CacheRequest, 
     points = [parse_hook(h, model.n_layers) for h in request.hooks]
     fast = all(p is not None for p in points)
     starts = h5["starts"][:]
+    plan_row = np.cumsum([0] + [len(b) for b in plan])
 
     def commit(n_batches: int) -> None:
         h5.flush()
@@ -320,7 +316,9 @@ def _fill(h5: h5py.File, model: Any, prompts: PromptSet, request: CacheRequest, 
         tmp.write_text(json.dumps({"key": key, "batches": n_batches}))
         os.replace(tmp, sidecar)
 
-    writer = _Writer(h5, sidecar, commit)
+    max_rows = max(int(prompts.lengths[b].sum()) for b in plan) if request.mode == "tokens" else max(map(len, plan))
+    staging = _Staging(request, model, max_rows, slots=3)
+    writer = _Writer(h5, sidecar, commit, staging)
     writer.start()
     device, pad = model.device, model.tokenizer.pad_token_id
     try:
@@ -328,9 +326,17 @@ def _fill(h5: h5py.File, model: Any, prompts: PromptSet, request: CacheRequest, 
             idx = plan[b]
             ids, mask, positions = left_pad([torch.from_numpy(prompts.tokens[i]) for i in idx], pad)
             roles, _, _ = left_pad([torch.from_numpy(prompts.roles[i].astype(np.int64)) for i in idx], 0)
-            acts = _forward(model, ids.to(device), mask.to(device), positions.to(device), request, points, fast)
-            writes = _batch_writes(acts, mask.to(device), roles.to(device), idx, prompts, request, starts)
-            writer.put((b, writes))
+            slot = staging.acquire()  # blocks while the writer still owns every slot (bounded memory)
+            batch = _BatchSink(request, slot, mask.to(device), roles.to(device),
+                               torch.tensor([len(prompts.tokens[i]) - prompts.prompt_len[i] for i in idx]).to(device))
+            _forward(model, ids.to(device), batch.mask, positions.to(device), request, points, fast, batch.sink)
+            n_rows = batch.rows
+            if request.mode == "tokens":
+                row0 = int(starts[idx[0]])
+                target = np.s_[row0: row0 + n_rows]
+            else:
+                target = np.s_[int(plan_row[b]): int(plan_row[b]) + n_rows]
+            writer.put((b, slot, staging.ready_event(), target, n_rows))
             if on_batch:
                 on_batch(b + 1, len(plan), int(mask.sum()))
     finally:
@@ -340,38 +346,73 @@ def _fill(h5: h5py.File, model: Any, prompts: PromptSet, request: CacheRequest, 
         raise writer.error
 
 
-def _forward(model: Any, ids, mask, positions, request: CacheRequest, points, fast: bool) -> dict[str, torch.Tensor]:
-    captured: dict[str, torch.Tensor] = {}
+class _Staging:
+    """A ring of preallocated host buffers (pinned on CUDA), one set per in-flight batch.
+
+    Device activations are converted to the storage dtype on the device and copied into a
+    slot without blocking; the writer waits for the copy's event, writes, and frees the slot.
+    """
+
+    def __init__(self, request: CacheRequest, model: Any, max_rows: int, slots: int):
+        self.cuda = model.device.type == "cuda"
+        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.int16}[request.storage_dtype]
+        shape = (max_rows, model.d_model) if request.mode == "tokens" else (max_rows, len(STORED_POOLINGS), model.d_model)
+        self.slots = [{h: torch.empty(shape, dtype=dtype, pin_memory=self.cuda) for h in request.hooks}
+                      for _ in range(slots)]
+        self.free: queue.Queue = queue.Queue()
+        for i in range(slots):
+            self.free.put(i)
+
+    def acquire(self) -> dict[str, torch.Tensor]:
+        i = self.free.get()
+        self.slots[i]["__index__"] = i  # type: ignore[assignment]
+        return self.slots[i]
+
+    def release(self, slot: dict) -> None:
+        self.free.put(slot["__index__"])
+
+    def ready_event(self) -> Any:
+        if not self.cuda:
+            return None
+        event = torch.cuda.Event()
+        event.record()
+        return event
+
+
+def _storage_view(x: torch.Tensor, storage_dtype: str) -> torch.Tensor:
+    """Convert on the device, so only storage-sized bytes cross to the host."""
+    if storage_dtype == "bfloat16":
+        return x.to(torch.bfloat16).view(torch.int16)
+    return x.to(torch.float32 if storage_dtype == "float32" else torch.float16)
+
+
+class _BatchSink:
+    """Receives each hooked activation as its layer finishes and stages what is kept."""
+
+    def __init__(self, request: CacheRequest, slot: dict, mask, roles, answer_offset):
+        self.request, self.slot, self.mask, self.roles = request, slot, mask, roles
+        self.real = mask.bool()
+        self.rows = int(self.real.sum()) if request.mode == "tokens" else mask.shape[0]
+        if request.mode == "pooled":  # index of the last prompt token in padded coordinates
+            self.weights = pool_weights(roles, mask, mask.shape[1] - 1 - answer_offset, request.first_k)
+
+    def sink(self, name: str, x: torch.Tensor) -> None:
+        if self.request.mode == "tokens":
+            kept = x[self.real]
+        else:
+            kept = torch.bmm(self.weights.to(x.dtype), x)  # (batch, 4, d)
+        self.slot[name][: self.rows].copy_(_storage_view(kept, self.request.storage_dtype), non_blocking=True)
+
+
+def _forward(model: Any, ids, mask, positions, request: CacheRequest, points, fast: bool, sink: Callable) -> None:
     with torch.inference_mode():
         if fast:
-            with attention(model, request.attention), capture(model, points, captured.__setitem__):
+            with attention(model, request.attention), capture(model, points, sink):
                 run_until_stop(lambda: model.hf.model(input_ids=ids, attention_mask=mask, position_ids=positions))
         else:  # a hook only the TransformerLens bridge has
             _, cache = model.bridge.run_with_cache(ids, attention_mask=mask, names_filter=list(request.hooks))
-            captured = {h: cache[h] for h in request.hooks}
-    return captured
-
-
-def _batch_writes(acts: dict[str, torch.Tensor], mask, roles, idx: np.ndarray, prompts: PromptSet,
-                  request: CacheRequest, starts: np.ndarray) -> list[tuple[str, Any, np.ndarray]]:
-    """Host copies of one batch and where they go in the file."""
-    writes = []
-    real = mask.bool()
-    if request.mode == "tokens":
-        row0 = int(starts[idx[0]])
-        n = int(real.sum())
-        for hook, x in acts.items():
-            host = _to_storage(x[real].float().cpu(), request.storage_dtype)
-            writes.append((f"acts/{hook}", np.s_[row0: row0 + n], host))
-        return writes
-    seq = mask.shape[1]
-    prompt_end = torch.tensor([seq - len(prompts.tokens[i]) + prompts.prompt_len[i] - 1 for i in idx], device=mask.device)
-    order = np.argsort(idx)  # h5py fancy writes need increasing indices
-    for hook, x in acts.items():
-        for pooling, feats in pool_batch(x.float(), roles, mask, prompt_end, request.first_k).items():
-            host = _to_storage(feats.cpu(), request.storage_dtype)[order]
-            writes.append((f"pooled/{hook}/{pooling}", np.sort(idx).tolist(), host))
-    return writes
+            for h in request.hooks:
+                sink(h, cache[h])
 
 
 # --------------------------------------------------------------------------- reading
@@ -474,8 +515,10 @@ class ActivationCache:
                 raise BadInput(f"this pooled cache has {', '.join(STORED_POOLINGS)} "
                                f"(first_k with k={self.attrs['first_k']}, BOS excluded) only")
             with h5py.File(self.path, "r") as h5:
-                order = np.argsort(sel)
-                data = _from_storage(h5[f"pooled/{hook}/{pooling}"][np.sort(sel).tolist()], self.storage_dtype)
+                rows = h5["pooled_rows"][:][sel]
+                order = np.argsort(rows)
+                data = _from_storage(h5[f"pooled/{hook}"][rows[order].tolist(), STORED_POOLINGS.index(pooling)],
+                                     self.storage_dtype)
             out = np.empty_like(data)
             out[order] = data
             return _checked(out, self.d_model)

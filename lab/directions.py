@@ -32,9 +32,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -151,6 +152,16 @@ def probe(X: Features, y: Labels, *, seed: int = 0, C: float = 1.0, max_iter: in
     return _finish(w / sigma.squeeze(1), batched, "probe")
 
 
+class _NewtonStep(NamedTuple):
+    """A Newton direction and what the line search needs to evaluate the objective along it."""
+
+    delta: torch.Tensor    # (layer, params) step to add
+    f: torch.Tensor        # (layer, n) current margins (before the label sign)
+    df: torch.Tensor       # (layer, n) change of the margins per unit step
+    slope: torch.Tensor    # (layer,) directional derivative grad . delta (< 0 for descent)
+    norm_terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # |w|^2, w.dw, |dw|^2
+
+
 def _newton_logistic(Z: Float[torch.Tensor, "layer n d"], y: Float[torch.Tensor, " n"], C: float = 1.0,
                      max_iter: int = 50, tol: float = 1e-10
                      ) -> tuple[Float[torch.Tensor, "layer d"], Float[torch.Tensor, " layer"]]:
@@ -158,78 +169,91 @@ def _newton_logistic(Z: Float[torch.Tensor, "layer n d"], y: Float[torch.Tensor,
 
     Newton converges in ~10 iterations on this smooth, strongly convex objective, against
     hundreds of first-order steps. The step is solved in whichever space is smaller:
-
-    * primal (n > d): the (d+1, d+1) Hessian  C A^T D A + diag(1, .., 1, 0),  A = [Z, 1];
-    * dual (n <= d, typical for activations): the optimal w lies in the span of the rows,
-      w = Z^T a, so with the Gram matrix K = Z Z^T, margins f = K a + b and
-      |w|^2 = a^T K a, the Newton step solves the (n+1) system
-          [C D K + I   C D 1] [da]   [-(C g + a)]
-          [   1^T        0  ] [db] = [  -1^T a  ]
-      (g = p - y, D = diag(p(1-p))); it is nonsingular even though centring makes K
-      singular, and gives the same iterates as the primal step.
-
-    Each step is damped by Armijo backtracking tried at 12 step sizes at once (cheap: in
-    margin space the objective along the step is a 1-D function), so no layer overshoots.
+    `_primal_step` (n > d) or `_dual_step` (n <= d, the usual case for activations).
+    Each step is damped by Armijo backtracking tried at 12 step sizes at once (cheap: along
+    the step the objective is a 1-D function of the margins), so no layer overshoots.
     Stops when every layer's Newton decrement / 2 falls below `tol`.
     """
     L, n, d = Z.shape
     dual = n <= d
     if dual:
         K = Z @ Z.transpose(1, 2)
-        ones = torch.ones(L, n, 1, dtype=Z.dtype)
-        eye = torch.eye(n, dtype=Z.dtype)
-        params = torch.zeros(L, n + 1, dtype=Z.dtype)            # (a, b)
+        params = torch.zeros(L, n + 1, dtype=Z.dtype)   # (a, b) with w = Z^T a
     else:
         A = torch.cat([Z, torch.ones(L, n, 1, dtype=Z.dtype)], dim=-1)
-        penalty = torch.ones(d + 1, dtype=Z.dtype)
-        penalty[-1] = 0.0
-        params = torch.zeros(L, d + 1, dtype=Z.dtype)            # (w, b)
-    sign = 2 * y - 1
+        params = torch.zeros(L, d + 1, dtype=Z.dtype)   # (w, b)
+    sign = (2 * y - 1)[None, :, None]
     steps = 0.5 ** torch.arange(12, dtype=Z.dtype)
     for _ in range(max_iter):
-        if dual:
-            a, b = params[:, :-1], params[:, -1:]
-            Ka = torch.einsum("lij,lj->li", K, a)
-            f = Ka + b
-            p = torch.sigmoid(f)
-            Dg = (p * (1 - p)).unsqueeze(-1)
-            top = torch.cat([C * Dg * K + eye, C * Dg], dim=-1)
-            bottom = torch.cat([torch.ones(L, 1, n, dtype=Z.dtype), torch.zeros(L, 1, 1, dtype=Z.dtype)], dim=-1)
-            rhs = torch.cat([-(C * (p - y) + a), -a.sum(-1, keepdim=True)], dim=-1)
-            delta = torch.linalg.solve(torch.cat([top, bottom], dim=1), rhs)
-            da, db = delta[:, :-1], delta[:, -1:]
-            Kda = torch.einsum("lij,lj->li", K, da)
-            df = Kda + db                                         # margin change per unit step
-            # directional derivative of the objective: grad . delta (negative for descent)
-            slope = (C * (p - y) * df).sum(-1) + (a * Kda).sum(-1)
-            norm0, cross, quad = (a * Ka).sum(-1), (a * Kda).sum(-1), (da * Kda).sum(-1)  # |w + t dw|^2 terms
-        else:
-            f = torch.einsum("lnd,ld->ln", A, params)
-            p = torch.sigmoid(f)
-            grad = C * torch.einsum("lnd,ln->ld", A, p - y) + penalty * params
-            hess = C * (A * (p * (1 - p)).unsqueeze(-1)).transpose(1, 2) @ A + torch.diag(penalty)
-            delta = -torch.cholesky_solve(grad.unsqueeze(-1), torch.linalg.cholesky(hess)).squeeze(-1)
-            df = torch.einsum("lnd,ld->ln", A, delta)
-            slope = (grad * delta).sum(-1)
-            w, dw = params[:, :-1], delta[:, :-1]
-            norm0, cross, quad = (w * w).sum(-1), (w * dw).sum(-1), (dw * dw).sum(-1)
-        if (-slope / 2 < tol).all():
+        step = _dual_step(K, params, y, C) if dual else _primal_step(A, params, y, C)
+        if (-step.slope / 2 < tol).all():
             break
-        # objective at params + t * delta for every candidate t: a 1-D function of t, cheap
-        # from the margins f + t * df and the three terms of |w + t dw|^2
-        def along(t: torch.Tensor) -> torch.Tensor:
-            data = torch.nn.functional.softplus(-(f.unsqueeze(-1) + df.unsqueeze(-1) * t) * sign[None, :, None])
-            return C * data.sum(1) + 0.5 * (norm0[:, None] + 2 * t * cross[:, None] + t ** 2 * quad[:, None])
+        norm0, cross, quad = (x.unsqueeze(-1) for x in step.norm_terms)
+
+        def along(t: torch.Tensor) -> torch.Tensor:  # objective at params + t * delta
+            data = torch.nn.functional.softplus(-(step.f.unsqueeze(-1) + step.df.unsqueeze(-1) * t) * sign)
+            return C * data.sum(1) + 0.5 * (norm0 + 2 * t * cross + t ** 2 * quad)
 
         f0 = along(torch.zeros(1, dtype=Z.dtype))[:, 0]
-        ok = along(steps) <= f0.unsqueeze(-1) + 1e-4 * steps * slope.unsqueeze(-1)
+        ok = along(steps) <= f0.unsqueeze(-1) + 1e-4 * steps * step.slope.unsqueeze(-1)
         # largest step passing Armijo; if none does (round-off at the optimum), stay put
         first = torch.where(ok.any(-1), ok.to(torch.int64).argmax(-1), torch.full((L,), -1))
         t = torch.where(first >= 0, steps[first.clamp(min=0)], torch.zeros((), dtype=Z.dtype))
-        params = params + t.unsqueeze(-1) * delta
+        params = params + t.unsqueeze(-1) * step.delta
+    else:
+        warnings.warn(f"probe: Newton stopped after {max_iter} iterations before reaching tol={tol:g} "
+                      f"(largest decrement {float((-step.slope / 2).max()):.3g})", RuntimeWarning, stacklevel=3)
     if dual:
         return torch.einsum("lnd,ln->ld", Z, params[:, :-1]), params[:, -1]
     return params[:, :-1], params[:, -1]
+
+
+def _primal_step(A: Float[torch.Tensor, "layer n p"], params: Float[torch.Tensor, "layer p"],
+                 y: Float[torch.Tensor, " n"], C: float) -> _NewtonStep:
+    """Newton step from the (d+1, d+1) Hessian C A^T D A + diag(1, .., 1, 0), A = [Z, 1]."""
+    penalty = torch.ones(A.shape[-1], dtype=A.dtype)
+    penalty[-1] = 0.0  # the intercept is not penalised
+    f = torch.einsum("lnd,ld->ln", A, params)
+    p = torch.sigmoid(f)
+    grad = C * torch.einsum("lnd,ln->ld", A, p - y) + penalty * params
+    # the tiny ridge only guards Cholesky if every p(1-p) underflows; the gradient stays exact
+    hess = C * (A * (p * (1 - p)).unsqueeze(-1)).transpose(1, 2) @ A + torch.diag(penalty + 1e-10)
+    delta = -torch.cholesky_solve(grad.unsqueeze(-1), torch.linalg.cholesky(hess)).squeeze(-1)
+    w, dw = params[:, :-1], delta[:, :-1]
+    return _NewtonStep(delta, f, torch.einsum("lnd,ld->ln", A, delta), (grad * delta).sum(-1),
+                       ((w * w).sum(-1), (w * dw).sum(-1), (dw * dw).sum(-1)))
+
+
+def _dual_step(K: Float[torch.Tensor, "layer n n"], params: Float[torch.Tensor, "layer n+1"],
+               y: Float[torch.Tensor, " n"], C: float) -> _NewtonStep:
+    """Newton step in the span of the examples, for n <= d.
+
+    The optimal w lies in the row span of Z, w = Z^T a. With the Gram matrix K = Z Z^T the
+    margins are f = K a + b and |w|^2 = a^T K a, and the Newton step solves the (n+1) system
+        [C D K + I   C D 1] [da]   [-(C g + a)]
+        [   1^T        0  ] [db] = [  -1^T a  ]
+    (g = p - y, D = diag(p(1-p))). Multiplying its first row by K gives the primal Newton
+    equations, so the iterates are the primal ones; yet the matrix stays nonsingular when
+    K is singular (centred features always make it so), as the primal Hessian would not.
+    """
+    L, n = params.shape[0], params.shape[1] - 1
+    a, b = params[:, :-1], params[:, -1:]
+    Ka = torch.einsum("lij,lj->li", K, a)
+    f = Ka + b
+    p = torch.sigmoid(f)
+    CD = C * (p * (1 - p)).unsqueeze(-1)
+    system = torch.cat([
+        torch.cat([CD * K + torch.eye(n, dtype=K.dtype), CD], dim=-1),
+        torch.cat([torch.ones(L, 1, n, dtype=K.dtype), torch.zeros(L, 1, 1, dtype=K.dtype)], dim=-1),
+    ], dim=1)
+    rhs = torch.cat([-(C * (p - y) + a), -a.sum(-1, keepdim=True)], dim=-1)
+    delta = torch.linalg.solve(system, rhs)
+    da, db = delta[:, :-1], delta[:, -1:]
+    Kda = torch.einsum("lij,lj->li", K, da)
+    df = Kda + db
+    # grad . delta with grad_w = Z^T (C g + a), delta_w = Z^T da, grad_b = C sum(g)
+    slope = (C * (p - y) * df).sum(-1) + (a * Kda).sum(-1)
+    return _NewtonStep(delta, f, df, slope, ((a * Ka).sum(-1), (a * Kda).sum(-1), (da * Kda).sum(-1)))
 
 
 def pca(X: Features, y: Labels, *, seed: int = 0) -> Float[torch.Tensor, "*layer d"]:
@@ -315,12 +339,14 @@ def _top_eigenvalue(apply: Callable[[torch.Tensor], torch.Tensor], shape: tuple[
 def random(X: Features, y: Labels, *, seed: int = 0) -> Float[torch.Tensor, "*layer d"]:
     """Seeded Gaussian unit vector(s), independent of the data: the chance-level baseline.
 
-    Layer l of an (L, n, d) call gets row l of one (L, d) draw; the sign is arbitrary, so
-    its AUROC scatters around 0.5 on both sides.
+    Layer l of an (L, n, d) call gets the l-th of L successive (d,) draws from one
+    generator seeded with `seed`, so a 2-D call equals layer 0 of a batched one. The sign
+    is arbitrary, so its AUROC scatters around 0.5 on both sides.
     """
     Xt, _, batched = validate(X, y)
     g = torch.Generator().manual_seed(seed)
-    V = torch.randn(Xt.shape[0], Xt.shape[2], generator=g, dtype=torch.float64)
+    # one (d,) draw per layer: torch's (L, d) draw is ordered differently from L (d,) draws
+    V = torch.stack([torch.randn(Xt.shape[2], generator=g, dtype=torch.float64) for _ in range(Xt.shape[0])])
     return _finish(V, batched, "random")
 
 
@@ -338,7 +364,7 @@ DEFAULT_METHODS = tuple(METHODS)
 # --------------------------------------------------------------------------- Direction
 
 
-@dataclass
+@dataclass(eq=False)  # tensors do not compare with ==; compare fields explicitly
 class Direction:
     """Unit vectors (one row per layer in `layers`) plus where they came from.
 
@@ -555,71 +581,99 @@ def evaluate_directions(vectors: dict[str, Float[torch.Tensor, "layer d"]], X_tr
     return rows
 
 
-def _prepare(cache: Any, positive_label: str, pooling: str, test_fraction: float, seed: int, stratify: bool):
+class _Prepared(NamedTuple):
+    layers: list[int]
+    X: np.ndarray          # (layer, n, d) float32, rows = the examples kept for the contrast
+    y: np.ndarray          # (n,) 0/1
+    train: np.ndarray      # row indices into X / y
+    test: np.ndarray
+    data_hash: str
+
+
+def _prepare(cache: Any, positive_label: str, negative_label: str | None, pooling: str, test_fraction: float,
+             seed: int, stratify: bool) -> _Prepared:
     """Labels, split and stacked features of a cache, with every check a sweep needs."""
-    if positive_label not in cache.labels:
-        found = sorted({str(lab) for lab in cache.labels})[:10]
+    labels = list(cache.labels)
+    if positive_label not in labels:
+        found = sorted({str(lab) for lab in labels})[:10]
         raise BadInput(f"no example is labelled {positive_label!r} (labels: {', '.join(found)})")
-    y = np.asarray(cache.label_array(positive_label), dtype=np.int64)
+    if negative_label is None:  # everything else is the control class
+        keep = np.arange(len(labels))
+    else:
+        keep = np.array([i for i, lab in enumerate(labels) if lab in (positive_label, negative_label)])
+    y = np.asarray(cache.label_array(positive_label), dtype=np.int64)[keep]
     if y.min() == y.max():
-        raise BadInput(f"every example is labelled {positive_label!r}; a contrast needs a second class")
-    train, test = split_examples(cache.ids, y, test_fraction, seed, stratify)
+        raise BadInput(f"no example besides those labelled {positive_label!r} "
+                       f"{'is left' if negative_label is None else f'is labelled {negative_label!r}'}; "
+                       "a contrast needs a second class")
+    ids = [cache.ids[i] for i in keep]
+    train, test = split_examples(ids, y, test_fraction, seed, stratify)
     for name, idx, need in (("train", train, MIN_PER_CLASS), ("test", test, MIN_TEST_PER_CLASS)):
         counts = np.bincount(y[idx], minlength=2)
         if counts.min() < need:
             raise BadInput(f"too few examples: the {name} split has {counts[0]} of class 0 and {counts[1]} of "
                            f"class 1 ({positive_label!r}); at least {need} per class are needed")
     layers = list(cache.layers)
-    X = np.asarray(cache.stack(pooling, layers=layers), dtype=np.float32)
+    examples = None if negative_label is None else keep
+    X = np.asarray(cache.stack(pooling, layers=layers, examples=examples), dtype=np.float32)
     data_hash = sha256_json({
         "cache": getattr(cache, "attrs", {}).get("key", ""), "model": cache.model_fingerprint,
-        "positive": positive_label, "pooling": pooling, "train_ids": sorted(cache.ids[i] for i in train),
+        "positive": positive_label, "negative": negative_label, "pooling": pooling,
+        "train_ids": sorted(ids[i] for i in train),
     })
-    return layers, X, y, train, test, data_hash
+    return _Prepared(layers, X, y, train, test, data_hash)
 
 
 def sweep_and_fit(cache: Any, positive_label: str, methods: Sequence[str] = DEFAULT_METHODS, pooling: str = "last",
-                  test_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000, stratify: bool = True,
-                  contrast: str | None = None) -> tuple[list[dict[str, Any]], dict[str, Direction]]:
+                  test_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000, *, stratify: bool = True,
+                  negative_label: str | None = None, contrast: str | None = None
+                  ) -> tuple[list[dict[str, Any]], dict[str, Direction]]:
     """`sweep`'s rows plus the fitted `Direction` of each method (all layers; train split).
 
     Each direction's `metrics` holds its per-layer held-out scores (`test_auroc`,
     `test_acc`, `test_sep_sd`, lists in `layers` order), its `best_layer` by test AUROC,
-    and the split (`n_train`, `n_test`, `split_seed`, `test_fraction`, `positive_label`).
+    and the split (`n_train`, `n_test`, `split_seed`, `test_fraction`, `positive_label`,
+    `negative_label`). `contrast` names the direction (default: `positive_label`).
     """
-    layers, X, y, train, test, data_hash = _prepare(cache, positive_label, pooling, test_fraction, seed, stratify)
+    prep = _prepare(cache, positive_label, negative_label, pooling, test_fraction, seed, stratify)
+    X, y, train, test = prep.X, prep.y, prep.train, prep.test
     fitted = fit_all(X[:, train], y[train], methods, seed)
-    rows = evaluate_directions(fitted, X[:, train], y[train], X[:, test], y[test], layers, pooling, n_boot, seed)
+    rows = evaluate_directions(fitted, X[:, train], y[train], X[:, test], y[test], prep.layers, pooling, n_boot, seed)
     directions = {}
     for m, V in fitted.items():
         mine = [r for r in rows if r["method"] == m]
-        best = max(mine, key=lambda r: r["auroc"])["layer"]
         directions[m] = Direction(
-            V, layers, n_layers=cache.n_layers, d_model=cache.d_model, model_fingerprint=cache.model_fingerprint,
-            hook=HOOK_TEMPLATE, pooling=pooling, method=m, data_hash=data_hash,
+            V, prep.layers, n_layers=cache.n_layers, d_model=cache.d_model, model_fingerprint=cache.model_fingerprint,
+            hook=HOOK_TEMPLATE, pooling=pooling, method=m, data_hash=prep.data_hash,
             contrast=contrast or positive_label,
             metrics={"test_auroc": [r["auroc"] for r in mine], "test_acc": [r["acc"] for r in mine],
-                     "test_sep_sd": [r["sep_sd"] for r in mine], "best_layer": best,
+                     "test_sep_sd": [r["sep_sd"] for r in mine],
+                     "best_layer": max(mine, key=lambda r: r["auroc"])["layer"],
                      "n_train": int(len(train)), "n_test": int(len(test)), "split_seed": seed,
-                     "test_fraction": test_fraction, "positive_label": positive_label})
+                     "test_fraction": test_fraction, "positive_label": positive_label,
+                     "negative_label": negative_label})
     return rows, directions
 
 
 def sweep(cache: Any, positive_label: str, methods: Sequence[str] = DEFAULT_METHODS, pooling: str = "last",
-          test_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000, stratify: bool = True
-          ) -> list[dict[str, Any]]:
+          test_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000, *, stratify: bool = True,
+          negative_label: str | None = None) -> list[dict[str, Any]]:
     """Fit every method on the training split of every layer; score each on held-out examples.
 
+    Class 1 is the examples labelled `positive_label`; class 0 is every other example, or
+    only those labelled `negative_label` when it is given (others are left out).
     Returns one row per (method, layer) with keys: method, layer, pooling, auroc, auroc_lo,
     auroc_hi, acc, acc_lo, acc_hi, sep_sd, sep_sd_lo, sep_sd_hi, sep_raw, n_train, n_test
     (CIs: 95% stratified bootstrap of the test rows). `cache` needs `ids`, `labels`,
     `label_array`, `layers`, `stack`, `model_fingerprint`, `d_model`, `n_layers`.
     """
-    return sweep_and_fit(cache, positive_label, methods, pooling, test_fraction, seed, n_boot, stratify)[0]
+    return sweep_and_fit(cache, positive_label, methods, pooling, test_fraction, seed, n_boot, stratify=stratify,
+                         negative_label=negative_label)[0]
 
 
 def fit_directions(cache: Any, positive_label: str, methods: Sequence[str] = DEFAULT_METHODS, pooling: str = "last",
-                   test_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000, stratify: bool = True,
-                   contrast: str | None = None) -> dict[str, Direction]:
+                   test_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000, *, stratify: bool = True,
+                   negative_label: str | None = None, contrast: str | None = None) -> dict[str, Direction]:
     """The fitted `Direction` per method, exactly as `sweep` fits them (same split and seed)."""
-    return sweep_and_fit(cache, positive_label, methods, pooling, test_fraction, seed, n_boot, stratify, contrast)[1]
+    return sweep_and_fit(cache, positive_label, methods, pooling, test_fraction, seed, n_boot, stratify=stratify,
+                         negative_label=negative_label, contrast=contrast)[1]
