@@ -54,14 +54,14 @@ def _class_means(proj: np.ndarray, y: np.ndarray):
 
 
 def dense_ranks(scores: Float[np.ndarray, "*batch n"]) -> Int[np.ndarray, "*batch n"]:
-    """Dense ranks 0..k-1 along the last axis (ties share a rank), in the smallest int dtype.
+    """Dense ranks 0..k-1 along the last axis (ties share a rank): int16 if n < 2^14, else int64.
 
     A monotone transform, so AUROC is unchanged. Bootstrapping AUROC on these ranks instead
     of raw scores lets every replicate sort small integers (numpy radix-sorts 16-bit ints,
-    ~10x faster than float sorting).
+    ~10x faster than float sorting): `bootstrap_ci(auroc, dense_ranks(scores), y)`.
     """
     s = np.asarray(scores)
-    if np.issubdtype(s.dtype, np.integer) and s.dtype.itemsize <= 2 and s.size and s.min() >= 0:
+    if s.dtype == np.int16 and s.size and 0 <= s.min() and s.max() < 2**14:  # already ranks: keep
         return s
     s = np.asarray(s, dtype=np.float64)
     if not np.isfinite(s).all():

@@ -1,0 +1,125 @@
+"""Steering hooks on the real SmolLM2: exact ablation, alpha=0 identity, HF path == TransformerLens path."""
+
+import math
+
+import pytest
+import torch
+
+from lab.data import ChatExample, render
+from lab.errors import BadInput
+from lab.generate import GenerationConfig, generate_answers
+from lab.hooks import attention, capture, parse_hook
+from lab.steering import Intervention, random_like, steer, tl_hooks
+from tests.conftest import chat_prompts
+
+
+@pytest.fixture(scope="module")
+def direction(base_model):
+    return torch.nn.functional.normalize(torch.randn(base_model.d_model, generator=torch.Generator().manual_seed(3)), dim=0)
+
+
+def _resids(model, ids, interventions=(), layers=range(30)):
+    points = [parse_hook(f"blocks.{L}.hook_resid_post", model.n_layers) for L in layers]
+    got = {}
+    with torch.no_grad(), steer(model, *interventions), capture(model, points, got.__setitem__, stop_early=False):
+        logits = model.hf(ids).logits
+    return got, logits
+
+
+def _ids(model, n=1):
+    return torch.from_numpy(render(chat_prompts()[1:2], model.tokenizer).tokens[0])[None]
+
+
+def test_ablation_zeroes_projection_only_where_asked(base_model, direction):
+    ids = _ids(base_model)
+    clean, _ = _resids(base_model, ids)
+    ablate = Intervention({8: direction, 14: direction}, op="ablate")
+    edited, _ = _resids(base_model, ids, [ablate])
+    for L in (8, 14):
+        proj = edited[f"blocks.{L}.hook_resid_post"] @ direction
+        assert proj.abs().max() < 1e-3 * edited[f"blocks.{L}.hook_resid_post"].norm(dim=-1).max()
+        assert (clean[f"blocks.{L}.hook_resid_post"] @ direction).abs().max() > 0.1  # there was something to remove
+    for L in range(8):  # layers before the first edit are untouched, bit for bit
+        assert torch.equal(edited[f"blocks.{L}.hook_resid_post"], clean[f"blocks.{L}.hook_resid_post"])
+    assert not torch.equal(edited["blocks.9.hook_resid_post"], clean["blocks.9.hook_resid_post"])
+
+
+def test_prompt_only_positions(base_model, direction):
+    ids = _ids(base_model)
+    width = 10
+    iv = Intervention({5: direction}, op="ablate", positions="prompt")
+    points = [parse_hook("blocks.5.hook_resid_post", 30)]
+    got, clean = {}, {}
+    with torch.no_grad(), steer(base_model, iv, prompt_width=width), capture(base_model, points, got.__setitem__, False):
+        base_model.hf(ids)
+    with torch.no_grad(), capture(base_model, points, clean.__setitem__, False):
+        base_model.hf(ids)
+    x, c = got["blocks.5.hook_resid_post"][0], clean["blocks.5.hook_resid_post"][0]
+    assert (x[:width] @ direction).abs().max() < 1e-3
+    assert torch.equal(x[width:], c[width:])
+
+
+def test_alpha_zero_is_bit_identical(base_model, direction):
+    ids = _ids(base_model)
+    _, clean = _resids(base_model, ids, layers=[0])
+    _, zero = _resids(base_model, ids, [Intervention({L: direction for L in range(30)}, op="add", alpha=0.0)], layers=[0])
+    assert torch.equal(clean, zero)
+    _, moved = _resids(base_model, ids, [Intervention({12: direction}, op="add", alpha=8.0)], layers=[0])
+    assert not torch.equal(clean, moved)
+
+
+def _tl_greedy(model, tokens, hooks, n):
+    """Greedy decoding by full TransformerLens forwards (no KV cache), stopping at EOS like HF."""
+    ids = torch.from_numpy(tokens)[None]
+    for _ in range(n):
+        with torch.no_grad():
+            logits = model.bridge.run_with_hooks(ids, fwd_hooks=hooks)
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        if ids[0, -1].item() == model.tokenizer.eos_token_id:
+            break
+    return ids[0, len(tokens):].tolist()
+
+
+def test_hf_generation_path_equals_transformerlens_path(base_model, direction):
+    n = 12
+    prompts = render(chat_prompts()[:3], base_model.tokenizer)
+    iv = Intervention({10: direction, 11: direction}, op="ablate_add", alpha=6.0)
+    changed = []
+    for tokens in prompts.tokens:
+        ids = torch.from_numpy(tokens)[None]
+        with torch.no_grad(), attention(base_model, "eager"), steer(base_model, iv, prompt_width=ids.shape[1]):
+            out = base_model.hf.generate(ids, max_new_tokens=n, do_sample=False,
+                                         pad_token_id=base_model.tokenizer.pad_token_id)
+        hf_tokens = out[0, ids.shape[1]:].tolist()
+        assert hf_tokens == _tl_greedy(base_model, tokens, tl_hooks(iv, prompt_width=ids.shape[1]), n)
+        with torch.no_grad():
+            plain = base_model.hf.generate(ids, max_new_tokens=n, do_sample=False,
+                                           pad_token_id=base_model.tokenizer.pad_token_id)
+        changed.append(plain[0, ids.shape[1]:].tolist() != hf_tokens)
+    assert any(changed)  # the steering really changed what was generated
+
+
+def test_generated_positions_leave_first_token(base_model, direction):
+    ex = [ChatExample([{"role": "user", "content": "Tell me a fact about rivers."}], "r")]
+    config = GenerationConfig(max_new_tokens=10, temperature=0.0)
+    plain = generate_answers(base_model, ex, config)[0]["answer"]
+    gen_only = generate_answers(base_model, ex, config, interventions=(
+        Intervention({L: direction for L in range(10, 20)}, op="add", alpha=40.0, positions="generated"),))[0]["answer"]
+    tok = base_model.tokenizer
+    assert tok.encode(plain)[0] == tok.encode(gen_only)[0] and plain != gen_only
+
+
+def test_bad_inputs(base_model, direction):
+    with pytest.raises(BadInput, match="finite"):
+        Intervention({3: direction}, alpha=math.inf)
+    with pytest.raises(BadInput, match="out of range"):
+        with steer(base_model, Intervention({30: direction})):
+            pass
+    with pytest.raises(BadInput, match="d_model"):
+        with steer(base_model, Intervention({3: torch.ones(64)})):
+            pass
+    with pytest.raises(BadInput, match="unknown steering op"):
+        Intervention({3: direction}, op="multiply")
+    ctrl = random_like(Intervention({3: direction, 4: direction}, op="ablate"), seed=1)
+    assert ctrl.layers == [3, 4] and ctrl.op == "ablate"
+    assert abs(torch.nn.functional.cosine_similarity(ctrl.vectors[3], direction, dim=0)) < 0.2
