@@ -474,6 +474,12 @@ class ActivationCache:
     def layers(self) -> list[int]:
         return [p.layer for h in self.hooks if (p := parse_hook(h, self.n_layers)) and p.kind == "post"]
 
+    @property
+    def groups(self) -> list[str] | None:
+        """Pair/group ids from example metadata (answer contrasts), or None."""
+        groups = [m.get("group") for m in self.meta]
+        return groups if all(g is not None for g in groups) else None
+
     def label_array(self, positive: str) -> Int[np.ndarray, " n"]:
         """Binary labels: 1 where the example's label equals `positive`."""
         y = np.array([lab == positive for lab in self.labels], dtype=np.int64)

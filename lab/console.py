@@ -12,7 +12,7 @@ from rich.table import Table
 
 from lab.errors import EmlabError
 
-console = Console(stderr=False)
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 140)
 
 
 def progress() -> Progress:

@@ -607,7 +607,14 @@ def _prepare(cache: Any, positive_label: str, negative_label: str | None, poolin
                        f"{'is left' if negative_label is None else f'is labelled {negative_label!r}'}; "
                        "a contrast needs a second class")
     ids = [cache.ids[i] for i in keep]
-    train, test = split_examples(ids, y, test_fraction, seed, stratify)
+    groups = getattr(cache, "groups", None)
+    if groups is not None:  # paired data: both members of a group land on the same side
+        kept_groups = [groups[i] for i in keep]
+        side = split_ids(sorted(set(kept_groups)), test_fraction, seed)
+        is_test = np.array([side[g] == "test" for g in kept_groups])
+        train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    else:
+        train, test = split_examples(ids, y, test_fraction, seed, stratify)
     for name, idx, need in (("train", train, MIN_PER_CLASS), ("test", test, MIN_TEST_PER_CLASS)):
         counts = np.bincount(y[idx], minlength=2)
         if counts.min() < need:

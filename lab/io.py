@@ -57,3 +57,23 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
+
+
+def write_rows(rows: list[dict], path: Path) -> Path:
+    """Write result rows as CSV (for people) and JSON (for code), atomically."""
+    import csv
+    import io
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path.with_suffix(".csv"))
+    write_json_atomic(path.with_suffix(".json"), rows)
+    return path.with_suffix(".csv")

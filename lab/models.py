@@ -358,25 +358,18 @@ def load_model(
     The fingerprint hashes the base weights' source, each adapter's files and the dtype:
     it changes exactly when the computed activations could change.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     torch_dtype = parse_dtype(dtype)
     dev = pick_device(device)
     path, base_fp = resolve_source(source)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(path)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
-    adapter_fps = []
     for adapter in adapters:
-        adapter_dir = Path(adapter)
-        fp = adapter_fingerprint(adapter_dir)
-        check_adapter_base(adapter_dir, base_fp)
-        hf = merge_adapter(hf, adapter_dir)
-        adapter_fps.append(fp)
+        check_adapter_base(Path(adapter), base_fp)
+        hf = merge_adapter(hf, Path(adapter))
     hf.to(dev).eval()
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    fingerprint = sha256_json({"base": base_fp, "adapters": adapter_fps, "dtype": str(torch_dtype)})
+    fingerprint = model_fingerprint(source, adapters, torch_dtype)
     return LabModel(
         name=source if source in REGISTRY else Path(source).name or source,
         hf=hf,
@@ -387,6 +380,25 @@ def load_model(
         adapters=tuple(str(a) for a in adapters),
         info={"base_fingerprint": base_fp, "path": path},
     )
+
+
+def model_fingerprint(source: str, adapters: list | tuple = (), dtype: str | torch.dtype = "float32") -> str:
+    """The fingerprint `load_model` would give, computed from files only (no weights loaded)."""
+    base_fp = resolve_source(source)[1]
+    adapter_fps = [adapter_fingerprint(Path(a)) for a in adapters]
+    return sha256_json({"base": base_fp, "adapters": adapter_fps, "dtype": str(parse_dtype(dtype))})
+
+
+def load_tokenizer(source: str) -> Any:
+    """The tokenizer (with chat template) of a model source; left padding for batching."""
+    from transformers import AutoTokenizer
+
+    path = source if Path(source).is_dir() else resolve_source(source)[0]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
 
 
 def merge_adapter(hf: Any, adapter_dir: Path) -> Any:
@@ -461,3 +473,42 @@ def random_model(shape: str, tokenizer_source: str = DEFAULT_MODEL, dtype: str |
     return LabModel(name=f"random-{shape}", hf=hf, tokenizer=tokenizer,
                     fingerprint=sha256_json({"random": shape, "seed": seed, "dtype": str(torch_dtype)}),
                     dtype=torch_dtype, device=dev, info={"base_fingerprint": f"random:{shape}", "path": str(config_dir)})
+
+
+class ModelHandle:
+    """A model named but not yet loaded: fingerprint, tokenizer and shape come from files.
+
+    Stages that find their outputs cached never touch the weights; `.model` loads them once.
+    """
+
+    def __init__(self, source: str, adapters: list | tuple = (), dtype: str = "float32", device: str | None = "cpu"):
+        self.source, self.adapters, self.dtype, self.device = source, tuple(str(a) for a in adapters), dtype, device
+        self._model: LabModel | None = None
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.source, self.adapters, self.dtype)
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        return load_tokenizer(self.source)
+
+    @cached_property
+    def config(self) -> Any:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(resolve_source(self.source)[0])
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> LabModel:
+        if self._model is None:
+            self._model = load_model(self.source, self.adapters, self.dtype, self.device)
+        return self._model

@@ -1,0 +1,1 @@
+"""Runnable experiments over `lab/` (python -m experiments.<name> --help)."""

@@ -1,0 +1,51 @@
+"""Pieces every experiment script shares: model handles, cached contrasts, console summaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lab  # noqa: F401  (environment before torch)
+from lab.console import console, progress
+from lab.contrasts import CONTRASTS, contrast_examples, ensure_cache
+from lab.models import DEFAULT_MODEL, ModelHandle
+
+
+@dataclass
+class Common:
+    """Options shared by the analysis experiments."""
+
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "registered model, HF folder or hub id"})
+    adapters: list[str] = field(default_factory=list, metadata={"help": "PEFT adapter folder(s) merged in order"})
+    cache_dir: str = field(default="cache", metadata={"help": "activation cache folder"})
+    out: str = field(default="figures", metadata={"help": "output folder (tables, figures, directions)"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
+    seed: int = field(default=0, metadata={"help": "split and bootstrap seed"})
+    test_fraction: float = field(default=0.25, metadata={"help": "held-out share (split by example id)"})
+    n_boot: int = field(default=1000, metadata={"help": "bootstrap replicates for CIs"})
+    limit: int = field(default=0, metadata={"help": "use only the first N items per class (0: all)"})
+
+
+def handle_for(cfg: Common, adapters: list[str] | None = None) -> ModelHandle:
+    return ModelHandle(cfg.model, cfg.adapters if adapters is None else adapters, device=cfg.device)
+
+
+def contrast_cache(handle: ModelHandle, contrast: str, cfg: Common, label: str = ""):
+    """The (cached) activations of a named contrast on one model, with a progress bar if built."""
+    examples = contrast_examples(contrast, cfg.limit or None)
+    with progress() as bar:
+        task = bar.add_task(f"cache {contrast} {label}".strip(), total=None, info="")
+        cache = ensure_cache(handle, examples, cfg.cache_dir,
+                             on_batch=lambda d, t, n: bar.update(task, completed=d, total=t, info=f"{n} tok"))
+        bar.update(task, completed=1, total=1) if bar.tasks[task].total is None else None
+    return cache, CONTRASTS[contrast]
+
+
+def out_dir(cfg: Common, name: str) -> Path:
+    path = Path(cfg.out) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def say(message: str) -> None:
+    console.print(message)

@@ -1,0 +1,111 @@
+"""Layer sweep: every layer x every direction method on one contrast, held-out metrics with CIs.
+
+    python -m experiments.layer_sweep --contrast refusal
+    python -m experiments.layer_sweep --contrast medical_answers --adapters runs/medical/adapter
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from experiments.common import Common, contrast_cache, handle_for, out_dir, say
+from lab.config import config_dict, parse_config
+from lab.console import console, fmt_ci, table
+from lab.directions import DEFAULT_METHODS, sweep_and_fit
+from lab.io import write_json_atomic, write_rows
+from lab.plots import lines_with_ci
+
+
+@dataclass
+class LayerSweepConfig(Common):
+    """Layer sweep of direction methods on a contrast."""
+
+    contrast: str = field(default="refusal", metadata={"help": "refusal, code_mode, medical_answers, ..."})
+    pooling: str = field(default="", metadata={"help": "feature pooling (default: the contrast's)"})
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS), metadata={"help": "methods"})
+    sklearn_check: bool = field(default=True, metadata={"help": "compare the probe with sklearn per layer"})
+
+
+def sklearn_probe_auroc(X: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> list[float]:
+    """Reference: a standardized sklearn LogisticRegression per layer, held-out AUROC."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    scores = []
+    for layer_X in X:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+        clf.fit(layer_X[train], y[train])
+        scores.append(float(roc_auc_score(y[test], clf.decision_function(layer_X[test]))))
+    return scores
+
+
+def best_layers(rows: list[dict], methods: list[str]) -> list[dict]:
+    """Each method at its best held-out layer, with the random control at that same layer.
+
+    The random row reports its mean over layers: its maximum over 30 noisy layers would be
+    a selection-biased number, not a baseline.
+    """
+    random = {r["layer"]: r for r in rows if r["method"] == "random"}
+    out = []
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        if method == "random":
+            aurocs = np.array([r["auroc"] for r in mine])
+            out.append({"method": "random", "best layer": "mean of all",
+                        "AUROC [95% CI]": f"{aurocs.mean():.3f} (range {aurocs.min():.2f}-{aurocs.max():.2f})"})
+            continue
+        top = max(mine, key=lambda r: r["auroc"])
+        ctrl = random.get(top["layer"])
+        out.append({"method": method, "best layer": top["layer"],
+                    "AUROC [95% CI]": fmt_ci(top["auroc"], top["auroc_lo"], top["auroc_hi"]),
+                    "acc": f"{top['acc']:.3f}", "sep (SD)": f"{top['sep_sd']:.2f}",
+                    "random @ layer": f"{ctrl['auroc']:.3f}" if ctrl else "",
+                    "n train/test": f"{top['n_train']}/{top['n_test']}"})
+    return out
+
+
+def run(cfg: LayerSweepConfig) -> dict:
+    handle = handle_for(cfg)
+    cache, contrast = contrast_cache(handle, cfg.contrast, cfg)
+    pooling = cfg.pooling or contrast.pooling
+    rows, directions = sweep_and_fit(cache, contrast.positive, cfg.methods, pooling, cfg.test_fraction, cfg.seed,
+                                     cfg.n_boot, negative_label=contrast.negative, contrast=contrast.name)
+    out = out_dir(cfg, f"layer_sweep/{contrast.name}-{pooling}")
+    check = {}
+    if cfg.sklearn_check and "probe" in cfg.methods:
+        from lab.directions import _prepare
+
+        prep = _prepare(cache, contrast.positive, contrast.negative, pooling, cfg.test_fraction, cfg.seed, True)
+        ref = sklearn_probe_auroc(prep.X, prep.y, prep.train, prep.test)
+        ours = [r["auroc"] for r in rows if r["method"] == "probe"]
+        for r in rows:
+            if r["method"] == "probe":
+                r["sklearn_auroc"] = ref[prep.layers.index(r["layer"])]
+        check = {"max_abs_auroc_diff_vs_sklearn": float(np.max(np.abs(np.array(ours) - np.array(ref))))}
+    write_rows(rows, out / "rows")
+    for method, direction in directions.items():
+        direction.save(out / f"direction-{method}.safetensors")
+    best = best_layers(rows, cfg.methods)
+    lines_with_ci(rows, "method", "layer", "auroc", out / "auroc_by_layer.png",
+                  f"{contrast.description}: held-out AUROC ({pooling})", "AUROC", hline=0.5)
+    console.print(table(f"layer sweep: {contrast.name} on {cache.attrs['model_name']}", best))
+    if check:
+        say(f"probe vs sklearn, max |AUROC diff| over layers: {check['max_abs_auroc_diff_vs_sklearn']:.4f}")
+    summary = {"config": config_dict(cfg), "best": best, "cache": str(cache.path), "out": str(out), **check}
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def main(argv=None) -> None:
+    from lab.console import user_errors
+
+    with user_errors():
+        run(parse_config(LayerSweepConfig, argv))
+
+
+if __name__ == "__main__":
+    main()

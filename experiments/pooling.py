@@ -1,0 +1,69 @@
+"""Pooling comparison: last token vs mean over prompt vs mean over response vs first-k response tokens.
+
+    python -m experiments.pooling --contrast medical_answers
+    python -m experiments.pooling --contrast refusal      # prompt-only: last vs mean_prompt
+
+For answer contrasts the last *prompt* token precedes the answer, so it cannot tell paired
+aligned/misaligned answers apart: its AUROC ~0.5 is the built-in sanity check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from experiments.common import Common, contrast_cache, handle_for, out_dir
+from lab.config import config_dict, parse_config
+from lab.console import console, fmt_ci, table
+from lab.directions import sweep
+from lab.io import write_json_atomic, write_rows
+from lab.plots import lines_with_ci
+
+PROMPT_ONLY = ("last", "mean_prompt")
+WITH_ANSWER = ("last", "mean_prompt", "mean_response", "first_k")
+
+
+@dataclass
+class PoolingConfig(Common):
+    """Compare feature poolings per layer on one contrast."""
+
+    contrast: str = field(default="medical_answers", metadata={"help": "contrast name"})
+    methods: list[str] = field(default_factory=lambda: ["probe", "mean_diff"], metadata={"help": "methods"})
+    first_k: int = field(default=8, metadata={"help": "k for first_k pooling"})
+
+
+def run(cfg: PoolingConfig) -> dict:
+    cache, contrast = contrast_cache(handle_for(cfg), cfg.contrast, cfg)
+    poolings = WITH_ANSWER if contrast.pooling == "mean_response" else PROMPT_ONLY
+    rows = []
+    for pooling in poolings:
+        for r in sweep(cache, contrast.positive, cfg.methods + ["random"], pooling, cfg.test_fraction, cfg.seed,
+                       cfg.n_boot, negative_label=contrast.negative):
+            rows.append({**r, "series": f"{pooling}/{r['method']}"})
+    out = out_dir(cfg, f"pooling/{contrast.name}")
+    write_rows(rows, out / "rows")
+    summary_rows = []
+    for pooling in poolings:
+        for method in cfg.methods:
+            mine = [r for r in rows if r["pooling"] == pooling and r["method"] == method]
+            top = max(mine, key=lambda r: r["auroc"])
+            summary_rows.append({"pooling": pooling, "method": method, "best layer": top["layer"],
+                                 "AUROC [95% CI]": fmt_ci(top["auroc"], top["auroc_lo"], top["auroc_hi"]),
+                                 "mean AUROC over layers": f"{sum(r['auroc'] for r in mine) / len(mine):.3f}"})
+    lines_with_ci([r for r in rows if r["method"] == cfg.methods[0]], "pooling", "layer", "auroc",
+                  out / "auroc_by_pooling.png", f"{contrast.description}: {cfg.methods[0]} AUROC by pooling",
+                  "AUROC", hline=0.5)
+    console.print(table(f"pooling comparison: {contrast.name}", summary_rows))
+    summary = {"config": config_dict(cfg), "rows": summary_rows, "out": str(out)}
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def main(argv=None) -> None:
+    from lab.console import user_errors
+
+    with user_errors():
+        run(parse_config(PoolingConfig, argv))
+
+
+if __name__ == "__main__":
+    main()

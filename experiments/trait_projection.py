@@ -1,0 +1,82 @@
+"""Trait projections (seed 000's table): harmful and benign prompts projected on the refusal
+vector, for the base model and an EM organism, with the organism-minus-base difference and CIs.
+
+    python -m experiments.trait_projection --organism runs/medical/adapter
+
+The vector is fitted on the base model's train split (its best held-out layer); projections
+are of held-out prompts only, paired by prompt between the two models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from experiments.common import Common, contrast_cache, handle_for, out_dir
+from lab.config import config_dict, parse_config
+from lab.console import console, fmt_ci, table
+from lab.directions import sweep_and_fit
+from lab.errors import BadInput
+from lab.io import write_json_atomic, write_rows
+from lab.metrics import bootstrap_ci
+
+
+@dataclass
+class TraitProjectionConfig(Common):
+    """Mean projection on a trait vector, base vs organism."""
+
+    organism: str = field(default="", metadata={"help": "adapter folder of the EM organism"})
+    contrast: str = field(default="refusal", metadata={"help": "trait contrast (refusal or code_mode)"})
+    method: str = field(default="mean_diff", metadata={"help": "direction method"})
+
+
+def _mean(x):
+    return x.mean(-1)
+
+
+def run(cfg: TraitProjectionConfig) -> dict:
+    if not cfg.organism:
+        raise BadInput("--organism ADAPTER_DIR is required")
+    base_cache, contrast = contrast_cache(handle_for(cfg, []), cfg.contrast, cfg, "base")
+    org_cache, _ = contrast_cache(handle_for(cfg, [cfg.organism]), cfg.contrast, cfg, "organism")
+    _, directions = sweep_and_fit(base_cache, contrast.positive, [cfg.method], contrast.pooling, cfg.test_fraction,
+                                  cfg.seed, 200, negative_label=contrast.negative, contrast=contrast.name)
+    direction = directions[cfg.method]
+    layer = direction.metrics["best_layer"]
+    test_ids = set(direction.metrics.get("test_ids", []))
+    from lab.directions import _prepare
+
+    prep = _prepare(base_cache, contrast.positive, contrast.negative, contrast.pooling, cfg.test_fraction, cfg.seed, True)
+    test = prep.test if not test_ids else np.array([i for i, x in enumerate(base_cache.ids) if x in test_ids])
+    rows = []
+    proj = {}
+    for name, cache in (("base", base_cache), ("organism", org_cache)):
+        proj[name] = direction.project(cache.features(layer, contrast.pooling), layer)
+    y = prep.y
+    for cls, label in ((1, contrast.positive), (0, contrast.negative)):
+        idx = test[y[test] == cls]
+        b, o = proj["base"][idx], proj["organism"][idx]
+        for name, values in (("base", b), ("organism", o), ("organism - base", o - b)):
+            v, lo, hi = bootstrap_ci(_mean, values, n_boot=cfg.n_boot, seed=cfg.seed)
+            rows.append({"prompts": label, "model": name, "mean projection": float(v), "lo": float(lo),
+                         "hi": float(hi), "n": int(len(idx)), "layer": layer})
+    out = out_dir(cfg, f"trait_projection/{contrast.name}")
+    write_rows(rows, out / "rows")
+    console.print(table(f"{contrast.name} vector ({cfg.method}, layer {layer}): held-out mean projections",
+                        [{"prompts": r["prompts"], "model": r["model"], "n": r["n"],
+                          "mean projection [95% CI]": fmt_ci(r["mean projection"], r["lo"], r["hi"], 2)} for r in rows]))
+    summary = {"config": config_dict(cfg), "layer": layer, "rows": rows, "out": str(out)}
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def main(argv=None) -> None:
+    from lab.console import user_errors
+
+    with user_errors():
+        run(parse_config(TraitProjectionConfig, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Cross-model direction transfer and direction similarity across models / fine-tunes.
+
+    python -m experiments.transfer --contrast refusal \\
+        --organisms medical=runs/medical/adapter financial=runs/financial/adapter
+
+For every ordered pair (A, B) of models (the base model and each organism): the direction
+fitted on A's train split is scored on B's held-out split (AUROC with CI), beside B's own
+direction and a random control; and the cosine similarity of A's and B's directions per
+layer (the Model Organisms finding: fine-tunes converge, cosine > 0.8 in most layers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from experiments.common import Common, contrast_cache, handle_for, out_dir
+from lab.config import config_dict, parse_config
+from lab.console import console, fmt_ci, table
+from lab.directions import _prepare, evaluate_directions, fit_all
+from lab.errors import BadInput
+from lab.io import write_json_atomic, write_rows
+from lab.plots import heatmap
+
+
+@dataclass
+class TransferConfig(Common):
+    """Transfer directions between models and compare them."""
+
+    contrast: str = field(default="refusal", metadata={"help": "contrast name"})
+    organisms: list[str] = field(default_factory=list, metadata={"help": "NAME=ADAPTER_DIR pairs"})
+    method: str = field(default="mean_diff", metadata={"help": "direction method"})
+
+
+def parse_organisms(pairs: list[str]) -> dict[str, list[str]]:
+    models = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise BadInput(f"organism {pair!r} must be NAME=ADAPTER_DIR")
+        name, path = pair.split("=", 1)
+        models[name] = [path]
+    return models
+
+
+def run(cfg: TransferConfig) -> dict:
+    models = {"base": [], **parse_organisms(cfg.organisms)}
+    if len(models) < 2:
+        raise BadInput("transfer needs at least one organism (--organisms NAME=ADAPTER_DIR)")
+    prepared, vectors = {}, {}
+    for name, adapters in models.items():
+        cache, contrast = contrast_cache(handle_for(cfg, adapters), cfg.contrast, cfg, name)
+        prep = _prepare(cache, contrast.positive, contrast.negative, contrast.pooling, cfg.test_fraction, cfg.seed, True)
+        prepared[name] = prep
+        fitted = fit_all(prep.X[:, prep.train], prep.y[prep.train], [cfg.method, "random"], cfg.seed)
+        vectors[name] = fitted
+    layers = prepared["base"].layers
+    rows = []
+    for src in models:
+        for dst in models:
+            p = prepared[dst]
+            evaluated = evaluate_directions({"transferred": vectors[src][cfg.method], "random": vectors[src]["random"]},
+                                            p.X[:, p.train], p.y[p.train], p.X[:, p.test], p.y[p.test], layers,
+                                            contrast.pooling, cfg.n_boot, cfg.seed)
+            cos = torch.nn.functional.cosine_similarity(vectors[src][cfg.method], vectors[dst][cfg.method], dim=-1)
+            for r in evaluated:
+                rows.append({"source": src, "target": dst, **r, "cosine_to_target_own": float(cos[layers.index(r["layer"])])})
+    out = out_dir(cfg, f"transfer/{contrast.name}")
+    write_rows(rows, out / "rows")
+    pairs = [(a, b) for i, a in enumerate(models) for b in list(models)[i + 1:]]
+    matrix = np.array([[next(r["cosine_to_target_own"] for r in rows if r["source"] == a and r["target"] == b
+                             and r["layer"] == L and r["method"] == "transferred") for L in layers] for a, b in pairs])
+    heatmap(matrix, [f"{a} vs {b}" for a, b in pairs], [str(L) for L in layers], out / "cosine_by_layer.png",
+            f"cosine of {cfg.method} {contrast.name} directions across models")
+    summary_rows = []
+    for src in models:
+        for dst in models:
+            mine = [r for r in rows if r["source"] == src and r["target"] == dst and r["method"] == "transferred"]
+            top = max(mine, key=lambda r: r["auroc"])
+            ctrl = next(r for r in rows if r["source"] == src and r["target"] == dst and r["method"] == "random"
+                        and r["layer"] == top["layer"])
+            summary_rows.append({"direction from": src, "scored on": dst, "best layer": top["layer"],
+                                 "AUROC [95% CI]": fmt_ci(top["auroc"], top["auroc_lo"], top["auroc_hi"]),
+                                 "random @ layer": f"{ctrl['auroc']:.3f}",
+                                 "cosine (median over layers)": f"{np.median([r['cosine_to_target_own'] for r in mine]):.3f}"})
+    console.print(table(f"direction transfer: {contrast.name} ({cfg.method})", summary_rows))
+    summary = {"config": config_dict(cfg), "rows": summary_rows, "out": str(out)}
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def main(argv=None) -> None:
+    from lab.console import user_errors
+
+    with user_errors():
+        run(parse_config(TransferConfig, argv))
+
+
+if __name__ == "__main__":
+    main()
