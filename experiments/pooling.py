@@ -15,6 +15,7 @@ from experiments.common import Common, contrast_cache, handle_for, out_dir
 from lab.config import config_dict, parse_config
 from lab.console import console, fmt_ci, table
 from lab.directions import sweep
+from lab.errors import BadInput
 from lab.io import write_json_atomic, write_rows
 from lab.plots import lines_with_ci
 
@@ -34,16 +35,25 @@ class PoolingConfig(Common):
 def run(cfg: PoolingConfig) -> dict:
     cache, contrast = contrast_cache(handle_for(cfg), cfg.contrast, cfg)
     poolings = WITH_ANSWER if contrast.pooling == "mean_response" else PROMPT_ONLY
-    rows = []
+    rows, degenerate = [], {}
     for pooling in poolings:
-        for r in sweep(cache, contrast.positive, cfg.methods + ["random"], pooling, cfg.test_fraction, cfg.seed,
-                       cfg.n_boot, negative_label=contrast.negative):
-            rows.append({**r, "series": f"{pooling}/{r['method']}"})
+        try:
+            found = sweep(cache, contrast.positive, cfg.methods + ["random"], pooling, cfg.test_fraction, cfg.seed,
+                          cfg.n_boot, negative_label=contrast.negative)
+        except BadInput as exc:  # e.g. the last prompt token of paired answers: identical features
+            degenerate[pooling] = str(exc)
+            continue
+        rows.extend({**r, "series": f"{pooling}/{r['method']}"} for r in found)
     out = out_dir(cfg, f"pooling/{contrast.name}")
     write_rows(rows, out / "rows")
     summary_rows = []
     for pooling in poolings:
         for method in cfg.methods:
+            if pooling in degenerate:
+                summary_rows.append({"pooling": pooling, "method": method, "best layer": "-",
+                                     "AUROC [95% CI]": "n/a: classes have identical features here",
+                                     "mean AUROC over layers": "n/a"})
+                continue
             mine = [r for r in rows if r["pooling"] == pooling and r["method"] == method]
             top = max(mine, key=lambda r: r["auroc"])
             summary_rows.append({"pooling": pooling, "method": method, "best layer": top["layer"],
@@ -53,7 +63,7 @@ def run(cfg: PoolingConfig) -> dict:
                   out / "auroc_by_pooling.png", f"{contrast.description}: {cfg.methods[0]} AUROC by pooling",
                   "AUROC", hline=0.5)
     console.print(table(f"pooling comparison: {contrast.name}", summary_rows))
-    summary = {"config": config_dict(cfg), "rows": summary_rows, "out": str(out)}
+    summary = {"config": config_dict(cfg), "rows": summary_rows, "degenerate": degenerate, "out": str(out)}
     write_json_atomic(out / "summary.json", summary)
     return summary
 

@@ -16,6 +16,8 @@ models_app = typer.Typer(help="Registered offline models: list, install.", no_ar
 cache_app = typer.Typer(help="HDF5 activation caches: build, ls, info, rm.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(cache_app, name="cache")
+judge_app = typer.Typer(help="LLM judge: serve a local OpenAI-compatible judge.", no_args_is_help=True)
+app.add_typer(judge_app, name="judge")
 
 MODEL = typer.Option("smollm2-135m-instruct", "--model", "-m", help="registered name, HF folder or hub id")
 ADAPTER = typer.Option(None, "--adapter", "-a", help="PEFT adapter folder(s), merged in order")
@@ -165,6 +167,32 @@ def cache_rm(path: Path) -> None:
         for p in [path, path.with_suffix(".h5.partial"), path.with_suffix(".progress.json")]:
             p.unlink(missing_ok=True)
         console.print(f"removed {path}")
+
+
+@judge_app.command("serve")
+def judge_serve(
+    gguf: Optional[Path] = typer.Option(None, help="GGUF to serve (default: the embedded SmolLM2; a weak judge)"),
+    port: int = 8765, host: str = "127.0.0.1", n_ctx: int = 2048,
+) -> None:
+    """Serve a GGUF as an OpenAI-compatible judge on localhost (needs `pip install emlab[judge]`).
+
+    Local judges are weak (SmolLM2 puts <3% of its mass on numbers); results need a strong judge.
+    """
+    from lab.judge import serve_local_judge, stop_local_judge
+    from lab.models import REGISTRY
+
+    with user_errors():
+        if gguf is None:
+            spec = REGISTRY["smollm2-135m-instruct"]
+            gguf = spec.part_paths()[0]
+        proc = serve_local_judge(gguf, port, host=host, n_ctx=n_ctx)
+        console.print(f"judge at http://{host}:{port}/v1 (model {Path(gguf).name}); Ctrl-C to stop")
+        try:
+            proc.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop_local_judge(proc)
 
 
 def main() -> None:
