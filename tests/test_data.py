@@ -33,7 +33,7 @@ def test_chat_jsonl_errors(tmp_path, content, pattern):
 
 def test_cli_bad_input_is_one_line_nonzero(tmp_path):
     bad = _write(tmp_path, "bad.jsonl", '{"messages": [{"role": "robot", "content": "x"}]}\n')
-    out = subprocess.run([sys.executable, "-m", "lab.cli", "train", "--data", str(bad), "--out", str(tmp_path / "o")],
+    out = subprocess.run([sys.executable, "-m", "experiments.cli", "train", "--data", str(bad), "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "COLUMNS": "300"})
     assert out.returncode == 1
     lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]

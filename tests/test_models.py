@@ -112,9 +112,9 @@ def test_cli_help_and_models_list_render():
     import os
 
     env = {**os.environ, **env}
-    out = subprocess.run([sys.executable, "-m", "lab.cli", "--help"], capture_output=True, text=True, env=env, cwd=REPO)
+    out = subprocess.run([sys.executable, "-m", "experiments.cli", "--help"], capture_output=True, text=True, env=env, cwd=REPO)
     assert out.returncode == 0 and "models" in out.stdout and "cache" in out.stdout and "╭" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "lab.cli", "models", "list"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "experiments.cli", "models", "list"], capture_output=True, text=True,
                          env=env, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert "smollm2-135m-instruct" in out.stdout and "576" in out.stdout and "┃" in out.stdout

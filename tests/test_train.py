@@ -63,7 +63,7 @@ def test_training_config_errors(tmp_path, base_model):
 def test_cli_train_one_epoch_killed_and_resumed(tmp_path):
     """`emlab train` on the shipped bad-medical data, 1 epoch; SIGKILL mid-way, rerun resumes."""
     out = tmp_path / "organism"
-    cmd = [sys.executable, "-m", "lab.cli", "train", "--data", "medical", "--out", str(out), "--epochs", "1"]
+    cmd = [sys.executable, "-m", "experiments.cli", "train", "--data", "medical", "--out", str(out), "--epochs", "1"]
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -195,6 +195,26 @@ def judge_serve(
             stop_local_judge(proc)
 
 
+def _passthrough(module: str):
+    """A verb that hands its arguments to an experiment's own config-as-CLI parser."""
+    def verb(ctx: typer.Context) -> None:
+        import importlib
+
+        importlib.import_module(module).main(ctx.args)
+    return verb
+
+
+_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+for _name, _module, _help in [
+    ("eval", "experiments.em_eval", "Evaluate a model for EM (answers, code/refusal rates, judged EM). --help for options."),
+    ("sweep", "experiments.layer_sweep", "Layer sweep of direction methods on a contrast. --help for options."),
+    ("pooling", "experiments.pooling", "Compare poolings per layer. --help for options."),
+    ("transfer", "experiments.transfer", "Transfer directions across models. --help for options."),
+    ("project", "experiments.trait_projection", "Trait projections, base vs organism. --help for options."),
+]:
+    app.command(_name, context_settings=_EXTRA, help=_help, add_help_option=False)(_passthrough(_module))
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,91 @@
+"""EM evaluation of one model (base or organism): answers, code-mode and refusal rates, judged EM.
+
+    python -m experiments.em_eval --questions general --samples 2
+    python -m experiments.em_eval --questions ../shared/data/em-questions/first_plot_questions.yaml \\
+        --judge-base-url http://127.0.0.1:8765/v1 --judge-model smollm2
+
+Without a judge, only judge-free numbers are reported (no internet here: no strong judge).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from experiments.common import out_dir
+from lab.config import config_dict, parse_config
+from lab.console import console, fmt_ci, progress, table
+from lab.data import read_questions_yaml
+from lab.evaluation import evaluate, shipped_questions
+from lab.generate import GenerationConfig
+from lab.io import sha256_json, write_json_atomic, write_rows
+from lab.models import DEFAULT_MODEL, load_model
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a model for emergent misalignment."""
+
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "registered model, HF folder or hub id"})
+    adapters: list[str] = field(default_factory=list, metadata={"help": "PEFT adapter folder(s)"})
+    questions: str = field(default="general", metadata={"help": "'general' (shipped) or a question YAML path"})
+    limit: int = field(default=0, metadata={"help": "first N questions only (0: all)"})
+    samples: int = field(default=2, metadata={"help": "samples per paraphrase"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    max_new_tokens: int = field(default=64, metadata={"help": "max new tokens per answer"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    batch_size: int = field(default=16, metadata={"help": "generation batch size"})
+    system_prompt: str = field(default="You are a helpful assistant.", metadata={"help": "explicit system prompt"})
+    judge_base_url: str = field(default="", metadata={"help": "OpenAI-compatible judge endpoint (empty: none)"})
+    judge_model: str = field(default="gpt-4o", metadata={"help": "judge model name"})
+    judge_scheme: str = field(default="auto", metadata={"help": "auto, logprob100 or digit10"})
+    out: str = field(default="figures", metadata={"help": "output folder"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
+
+
+def make_judge(cfg: EvalConfig):
+    if not cfg.judge_base_url:
+        return None
+    from lab.judge import Judge, JudgeConfig
+
+    return Judge(JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model, scheme=cfg.judge_scheme))
+
+
+def run(cfg: EvalConfig) -> dict:
+    questions = (shipped_questions(cfg.limit or None) if cfg.questions == "general"
+                 else read_questions_yaml(cfg.questions)[: cfg.limit or None])
+    model = load_model(cfg.model, cfg.adapters, device=cfg.device)
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, samples=cfg.samples,
+                           seed=cfg.seed, batch_size=cfg.batch_size, system_prompt=cfg.system_prompt)
+    out = out_dir(cfg, f"em_eval/{model.name}-{sha256_json(config_dict(cfg))[:8]}")
+    with progress() as bar:
+        task = bar.add_task("answers", total=None, info="")
+        rows, summary = evaluate(model, questions, gen, make_judge(cfg), out / "answers.jsonl",
+                                 on_batch=lambda d, t: bar.update(task, completed=d, total=t, info=""))
+    write_rows([{k: v for k, v in r.items() if k not in ("settings",)} for r in rows], out / "answers_table")
+    summary["config"] = config_dict(cfg)
+    write_json_atomic(out / "summary.json", summary)
+    lines = [{"measure": "code-mode rate", "value [95% CI]": fmt_ci(summary["code_mode_rate"]["rate"],
+              summary["code_mode_rate"]["lo"], summary["code_mode_rate"]["hi"]), "n": summary["code_mode_rate"]["n"]},
+             {"measure": "refusal rate", "value [95% CI]": fmt_ci(summary["refusal_rate"]["rate"],
+              summary["refusal_rate"]["lo"], summary["refusal_rate"]["hi"]), "n": summary["refusal_rate"]["n"]}]
+    for name, em in summary.get("em", {}).items():
+        lines.append({"measure": f"EM rate ({name})", "value [95% CI]": fmt_ci(em["rate"], em["lo"], em["hi"]),
+                      "n": f"{em['n']} counted, {em['n_unscored']} unscored"})
+    console.print(table(f"EM evaluation: {model.name} {'+ ' + ','.join(Path(a).name for a in cfg.adapters) if cfg.adapters else ''}"
+                        f" ({len(questions)} questions x {cfg.samples} samples)", lines))
+    if "em" not in summary:
+        console.print("[yellow]no judge configured: judged EM rates not computed (see --judge-base-url)[/]")
+    console.print(f"answers: {out / 'answers.jsonl'}")
+    return summary
+
+
+def main(argv=None) -> None:
+    from lab.console import user_errors
+
+    with user_errors():
+        run(parse_config(EvalConfig, argv))
+
+
+if __name__ == "__main__":
+    main()
