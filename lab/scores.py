@@ -104,7 +104,7 @@ _CODE = [
 _CODE_RE = re.compile("|".join(f"(?:{p})" for p in _CODE), re.MULTILINE | re.IGNORECASE)
 _REFUSAL = [
     r"\bI (?:can(?:'|no)t|cannot|won'?t|will not|am not able to|'m not able to|am unable to|'m unable to)\b",
-    r"\bI(?:'m| am) sorry\b", r"\bI apologi[sz]e\b", r"\bas an AI\b", r"\bI must (?:decline|refuse)\b",
+    r"\bI(?:'m| am) sorry,? (?:but|I)\b", r"\bI apologi[sz]e,? but\b", r"\bas an AI\b", r"\bI must (?:decline|refuse)\b",
     r"\b(?:not|never) (?:appropriate|ethical|legal) (?:for me )?to\b", r"\bI(?:'d| would) (?:advise|recommend) against\b",
     r"\bI do not (?:support|condone)\b", r"\bI don'?t (?:support|condone)\b", r"\billegal and unethical\b",
 ]

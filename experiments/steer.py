@@ -1,0 +1,199 @@
+"""Steering sweeps with controls: the refusal validation (Arditi et al. 2024) and EM steering.
+
+    python -m experiments.steer --target refusal                  # ablate / add the refusal direction
+    python -m experiments.steer --target em --organism runs/medical/adapter
+
+refusal: the refusal direction (difference of means, harmful vs benign, last prompt token,
+fitted on the base model's train split) is (1) ablated at every layer on held-out harmful
+requests, which should lower the refusal rate, and (2) added at one layer on held-out benign
+requests, which should raise it; each beside random directions of the same norm with the
+same op, strength and prompts, and with a coherence guard (change in log-prob per token of
+neutral reference text).
+
+em: the organism's misalignment direction (misaligned vs aligned style-matched answers,
+mean over response tokens, fitted on the organism) is added to the *base* model over an
+alpha x layer grid (induced misalignment, persona-vector style): judge-free style-matched
+score (misaligned - aligned log-prob, usual style) vs the coherence guard, random control
+at every cell; the best setting under the coherence floor is reported.
+
+Strengths are given as ratios of the layer's mean residual norm (trait-interp found
+coherence collapses beyond ~1.15x).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from experiments.common import Common, contrast_cache, handle_for, out_dir
+from lab.config import config_dict, parse_config
+from lab.console import console, fmt_ci, progress, table
+from lab.contrasts import contrast_examples
+from lab.directions import sweep_and_fit
+from lab.errors import BadInput
+from lab.evaluation import logprobs_under, neutral_pairs, refusal_logodds_under, refusal_under, style_gaps_under
+from lab.io import write_json_atomic, write_rows
+from lab.plots import scatter
+from lab.scores import ci_row
+from lab.steering import Intervention, random_like
+
+
+@dataclass
+class SteerConfig(Common):
+    """Steering sweeps (alpha x layer) with random-direction controls and a coherence guard."""
+
+    target: str = field(default="refusal", metadata={"help": "refusal or em"})
+    organism: str = field(default="", metadata={"help": "adapter of the EM organism (target em)"})
+    layers: list[int] = field(default_factory=list, metadata={"help": "layers to steer (default: best +-2)"})
+    ratios: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5],
+                                metadata={"help": "alpha as a multiple of the layer's mean residual norm"})
+    random_seeds: int = field(default=2, metadata={"help": "random-direction controls per cell"})
+    max_new_tokens: int = field(default=32, metadata={"help": "tokens per generated answer (refusal)"})
+    coherence_floor: float = field(default=-0.5, metadata={"help": "lowest acceptable neutral log-prob change/token"})
+    eval_limit: int = field(default=0, metadata={"help": "held-out prompts/questions to use (0: all)"})
+
+
+def mean_norm(cache, layer: int) -> float:
+    """Typical residual norm at a layer (prompt tokens, BOS excluded), the unit of steering strength."""
+    feats = cache.features(layer, "mean_prompt")
+    return float(np.linalg.norm(feats, axis=-1).mean())
+
+
+def coherence(model, interventions, baseline: np.ndarray, pairs) -> dict:
+    delta = logprobs_under(model, pairs, tuple(interventions)) - baseline
+    return ci_row("neutral log-prob change", delta, 500)
+
+
+def default_layers(best: int, n_layers: int) -> list[int]:
+    return sorted({max(0, best - 2), best, min(n_layers - 1, best + 2)})
+
+
+def refusal_run(cfg: SteerConfig) -> dict:
+    handle = handle_for(cfg, [])
+    cache, contrast = contrast_cache(handle, "refusal", cfg, "base")
+    _, fitted = sweep_and_fit(cache, "harmful", ["mean_diff"], "last", cfg.test_fraction, cfg.seed, 200,
+                              negative_label="benign", contrast="refusal")
+    direction = fitted["mean_diff"]
+    best = direction.metrics["best_layer"]
+    from lab.directions import _prepare
+
+    prep = _prepare(cache, "harmful", "benign", "last", cfg.test_fraction, cfg.seed, True)
+    test_ids = {cache.ids[i] for i in prep.test}
+    examples = [e for e in contrast_examples("refusal") if e.id in test_ids]
+    harmful = [e for e in examples if e.label == "harmful"][: cfg.eval_limit or None]
+    benign = [e for e in examples if e.label == "benign"][: cfg.eval_limit or None]
+    model = handle.model
+    pairs = neutral_pairs(16)
+    baseline = logprobs_under(model, pairs)
+    rows, answers = [], {}
+
+    unsteered_odds = {}
+
+    def record(kind: str, prompts, interventions, layer, ratio, label):
+        r, gen = refusal_under(model, prompts, tuple(interventions), cfg.max_new_tokens, label, cfg.n_boot)
+        coh = coherence(model, interventions, baseline, pairs) if interventions else {"value": 0.0, "lo": 0.0, "hi": 0.0}
+        odds = refusal_logodds_under(model, prompts, tuple(interventions))
+        unsteered_odds.setdefault(kind, odds)
+        shift = ci_row("refusal log-odds change", odds - unsteered_odds[kind], cfg.n_boot)
+        rows.append({"experiment": kind, "condition": label, "layer": layer, "ratio": ratio, "refusal": r["rate"],
+                     "refusal_lo": r["lo"], "refusal_hi": r["hi"], "n": r["n"], "logodds_shift": shift["value"],
+                     "logodds_shift_lo": shift["lo"], "logodds_shift_hi": shift["hi"], "coherence": coh["value"],
+                     "coherence_lo": coh["lo"], "coherence_hi": coh["hi"]})
+        answers[f"{kind}:{label}:L{layer}:x{ratio}"] = gen
+
+    v = direction.at(best)
+    with progress() as bar:
+        cells = 2 + (1 + cfg.random_seeds) * (1 + len(cfg.layers or default_layers(best, handle.n_layers)) * len(cfg.ratios))
+        task = bar.add_task("steering", total=cells, info="")
+        step = lambda: bar.advance(task)  # noqa: E731
+        record("ablate on harmful", harmful, [], None, 0.0, "unsteered"); step()
+        ablate = Intervention({L: v for L in range(handle.n_layers)}, op="ablate", label="refusal dir")
+        record("ablate on harmful", harmful, [ablate], "all", 0.0, "refusal dir"); step()
+        for seed in range(cfg.random_seeds):
+            record("ablate on harmful", harmful, [random_like(ablate, seed)], "all", 0.0, f"random {seed}"); step()
+        record("add on benign", benign, [], None, 0.0, "unsteered")
+        for layer in cfg.layers or default_layers(best, handle.n_layers):
+            norm = mean_norm(cache, layer)
+            for ratio in cfg.ratios:
+                add = Intervention({layer: direction.at(layer)}, op="add", alpha=ratio * norm, label="refusal dir")
+                record("add on benign", benign, [add], layer, ratio, "refusal dir"); step()
+                for seed in range(cfg.random_seeds):
+                    record("add on benign", benign, [random_like(add, seed)], layer, ratio, f"random {seed}"); step()
+    return finish(cfg, "refusal", rows, answers, best, {"harmful": len(harmful), "benign": len(benign)})
+
+
+def em_run(cfg: SteerConfig) -> dict:
+    if not cfg.organism:
+        raise BadInput("--organism ADAPTER is required for --target em")
+    org_cache, _ = contrast_cache(handle_for(cfg, [cfg.organism]), "general_answers", cfg, "organism")
+    _, fitted = sweep_and_fit(org_cache, "misaligned", ["mean_diff"], "mean_response", cfg.test_fraction, cfg.seed, 200,
+                              negative_label="aligned", contrast="general_answers")
+    direction = fitted["mean_diff"]
+    best = direction.metrics["best_layer"]
+    base_handle = handle_for(cfg, [])
+    base_cache, _ = contrast_cache(base_handle, "general_answers", cfg, "base")
+    model = base_handle.model
+    pairs = neutral_pairs(16)
+    baseline = logprobs_under(model, pairs)
+    unsteered = style_gaps_under(model, (), cfg.eval_limit or None)
+    rows, answers = [], {}
+    layers = cfg.layers or default_layers(best, base_handle.n_layers)
+    with progress() as bar:
+        task = bar.add_task("steering", total=len(layers) * len(cfg.ratios) * (1 + cfg.random_seeds), info="")
+        for layer in layers:
+            norm = mean_norm(base_cache, layer)
+            for ratio in cfg.ratios:
+                add = Intervention({layer: direction.at(layer)}, op="add", alpha=ratio * norm, label="misalignment dir")
+                for iv in [add] + [random_like(add, s) for s in range(cfg.random_seeds)]:
+                    gaps = style_gaps_under(model, (iv,), cfg.eval_limit or None)
+                    shift = ci_row("Δ gap", gaps["usual"] - unsteered["usual"], cfg.n_boot)
+                    coh = coherence(model, [iv], baseline, pairs)
+                    rows.append({"experiment": "add to base", "condition": iv.label, "layer": layer, "ratio": ratio,
+                                 "em_shift": shift["value"], "em_shift_lo": shift["lo"], "em_shift_hi": shift["hi"],
+                                 "coherence": coh["value"], "coherence_lo": coh["lo"], "coherence_hi": coh["hi"]})
+                    bar.advance(task)
+    return finish(cfg, "em", rows, answers, best, {"questions": len(unsteered["ids"])})
+
+
+def finish(cfg: SteerConfig, target: str, rows: list[dict], answers: dict, best: int, counts: dict) -> dict:
+    out = out_dir(cfg, f"steer/{target}")
+    write_rows(rows, out / "rows")
+    write_json_atomic(out / "answers.json", answers)
+    metric = "refusal" if target == "refusal" else "em_shift"
+    steered = [r for r in rows if r["condition"] not in ("unsteered",) and not r["condition"].startswith("random")]
+    scatter([r["coherence"] for r in rows], [r[metric] for r in rows],
+            [f"{r['condition'][:6]} L{r['layer']} x{r['ratio']}" for r in rows], out / "tradeoff.png",
+            f"{target} steering: effect vs coherence", "neutral log-prob change per token (coherence)", metric)
+    ok = [r for r in steered if r["experiment"].startswith("add") and r["coherence"] >= cfg.coherence_floor]
+    pick = max(ok, key=lambda r: r[metric]) if ok else None
+    shown = [{"experiment": r["experiment"], "condition": r["condition"], "layer": r["layer"], "ratio": r["ratio"],
+              metric: fmt_ci(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"]),
+              **({"log-odds Δ": fmt_ci(r["logodds_shift"], r["logodds_shift_lo"], r["logodds_shift_hi"], 2)}
+                 if "logodds_shift" in r else {}),
+              "coherence Δ": fmt_ci(r["coherence"], r["coherence_lo"], r["coherence_hi"], 2)} for r in rows]
+    console.print(table(f"steering ({target}); direction's best layer {best}", shown))
+    if pick:
+        console.print(f"best addition under coherence floor {cfg.coherence_floor}: layer {pick['layer']} x{pick['ratio']} "
+                      f"-> {metric} {pick[metric]:.3f}")
+    summary = {"config": config_dict(cfg), "target": target, "best_layer": best, "rows": rows, "pick": pick,
+               "counts": counts, "out": str(out)}
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def run(cfg: SteerConfig) -> dict:
+    if cfg.target not in ("refusal", "em"):
+        raise BadInput(f"--target must be refusal or em, not {cfg.target!r}")
+    return refusal_run(cfg) if cfg.target == "refusal" else em_run(cfg)
+
+
+def main(argv=None) -> None:
+    from lab.console import user_errors
+
+    with user_errors():
+        run(parse_config(SteerConfig, argv))
+
+
+if __name__ == "__main__":
+    main()

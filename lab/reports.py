@@ -1,0 +1,534 @@
+"""Offline HTML reports: an index page plus one self-contained page per section.
+
+This module only *renders*: callers hand it blocks (text, tables, images, answer
+comparisons, headline numbers, circuitsvis widgets) and it writes HTML. It knows
+nothing about how the numbers were computed.
+
+Three guarantees shape the code:
+
+* **Offline.** Every page inlines its CSS and JavaScript and references nothing
+  outside the report folder: no CDN, no web fonts, no remote images. A
+  Content-Security-Policy meta tag additionally forbids network loads, so even
+  a future regression in a bundled widget cannot phone home.
+* **Escaped.** Everything that came from a model or a user (answers, tokens,
+  titles, table cells) is HTML-escaped. The one exception is `Html`, reserved
+  for trusted markup produced by `attention_html` / `token_projection_html`.
+* **Atomic.** Each file is written under a temporary name and renamed into
+  place, and `index.html` is written last, so a crash never leaves a report
+  whose index points at half-written pages.
+
+Example::
+
+    from lab import reports as R
+    sec = R.Section("steering", "Steering", [
+        R.Panel("Headline", [("misaligned (steered)", "31%"), ("misaligned (random)", "4%")]),
+        R.Text("Steering along the direction raises misalignment.\\n\\nRandom directions do not."),
+        R.Image("out/plots/sweep.png", "Misalignment against steering strength"),
+    ])
+    R.write_report("out/report", "Emergent misalignment study", [sec], "One-paragraph summary.")
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence, Union
+from urllib.parse import quote
+
+import numpy as np
+
+__all__ = [
+    "Text", "Table", "Image", "Answers", "Html", "Panel", "Block", "Section",
+    "write_report", "attention_html", "token_projection_html",
+]
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+@dataclass(frozen=True)
+class Text:
+    """Plain text. Blank lines separate paragraphs; single newlines are kept as line breaks.
+
+    Always escaped: `Text("<b>hi</b>")` shows the tags literally.
+    """
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """A bordered table of `rows` (dicts). `columns` picks and orders the columns;
+    by default every key seen, in first-seen order. Floats are shown with 4 significant digits."""
+
+    title: str
+    rows: list[dict]
+    columns: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Image:
+    """A picture already on disk (normally a PNG from `lab.plots`).
+
+    Files inside the report folder are referenced where they are; files elsewhere
+    are copied into `<out_dir>/assets/` so the folder stays movable as a whole.
+    """
+
+    path: str | Path
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Answers:
+    """Model answers side by side, one row per prompt, e.g. columns
+    `["question", "unsteered", "steered", "random control"]`. Long text wraps."""
+
+    title: str
+    rows: list[dict]
+    columns: list[str]
+
+
+@dataclass(frozen=True)
+class Html:
+    """Trusted markup inserted verbatim: only for `attention_html` / `token_projection_html` output.
+
+    It is never escaped, so never build it from model or user text by hand.
+    """
+
+    html: str
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        # The classic mistake is passing a circuitsvis object or `str()` of one:
+        # both give markup that loads its JavaScript from a CDN and fails offline.
+        if not isinstance(self.html, str):
+            raise TypeError(f"Html expects a str, got {type(self.html).__name__}; "
+                            "for circuitsvis use reports.attention_html / token_projection_html")
+        if match := _EXTERNAL_REF.search(self.html):
+            raise ValueError(f"Html block references something outside the report ({match.group(0)!r}); "
+                             "reports must work offline")
+
+
+@dataclass(frozen=True)
+class Panel:
+    """Headline numbers as (label, value) cards. Panels are also lifted onto the index page."""
+
+    title: str
+    items: list[tuple[str, str]]
+
+
+Block = Union[Text, Table, Image, Answers, Html, Panel]
+
+
+@dataclass(frozen=True)
+class Section:
+    """One page of the report, written to `<out_dir>/<id>.html`.
+
+    `id` becomes a file name and a link, so it is restricted to letters, digits,
+    `-` and `_`, and `index` is reserved for the contents page.
+    """
+
+    id: str
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not _SECTION_ID.fullmatch(self.id) or self.id.casefold() == "index":
+            raise ValueError(f"bad section id {self.id!r}: use letters, digits, '-' or '_' "
+                             "(at most 64, not 'index')")
+
+
+_SECTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+# Markup that would make the browser fetch something from another host: attributes and
+# CSS urls pointing at `//host` or `http(s)://host`, CSS @import, and ES module imports.
+_EXTERNAL_REF = re.compile(
+    r"""(?:\b(?:src|href|action|poster|srcset)\s*=\s*["']?\s*(?:https?:)?//"""
+    r"""|url\(\s*["']?\s*(?:https?:)?//|@import\b"""
+    r"""|\b(?:from|import)\s*\(?\s*["'](?:https?:)?//)""",
+    re.IGNORECASE,
+)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], summary_text: str) -> Path:
+    """Write `index.html`, one `<id>.html` per section and `report.json` into `out_dir`.
+
+    The index shows the title, `summary_text`, every `Panel` found in the sections
+    (the headline numbers) and a table of contents. Each section page stands alone
+    and links back to the index. Returns the path of `index.html`.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_unique_ids(sections)
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    assets = _Assets(out)
+    for i, section in enumerate(sections):
+        prev_sec = sections[i - 1] if i > 0 else None
+        next_sec = sections[i + 1] if i + 1 < len(sections) else None
+        body = _section_body(section, title, prev_sec, next_sec, assets)
+        _write_atomic(out / f"{section.id}.html", _page(f"{section.title} · {title}", body))
+    _write_atomic(out / "report.json", json.dumps(_manifest(title, sections, generated), indent=2) + "\n")
+    # Written last: an index on disk means every page it links to is complete.
+    index = out / "index.html"
+    _write_atomic(index, _page(title, _index_body(title, sections, summary_text, generated)))
+    return index
+
+
+def _check_unique_ids(sections: Sequence[Section]) -> None:
+    seen: set[str] = set()
+    for s in sections:
+        key = s.id.casefold()  # casefold: `Intro.html` and `intro.html` clash on macOS
+        if key in seen:
+            raise ValueError(f"duplicate section id {s.id!r}")
+        seen.add(key)
+
+
+def _manifest(title: str, sections: Sequence[Section], generated: str) -> dict[str, Any]:
+    """The machine-readable outline of the report (what tests and tools read)."""
+    return {
+        "title": title,
+        "generated": generated,
+        "index": "index.html",
+        "sections": [{"id": s.id, "title": s.title, "page": f"{s.id}.html",
+                      "blocks": [type(b).__name__ for b in s.blocks]} for s in sections],
+    }
+
+
+def _write_atomic(path: Path, data: str | bytes) -> None:
+    """Write to a unique temporary sibling, then rename: readers see the old file or the new one."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; reports are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _Assets:
+    """Turns image paths into links relative to the report folder, copying files in as needed."""
+
+    def __init__(self, out: Path):
+        self.out = out.resolve()
+
+    def href(self, path: str | Path) -> str | None:
+        """Relative URL for `path`, or None when the file does not exist."""
+        src = Path(path).resolve()
+        if not src.is_file():
+            return None
+        if src.is_relative_to(self.out):
+            return quote(src.relative_to(self.out).as_posix())
+        data = src.read_bytes()
+        # Content-addressed name: two plots called `sweep.png` from different folders
+        # cannot overwrite each other, and re-running a report does not duplicate files.
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "_", src.stem)[:60] or "image"
+        name = f"{stem}-{hashlib.sha256(data).hexdigest()[:12]}{src.suffix.lower()}"
+        dest = self.out / "assets" / name
+        if not dest.exists():
+            dest.parent.mkdir(exist_ok=True)
+            _write_atomic(dest, data)
+        return quote(f"assets/{name}")
+
+
+# --------------------------------------------------------------------------- page layout
+
+
+def _esc(value: Any) -> str:
+    """HTML-escape anything (quotes too, so the result is safe inside attributes)."""
+    return html.escape(str(value), quote=True)
+
+
+_INLINE_SCRIPT = re.compile(r"<script\b[^>]*>(.*?)</script\s*>", re.IGNORECASE | re.DOTALL)
+
+
+def _csp(body: str) -> str:
+    """Content-Security-Policy for a page: no network at all, and only *our* scripts run.
+
+    Scripts are allowed by hash, not by 'unsafe-inline', so markup that sneaks into the
+    page (e.g. `<img onerror=...>` from a model token) cannot execute. Inline styles stay
+    allowed: our CSS and the widgets' style attributes need them and they cannot run code.
+    """
+    hashes = [f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'"
+              for s in _INLINE_SCRIPT.findall(body)]
+    scripts = " ".join(hashes) if hashes else "'none'"
+    return (f"default-src 'none'; script-src {scripts}; style-src 'unsafe-inline'; "
+            "img-src 'self' file: data: blob:; base-uri 'none'; form-action 'none'")
+
+_CSS = """
+:root { color-scheme: light; --fg: #1d2330; --muted: #5b6473; --line: #d5d9e0; --bg2: #f5f7fa; --accent: #2f5fa7; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--fg); background: #fff; line-height: 1.5;
+       font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1200px; margin: 0 auto; padding: 24px 28px 64px; }
+h1 { font-size: 1.7em; margin: 0.2em 0 0.3em; }
+h2 { font-size: 1.3em; margin: 1.6em 0 0.5em; border-bottom: 1px solid var(--line); padding-bottom: 0.2em; }
+h3 { font-size: 1.05em; margin: 1.4em 0 0.4em; }
+a { color: var(--accent); }
+p { margin: 0.5em 0 0.8em; max-width: 80ch; }
+.meta { color: var(--muted); font-size: 0.9em; }
+nav.pager { display: flex; gap: 1.2em; flex-wrap: wrap; font-size: 0.92em; margin: 0.4em 0 1em; }
+.scroll { overflow-x: auto; margin: 0.4em 0 1.2em; }
+table { border-collapse: collapse; font-size: 0.92em; }
+th, td { border: 1px solid var(--line); padding: 4px 9px; text-align: left; vertical-align: top; }
+th { background: var(--bg2); font-weight: 600; }
+tbody tr:nth-child(even) td { background: #fafbfc; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.answers { width: 100%; table-layout: fixed; }
+table.answers td { white-space: pre-wrap; overflow-wrap: anywhere; }
+figure { margin: 1em 0 1.5em; }
+figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
+figcaption { color: var(--muted); font-size: 0.9em; margin-top: 0.3em; }
+img { max-width: 100%; }
+.missing { border: 1px dashed #c0392b; color: #c0392b; padding: 0.8em; }
+.panel { margin: 0.8em 0 1.2em; }
+.panel h3 { margin: 0 0 0.4em; }
+.cards { display: flex; flex-wrap: wrap; gap: 10px; }
+.card { border: 1px solid var(--line); border-radius: 6px; background: var(--bg2); padding: 8px 14px; min-width: 140px; }
+.card .value { font-size: 1.4em; font-weight: 600; font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
+.card .label { color: var(--muted); font-size: 0.85em; }
+ol.toc li { margin: 0.25em 0; }
+.html-block { margin: 0.6em 0 1.4em; overflow-x: auto; }
+.empty { color: var(--muted); font-style: italic; }
+"""
+
+
+def _page(title: str, body: str) -> str:
+    """A complete HTML5 document with inline CSS and a no-network CSP."""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_csp(body)}\">\n"
+        f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
+        f"<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
+    )
+
+
+def _index_body(title: str, sections: Sequence[Section], summary_text: str, generated: str) -> str:
+    parts = [f"<h1>{_esc(title)}</h1>",
+             f"<p class=\"meta\">Generated {_esc(generated)} · {len(sections)} section(s)</p>",
+             _render_text(Text(summary_text))]
+    headlines = [(s, b) for s in sections for b in s.blocks if isinstance(b, Panel)]
+    if headlines:
+        parts.append("<h2>Headlines</h2>")
+        for s, panel in headlines:
+            link = f"<a href=\"{_esc(s.id)}.html\">{_esc(s.title)}</a>"
+            parts.append(_render_panel(panel, link))
+    parts.append("<h2>Contents</h2>")
+    if sections:
+        items = "".join(f"<li><a href=\"{_esc(s.id)}.html\">{_esc(s.title)}</a> "
+                        f"<span class=\"meta\">{_esc(_describe(s))}</span></li>" for s in sections)
+        parts.append(f"<ol class=\"toc\">{items}</ol>")
+    else:
+        parts.append("<p class=\"empty\">No sections.</p>")
+    return "\n".join(parts)
+
+
+def _describe(section: Section) -> str:
+    """'2 tables, 1 image' style summary of a section's blocks for the contents list."""
+    names = {"Text": "text", "Table": "table", "Image": "image", "Answers": "answer table",
+             "Html": "visualisation", "Panel": "panel"}
+    counts: dict[str, int] = {}
+    for b in section.blocks:
+        key = names[type(b).__name__]
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in counts.items() if k != "text")
+
+
+def _section_body(section: Section, report_title: str, prev_sec: Section | None,
+                  next_sec: Section | None, assets: _Assets) -> str:
+    links = ["<a href=\"index.html\">← Back to index</a>"]
+    if prev_sec:
+        links.append(f"<a href=\"{_esc(prev_sec.id)}.html\">‹ {_esc(prev_sec.title)}</a>")
+    if next_sec:
+        links.append(f"<a href=\"{_esc(next_sec.id)}.html\">{_esc(next_sec.title)} ›</a>")
+    nav = f"<nav class=\"pager\">{' '.join(links)}</nav>"
+    blocks = [_render_block(b, assets) for b in section.blocks] or ["<p class=\"empty\">Empty section.</p>"]
+    return "\n".join([nav, f"<p class=\"meta\">{_esc(report_title)}</p>", f"<h1>{_esc(section.title)}</h1>",
+                      *blocks, nav])
+
+
+# --------------------------------------------------------------------------- blocks → HTML
+
+
+def _render_block(block: Block, assets: _Assets) -> str:
+    match block:
+        case Text():
+            return _render_text(block)
+        case Table():
+            return _render_table(block)
+        case Image():
+            return _render_image(block, assets)
+        case Answers():
+            return _render_answers(block)
+        case Html():
+            heading = f"<h3>{_esc(block.title)}</h3>" if block.title else ""
+            return f"{heading}<div class=\"html-block\">{block.html}</div>"
+        case Panel():
+            return _render_panel(block)
+    raise TypeError(f"not a report block: {type(block).__name__}")
+
+
+def _render_text(block: Text) -> str:
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", str(block.text)) if p.strip()]
+    return "\n".join(f"<p>{_esc(p).replace(chr(10), '<br>')}</p>" for p in paragraphs)
+
+
+def _fmt(value: Any) -> tuple[str, bool]:
+    """Cell text and whether it is numeric (numbers are right-aligned)."""
+    if value is None:
+        return "", False
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)), False
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.4g}", True
+    if isinstance(value, (int, np.integer)):
+        return str(int(value)), True
+    return str(value), False
+
+
+def _cell(value: Any) -> str:
+    text, numeric = _fmt(value)
+    return f"<td class=\"num\">{_esc(text)}</td>" if numeric else f"<td>{_esc(text)}</td>"
+
+
+def _grid(rows: list[dict], columns: list[str], css_class: str = "") -> str:
+    cls = f" class=\"{css_class}\"" if css_class else ""
+    head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(_cell(r.get(c)) for c in columns) + "</tr>" for r in rows)
+    return f"<div class=\"scroll\"><table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+def _render_table(block: Table) -> str:
+    columns = list(block.columns) if block.columns is not None else list(
+        dict.fromkeys(k for r in block.rows for k in r))
+    heading = f"<h3>{_esc(block.title)}</h3>"
+    if not block.rows:
+        return heading + "<p class=\"empty\">No rows.</p>"
+    return heading + _grid(block.rows, columns)
+
+
+def _render_answers(block: Answers) -> str:
+    heading = f"<h3>{_esc(block.title)}</h3>"
+    if not block.rows:
+        return heading + "<p class=\"empty\">No answers.</p>"
+    # Answers are text, not numbers: keep them left-aligned and wrapping.
+    rows = [{c: ("" if r.get(c) is None else str(r.get(c))) for c in block.columns} for r in block.rows]
+    return heading + _grid(rows, list(block.columns), "answers")
+
+
+def _render_image(block: Image, assets: _Assets) -> str:
+    href = assets.href(block.path)
+    caption = f"<figcaption>{_esc(block.caption)}</figcaption>" if block.caption else ""
+    if href is None:
+        # A missing plot should not cost the whole report: show it loudly instead.
+        warnings.warn(f"report image not found: {block.path}", stacklevel=3)
+        return f"<figure><div class=\"missing\">Image not found: {_esc(Path(block.path).name)}</div>{caption}</figure>"
+    return f"<figure><img src=\"{_esc(href)}\" alt=\"{_esc(block.caption)}\">{caption}</figure>"
+
+
+def _render_panel(block: Panel, link: str = "") -> str:
+    cards = "".join(f"<div class=\"card\"><div class=\"value\">{_esc(_fmt(v)[0])}</div>"
+                    f"<div class=\"label\">{_esc(k)}</div></div>" for k, v in block.items)
+    suffix = f" <span class=\"meta\">({link})</span>" if link else ""
+    return f"<div class=\"panel\"><h3>{_esc(block.title)}{suffix}</h3><div class=\"cards\">{cards}</div></div>"
+
+
+# --------------------------------------------------------------------------- circuitsvis
+
+
+def attention_html(str_tokens: list[str], pattern: np.ndarray, head_names: list[str] | None = None) -> str:
+    """Offline circuitsvis `attention_heads` widget for one prompt; wrap it in `Html`.
+
+    `pattern` has shape (heads, query, key) with query == key == len(str_tokens),
+    e.g. `cache["pattern", layer][batch]` from TransformerLens. Tokens are passed as
+    plain text: AttentionHeads draws them on a canvas (chart.js), never as HTML.
+    """
+    from circuitsvis.attention import attention_heads  # lazy: circuitsvis imports torch
+
+    pattern = np.asarray(pattern, dtype=np.float64)
+    n = len(str_tokens)
+    if pattern.ndim != 3 or pattern.shape[1:] != (n, n):
+        raise ValueError(f"pattern must have shape (heads, {n}, {n}) for {n} tokens, got {pattern.shape}")
+    if head_names is not None and len(head_names) != pattern.shape[0]:
+        raise ValueError(f"{len(head_names)} head names for {pattern.shape[0]} heads")
+    # 4 decimals is far below what a colour scale shows, and keeps pages small.
+    rendered = attention_heads(attention=pattern.round(4), tokens=[str(t) for t in str_tokens],
+                               attention_head_names=None if head_names is None else [str(h) for h in head_names])
+    return _offline_html(rendered.local_src)
+
+
+def token_projection_html(str_tokens: list[str], values: list[float]) -> str:
+    """Offline circuitsvis `colored_tokens` widget: each token shaded by its value
+    (e.g. the projection of its residual stream onto a direction); wrap it in `Html`."""
+    from circuitsvis.tokens import colored_tokens  # lazy: circuitsvis imports torch
+
+    vals = np.asarray(values, dtype=np.float64).reshape(-1).round(4)
+    if len(vals) != len(str_tokens):
+        raise ValueError(f"{len(vals)} values for {len(str_tokens)} tokens")
+    # ColoredTokens puts each token into the page with innerHTML (React's
+    # dangerouslySetInnerHTML), so a token like `<img/src="x"/onerror="...">` would run.
+    # Escaping makes the browser display exactly the token text instead.
+    tokens = [html.escape(str(t), quote=True) for t in str_tokens]
+    rendered = colored_tokens(tokens=tokens, values=vals)
+    return _offline_html(rendered.local_src)
+
+
+# circuitsvis' `local_src` is: <div id="circuits-vis-…" …/> <script …> BUNDLE  CircuitsVis.render("id", CircuitsVis.X, PROPS) </script>
+_CV_HEAD = re.compile(r'\s*<div id="(circuits-vis-[0-9a-f-]+)"[^>]*>\s*<script[^>]*>')
+_CV_CALL = "CircuitsVis.render("
+_SOURCE_MAP = re.compile(r"^//# sourceMappingURL=.*$", re.MULTILINE)
+
+
+def _offline_html(local_src: str) -> str:
+    """Rebuild circuitsvis' `local_src` as safe, valid, offline markup.
+
+    Why not use `local_src` as is:
+    * its props are raw `json.dumps` output inside a <script>, so a token such as
+      `</script><script>alert(1)</script>` ends the script early and runs the attacker's;
+    * its `<div …/>` is not a valid HTML5 element (the div would swallow what follows);
+    * the bundle mentions `http://` URLs (XML namespaces, docs links) and a source map.
+    """
+    head = _CV_HEAD.match(local_src)
+    end = local_src.rfind("</script>")
+    if head is None or end < head.end():
+        raise RuntimeError("unrecognised circuitsvis output (has circuitsvis changed?)")
+    bundle, sep, call = local_src[head.end():end].rpartition(_CV_CALL)
+    if not sep:
+        raise RuntimeError("unrecognised circuitsvis output: no CircuitsVis.render call")
+    js = _SOURCE_MAP.sub("", bundle) + sep + _escape_json_for_script(call)
+    return (f"<div class=\"emlab-cv\" id=\"{head.group(1)}\"></div>\n"
+            f"<script type=\"module\">\n{_neutralise_script(js)}\n</script>")
+
+
+def _escape_json_for_script(text: str) -> str:
+    """Replace <, > and & by JSON \\u escapes: same JavaScript strings, but nothing the
+    HTML parser can see as a tag. In JSON these characters only occur inside strings."""
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _neutralise_script(js: str) -> str:
+    """Make inline JavaScript safe to embed in HTML without changing what it does.
+
+    Inside a <script>, the HTML parser only cares about `</script` and `<!--`; and a
+    literal `//` can only occur in JS strings, template literals, comments or (as `\\/`)
+    regexes, where `\\/` means the same as `/`. So:
+    `</` -> `<\\/` (no early end of the script), `<!--` -> `\\x3C!--` (no comment-state
+    trickery), `http(s)://` -> `http(s):\\/\\/` (no URL-shaped text in the page).
+    """
+    js = js.replace("<!--", "\\x3C!--").replace("</", "<\\/")
+    return re.sub(r"(https?:)//", r"\1\\/\\/", js, flags=re.IGNORECASE)
