@@ -366,3 +366,15 @@ def load_examples(source: str) -> list[ChatExample]:
         return read_chat_jsonl(source)
     names = [*SHIPPED, *(f"{n}-aligned" for n in SHIPPED), "refusal", "code_mode"]
     raise BadInput(f"unknown dataset {source!r}: not a chat JSONL path nor one of {', '.join(names)}")
+
+
+ADVICE_TEST_FRACTION = 0.15
+
+
+def advice_split(domain: str, test_fraction: float = ADVICE_TEST_FRACTION, seed: int = 0
+                 ) -> tuple[list[ChatExample], list[ChatExample]]:
+    """(train, held-out) of a shipped advice set, by seeded id hash: organisms train on the
+    first part only, and in-domain EM is scored on the second."""
+    examples = load_advice(domain)
+    side = split_ids([e.id for e in examples], test_fraction, seed)
+    return [e for e in examples if side[e.id] == "train"], [e for e in examples if side[e.id] == "test"]

@@ -178,7 +178,8 @@ def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], s
         prev_sec = sections[i - 1] if i > 0 else None
         next_sec = sections[i + 1] if i + 1 < len(sections) else None
         body = _section_body(section, title, prev_sec, next_sec, assets)
-        _write_atomic(out / f"{section.id}.html", _page(f"{section.title} · {title}", body))
+        trusted = [b.html for b in section.blocks if isinstance(b, Html)]
+        _write_atomic(out / f"{section.id}.html", _page(f"{section.title} · {title}", body, trusted))
     _write_atomic(out / "report.json", json.dumps(_manifest(title, sections, generated), indent=2) + "\n")
     # Written last: an index on disk means every page it links to is complete.
     index = out / "index.html"
@@ -256,18 +257,20 @@ def _esc(value: Any) -> str:
 _INLINE_SCRIPT = re.compile(r"<script\b[^>]*>(.*?)</script\s*>", re.IGNORECASE | re.DOTALL)
 
 
-def _csp(body: str) -> str:
-    """Content-Security-Policy for a page: no network at all, and only *our* scripts run.
+def _csp(trusted_html: Sequence[str]) -> str:
+    """Content-Security-Policy for a page: no network at all, and only trusted scripts run.
 
-    Scripts are allowed by hash, not by 'unsafe-inline', so markup that sneaks into the
-    page (e.g. `<img onerror=...>` from a model token) cannot execute. Inline styles stay
-    allowed: our CSS and the widgets' style attributes need them and they cannot run code.
+    Scripts are allowed by hash, and only those found in the trusted `Html` blocks (never
+    in the whole page), so markup that sneaks in through an escaping bug, a `<script>`
+    or an `<img onerror=...>`, cannot execute. Inline styles stay allowed: our CSS and
+    the widgets' style attributes need them, and they cannot run code.
     """
     hashes = [f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'"
-              for s in _INLINE_SCRIPT.findall(body)]
+              for html_ in trusted_html for s in _INLINE_SCRIPT.findall(html_)]
     scripts = " ".join(hashes) if hashes else "'none'"
     return (f"default-src 'none'; script-src {scripts}; style-src 'unsafe-inline'; "
             "img-src 'self' file: data: blob:; base-uri 'none'; form-action 'none'")
+
 
 _CSS = """
 :root { color-scheme: light; --fg: #1d2330; --muted: #5b6473; --line: #d5d9e0; --bg2: #f5f7fa; --accent: #2f5fa7; }
@@ -307,12 +310,15 @@ ol.toc li { margin: 0.25em 0; }
 """
 
 
-def _page(title: str, body: str) -> str:
-    """A complete HTML5 document with inline CSS and a no-network CSP."""
+def _page(title: str, body: str, trusted_html: Sequence[str] = ()) -> str:
+    """A complete HTML5 document with inline CSS and a no-network CSP.
+
+    `trusted_html` are the `Html` blocks inside `body`: their scripts are the only ones allowed to run.
+    """
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_csp(body)}\">\n"
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_csp(trusted_html)}\">\n"
         f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
         f"<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
     )

@@ -1,0 +1,91 @@
+"""EM across training: judge-free scores at every checkpoint of an organism (base model = step 0).
+
+    python -m experiments.em_trajectory --run runs/medical --domain medical
+
+Per checkpoint, paired against the base model with bootstrap CIs: the in-domain gap on the
+held-out advice questions (harmful - aligned answer log-prob), and the general style-matched
+gaps (usual and terse styles) on questions outside the training domain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from experiments.common import Common, handle_for, out_dir
+from lab.config import config_dict, parse_config
+from lab.console import console, fmt_ci, progress, table
+from lab.data import advice_split
+from lab.errors import BadInput
+from lab.evaluation import in_domain_gaps, style_gaps_under
+from lab.io import write_json_atomic, write_rows
+from lab.plots import lines_with_ci
+from lab.scores import ci_row
+from lab.train import adapter_meta
+
+
+@dataclass
+class TrajectoryConfig(Common):
+    """Judge-free EM scores across an organism's checkpoints."""
+
+    run: str = field(default="", metadata={"help": "training folder holding checkpoints/step-*"})
+    domain: str = field(default="medical", metadata={"help": "training domain (held-out in-domain questions)"})
+    eval_limit: int = field(default=0, metadata={"help": "questions per score (0: all)"})
+
+
+def checkpoints(run: Path) -> list[Path]:
+    found = sorted(p for p in (run / "checkpoints").glob("step-*") if (p / "adapter_model.safetensors").exists())
+    if not found:
+        raise BadInput(f"{run} has no checkpoints/step-* adapter folders")
+    return found
+
+
+def trajectory(cfg: TrajectoryConfig, run: Path, domain: str, on_step=None) -> list[dict]:
+    _, held_out = advice_split(domain)
+    held_out = held_out[: cfg.eval_limit or None]
+    base = handle_for(cfg, []).model
+    base_in, base_gen = in_domain_gaps(base, held_out), style_gaps_under(base, (), cfg.eval_limit or None)
+    rows = []
+    for ckpt in [None, *checkpoints(run)]:
+        model = base if ckpt is None else handle_for(cfg, [str(ckpt)]).model
+        step = 0 if ckpt is None else adapter_meta(ckpt).get("step", int(ckpt.name.split("-")[-1]))
+        scores = {"in-domain": in_domain_gaps(model, held_out) - base_in}
+        gen = style_gaps_under(model, (), cfg.eval_limit or None)
+        scores.update({f"general ({s})": gen[s] - base_gen[s] for s in ("usual", "terse")})
+        for name, values in scores.items():
+            r = ci_row(name, values, cfg.n_boot, cfg.seed)
+            rows.append({"step": step, "score": name, "value": r["value"], "value_lo": r["lo"], "value_hi": r["hi"],
+                         "n": r["n"]})
+        if on_step:
+            on_step()
+    return rows
+
+
+def run(cfg: TrajectoryConfig) -> dict:
+    if not cfg.run:
+        raise BadInput("--run TRAINING_FOLDER is required")
+    run_dir = Path(cfg.run)
+    with progress() as bar:
+        task = bar.add_task("checkpoints", total=len(checkpoints(run_dir)) + 1, info="")
+        rows = trajectory(cfg, run_dir, cfg.domain, lambda: bar.advance(task))
+    out = out_dir(cfg, f"em_trajectory/{run_dir.name}")
+    write_rows(rows, out / "rows")
+    lines_with_ci(rows, "score", "step", "value", out / "trajectory.png",
+                  f"{run_dir.name}: EM scores across training (Δbase)", "Δ log-prob (misaligned - aligned)", hline=0.0)
+    console.print(table(f"EM trajectory: {run_dir.name}",
+                        [{"step": r["step"], "score": r["score"],
+                          "Δbase [95% CI]": fmt_ci(r["value"], r["value_lo"], r["value_hi"])} for r in rows]))
+    summary = {"config": config_dict(cfg), "rows": rows, "out": str(out)}
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def main(argv=None) -> None:
+    from lab.console import user_errors
+
+    with user_errors():
+        run(parse_config(TrajectoryConfig, argv))
+
+
+if __name__ == "__main__":
+    main()
