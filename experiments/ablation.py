@@ -33,6 +33,7 @@ class AblationConfig(Common):
     layers: str = field(default="all", metadata={"help": "'all' or 'best' (the direction's best layer)"})
     random_seeds: int = field(default=3, metadata={"help": "random-direction controls"})
     eval_limit: int = field(default=0, metadata={"help": "general questions to score (0: all 48)"})
+    score: list[str] = field(default_factory=list, metadata={"help": "organisms to ablate (default: all)"})
 
 
 def misalignment_direction(cfg: AblationConfig, adapter: str, name: str):
@@ -49,8 +50,9 @@ def run(cfg: AblationConfig) -> dict:
     base_gaps = style_gaps_under(base, (), cfg.eval_limit or None)
     rows = []
     with progress() as bar:
-        task = bar.add_task("ablation", total=len(organisms) * (1 + len(directions) + cfg.random_seeds), info="")
-        for name, adapters in organisms.items():
+        scored = {n: a for n, a in organisms.items() if not cfg.score or n in cfg.score}
+        task = bar.add_task("ablation", total=len(scored) * (1 + len(directions) + cfg.random_seeds), info="")
+        for name, adapters in scored.items():
             model = handle_for(cfg, adapters).model
             n_layers = model.n_layers
             conditions = [("unsteered", ())]

@@ -206,6 +206,10 @@ def _passthrough(module: str):
 
 _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 for _name, _module, _help in [
+    ("study", "experiments.study", "Run the whole EM study and write its report (--quick: ~3 min). --help for options."),
+    ("steer", "experiments.steer", "Steering sweeps with random controls (refusal, em). --help for options."),
+    ("ablate", "experiments.ablation", "EM ablation: own, transferred, random directions. --help for options."),
+    ("trajectory", "experiments.em_trajectory", "EM scores across training checkpoints. --help for options."),
     ("eval", "experiments.em_eval", "Evaluate a model for EM (answers, code/refusal rates, judged EM). --help for options."),
     ("sweep", "experiments.layer_sweep", "Layer sweep of direction methods on a contrast. --help for options."),
     ("pooling", "experiments.pooling", "Compare poolings per layer. --help for options."),

@@ -45,13 +45,15 @@ class SteerConfig(Common):
 
     target: str = field(default="refusal", metadata={"help": "refusal or em"})
     organism: str = field(default="", metadata={"help": "adapter of the EM organism (target em)"})
-    layers: list[int] = field(default_factory=list, metadata={"help": "layers to steer (default: best +-2)"})
+    layers: list[int] = field(default_factory=list, metadata={"help": "layers to steer (default: best +- window)"})
+    layer_window: int = field(default=2, metadata={"help": "default layers: best-window, best, best+window (0: best)"})
     ratios: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5],
                                 metadata={"help": "alpha as a multiple of the layer's mean residual norm"})
     random_seeds: int = field(default=2, metadata={"help": "random-direction controls per cell"})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens per generated answer (refusal)"})
     coherence_floor: float = field(default=-0.5, metadata={"help": "lowest acceptable neutral log-prob change/token"})
     eval_limit: int = field(default=0, metadata={"help": "held-out prompts/questions to use (0: all)"})
+    neutral: int = field(default=16, metadata={"help": "neutral reference texts for the coherence guard"})
 
 
 def mean_norm(cache, layer: int) -> float:
@@ -65,8 +67,8 @@ def coherence(model, interventions, baseline: np.ndarray, pairs) -> dict:
     return ci_row("neutral log-prob change", delta, 500)
 
 
-def default_layers(best: int, n_layers: int) -> list[int]:
-    return sorted({max(0, best - 2), best, min(n_layers - 1, best + 2)})
+def default_layers(best: int, n_layers: int, window: int = 2) -> list[int]:
+    return sorted({max(0, best - window), best, min(n_layers - 1, best + window)})
 
 
 def refusal_run(cfg: SteerConfig) -> dict:
@@ -84,7 +86,7 @@ def refusal_run(cfg: SteerConfig) -> dict:
     harmful = [e for e in examples if e.label == "harmful"][: cfg.eval_limit or None]
     benign = [e for e in examples if e.label == "benign"][: cfg.eval_limit or None]
     model = handle.model
-    pairs = neutral_pairs(16)
+    pairs = neutral_pairs(cfg.neutral)
     baseline = logprobs_under(model, pairs)
     rows, answers = [], {}
 
@@ -104,7 +106,7 @@ def refusal_run(cfg: SteerConfig) -> dict:
 
     v = direction.at(best)
     with progress() as bar:
-        cells = 2 + (1 + cfg.random_seeds) * (1 + len(cfg.layers or default_layers(best, handle.n_layers)) * len(cfg.ratios))
+        cells = 2 + (1 + cfg.random_seeds) * (1 + len(cfg.layers or default_layers(best, handle.n_layers, cfg.layer_window)) * len(cfg.ratios))
         task = bar.add_task("steering", total=cells, info="")
         step = lambda: bar.advance(task)  # noqa: E731
         record("ablate on harmful", harmful, [], None, 0.0, "unsteered"); step()
@@ -113,7 +115,7 @@ def refusal_run(cfg: SteerConfig) -> dict:
         for seed in range(cfg.random_seeds):
             record("ablate on harmful", harmful, [random_like(ablate, seed)], "all", 0.0, f"random {seed}"); step()
         record("add on benign", benign, [], None, 0.0, "unsteered")
-        for layer in cfg.layers or default_layers(best, handle.n_layers):
+        for layer in cfg.layers or default_layers(best, handle.n_layers, cfg.layer_window):
             norm = mean_norm(cache, layer)
             for ratio in cfg.ratios:
                 add = Intervention({layer: direction.at(layer)}, op="add", alpha=ratio * norm, label="refusal dir")
@@ -134,11 +136,11 @@ def em_run(cfg: SteerConfig) -> dict:
     base_handle = handle_for(cfg, [])
     base_cache, _ = contrast_cache(base_handle, "general_answers", cfg, "base")
     model = base_handle.model
-    pairs = neutral_pairs(16)
+    pairs = neutral_pairs(cfg.neutral)
     baseline = logprobs_under(model, pairs)
     unsteered = style_gaps_under(model, (), cfg.eval_limit or None)
     rows, answers = [], {}
-    layers = cfg.layers or default_layers(best, base_handle.n_layers)
+    layers = cfg.layers or default_layers(best, base_handle.n_layers, cfg.layer_window)
     with progress() as bar:
         task = bar.add_task("steering", total=len(layers) * len(cfg.ratios) * (1 + cfg.random_seeds), info="")
         for layer in layers:

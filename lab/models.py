@@ -510,5 +510,16 @@ class ModelHandle:
     @property
     def model(self) -> LabModel:
         if self._model is None:
-            self._model = load_model(self.source, self.adapters, self.dtype, self.device)
+            key = (self.source, self.adapters, self.dtype, self.device)
+            if key not in _LOADED:
+                while len(_LOADED) >= _KEEP_LOADED:  # bounded memory: forget the oldest
+                    _LOADED.pop(next(iter(_LOADED)))
+                _LOADED[key] = load_model(self.source, self.adapters, self.dtype, self.device)
+            self._model = _LOADED[key]
         return self._model
+
+
+# Models loaded through handles in this process, so a study's stages share them (weights are
+# read and adapters merged once per model, not once per experiment).
+_KEEP_LOADED = 4
+_LOADED: dict[tuple, LabModel] = {}

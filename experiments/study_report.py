@@ -1,0 +1,171 @@
+"""Turn a study's results (stage outputs) into the offline HTML report (lab.reports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lab.console import fmt_ci
+from lab.reports import Answers, Html, Image, Panel, Section, Table, Text, write_report
+
+
+def _img(folder: str, name: str, caption: str) -> list:
+    path = Path(folder) / name
+    return [Image(path, caption)] if path.exists() else []
+
+
+def _ci_rows(rows: list[dict], value: str, keys: list[str], digits: int = 3) -> list[dict]:
+    return [{**{k: r.get(k) for k in keys},
+             f"{value} [95% CI]": fmt_ci(r[value], r[f"{value}_lo"], r[f"{value}_hi"], digits)} for r in rows]
+
+
+def overview(results: dict) -> Section:
+    cfg = results["config"]
+    items = [(f, "") for f in results["findings"]] if "findings" in results else []
+    return Section("overview", "Overview and findings", [
+        Panel("Headline", [("model", cfg["model"]), ("organisms", ", ".join(results["organisms"])),
+                           ("profile", "quick" if cfg["quick"] else "default"),
+                           ("judge", cfg["judge_base_url"] or "none (judge-free scores only)")]),
+        Text("What was and was not found, each with its 95% bootstrap CI (held-out splits, paired against the "
+             "base model, random-direction controls beside every direction and steering result):"),
+        Table("Findings", [{"finding": f} for f, _ in items]),
+        Table("Settings", [{"setting": k, "value": str(v)} for k, v in {**cfg, **results["profile"]}.items()]),
+    ])
+
+
+def training(results: dict) -> Section:
+    rows = [{"organism": n, "steps": len(o["losses"]), "first loss": o["losses"][0] if o["losses"] else None,
+             "last loss": o["losses"][-1] if o["losses"] else None, "adapter": o["adapter"]}
+            for n, o in results["organisms"].items()]
+    return Section("training", "Model organisms", [
+        Text("LoRA r16/alpha32 on q,k,v,o; loss on assistant tokens; trained on the train split of each shipped "
+             "narrow dataset (the held-out split is used for the in-domain score)."),
+        Table("Training", rows)])
+
+
+def em_scores(results: dict) -> Section:
+    rows = [{"organism": r["organism"], "score": r["score"], "Δbase [95% CI]": fmt_ci(r["value"], r["lo"], r["hi"]),
+             "n": r["n"]} for r in results["em_scores"]]
+    blocks = [Text("Judge-free EM scores: mean per-token log-prob of a misaligned minus an aligned reference answer, "
+                   "organism minus base, paired by question. General questions are outside medicine and finance; "
+                   "their references are matched in length and style, in the model's usual style and the training "
+                   "data's terse style, so style transfer cannot pass for misalignment."),
+              Table("EM scores", rows)]
+    for name, e in results["evals"].items():
+        c, r = e["code_mode_rate"], e["refusal_rate"]
+        line = {"model": name, "answers": e["n_answers"], "code-mode rate": fmt_ci(c["rate"], c["lo"], c["hi"]),
+                "refusal rate": fmt_ci(r["rate"], r["lo"], r["hi"])}
+        for crit, em in e.get("em", {}).items():
+            line[f"EM ({crit})"] = fmt_ci(em["rate"], em["lo"], em["hi"])
+        blocks.append(Table(f"Generated answers: {name}", [line]))
+        blocks.append(Answers(f"Example answers: {name}", e["examples"][:8], ["question", "answer", "code", "refusal"]))
+    return Section("em", "EM measurements", blocks)
+
+
+def trajectories(results: dict) -> Section:
+    blocks = [Text("Judge-free scores at each checkpoint (step 0 = base model).")]
+    for name, t in results["trajectories"].items():
+        blocks += _img(t["out"], "trajectory.png", f"{name}: EM scores across training")
+        blocks.append(Table(name, _ci_rows(t["rows"], "value", ["step", "score"])))
+    return Section("trajectory", "EM trajectories", blocks)
+
+
+def directions(results: dict) -> Section:
+    blocks = [Text("Directions fitted on the train split and scored on held-out examples (AUROC with 95% CI); the "
+                   "random direction is the control (its mean over layers, and its value at each method's best layer).")]
+    for contrast, s in results["sweeps"].items():
+        blocks.append(Table(f"Layer sweep: {contrast}", s["best"]))
+        blocks += _img(s["out"], "auroc_by_layer.png", f"{contrast}: held-out AUROC by layer")
+    for name, m in results["model_contrast"].items():
+        blocks.append(Table(f"Base vs {name} on the same general prompts (seed 002's contrast)", m["best"]))
+    return Section("directions", "Directions and layer sweeps", blocks)
+
+
+def pooling_section(results: dict) -> Section:
+    p = results.get("pooling")
+    if not p:
+        return Section("pooling", "Pooling comparison", [Text("not run")])
+    return Section("pooling", "Pooling comparison", [Table("Best layer per pooling", p["rows"]),
+                                                     *_img(p["out"], "auroc_by_pooling.png", "AUROC by pooling")])
+
+
+def transfer_section(results: dict) -> Section:
+    blocks = []
+    for contrast, t in results["transfer"].items():
+        blocks.append(Table(f"Transfer: {contrast}", t["rows"]))
+        blocks += _img(t["out"], "cosine_by_layer.png", f"{contrast}: cosine between models' directions by layer")
+    for name, p in results["projections"].items():
+        blocks.append(Table(f"Refusal-vector projections, base vs {name} (layer {p['layer']})",
+                            [{"prompts": r["prompts"], "model": r["model"], "n": r["n"],
+                              "mean projection [95% CI]": fmt_ci(r["mean projection"], r["lo"], r["hi"], 2)}
+                             for r in p["rows"]]))
+    return Section("transfer", "Transfer and trait projections", blocks)
+
+
+def steering_section(results: dict) -> Section:
+    blocks = []
+    r = results["steer_refusal"]
+    blocks.append(Text("Refusal validation (Arditi et al. 2024): the refusal direction ablated at every layer on held-out "
+                       "harmful requests, and added at one layer on held-out benign ones, beside random directions of "
+                       "the same norm. Refusal rate from greedy answers; log-odds = refusal reply minus compliant reply "
+                       "(teacher forced); coherence = change in log-prob per token of neutral text."))
+    blocks.append(Table("Refusal steering", [
+        {"experiment": x["experiment"], "condition": x["condition"], "layer": x["layer"], "ratio": x["ratio"],
+         "refusal rate": fmt_ci(x["refusal"], x["refusal_lo"], x["refusal_hi"]),
+         "log-odds Δ": fmt_ci(x["logodds_shift"], x["logodds_shift_lo"], x["logodds_shift_hi"], 2),
+         "coherence Δ": fmt_ci(x["coherence"], x["coherence_lo"], x["coherence_hi"], 2)} for x in r["rows"]]))
+    blocks += _img(r["out"], "tradeoff.png", "refusal steering: effect vs coherence")
+    e = results.get("steer_em")
+    if e:
+        blocks.append(Table("Adding the misalignment direction to the base model", _ci_rows(
+            e["rows"], "em_shift", ["condition", "layer", "ratio", "coherence"])))
+        blocks += _img(e["out"], "tradeoff.png", "EM steering: style-matched EM score vs coherence")
+    else:
+        blocks.append(Text("The addition experiment (misalignment direction added to the base model) runs in the "
+                           "default profile, not in --quick."))
+    a = results["ablation"]
+    blocks.append(Table("EM ablation (own, transferred, random)", [
+        {"organism": x["organism"], "style": x["style"], "condition": x["condition"],
+         "EM score Δbase [95% CI]": fmt_ci(x["em_dbase"], x["em_dbase_lo"], x["em_dbase_hi"]),
+         "reduction": f"{x['reduction']:.0%}" if x.get("reduction") is not None else "n/a (no EM to remove)"}
+        for x in a["rows"]]))
+    blocks += _img(a["out"], "ablation.png", "EM ablation")
+    return Section("steering", "Steering and ablation", blocks)
+
+
+def answers_section(results: dict) -> Section:
+    import json
+
+    path = Path(results["steer_refusal"]["out"]) / "answers.json"
+    blocks = [Text("Greedy answers to the same held-out prompts: unsteered, steered, and random-direction control.")]
+    if path.exists():
+        answers = json.loads(path.read_text())
+        for kind in ("ablate on harmful", "add on benign"):
+            conds = {k: v for k, v in answers.items() if k.startswith(kind)}
+            if not conds:
+                continue
+            keys = list(conds)[:3]
+            n = min(len(conds[k]) for k in keys)
+            rows = [{"prompt": conds[keys[0]][i]["question"], **{k.split(":")[1] + " " + ":".join(k.split(":")[2:]):
+                                                                 conds[k][i]["answer"] for k in keys}} for i in range(min(n, 6))]
+            blocks.append(Answers(kind, rows, list(rows[0]) if rows else []))
+    return Section("answers", "Side-by-side answers", blocks)
+
+
+def visuals_section(results: dict) -> Section:
+    v = results["visuals"]
+    blocks = [Text(f"Layer {v['layer']} (the misalignment direction's best layer): attention patterns of every head, and "
+                   "the per-token projection of the residual stream onto the misalignment direction, for the same "
+                   "prompt and misaligned answer, base model vs organism.")]
+    for key in ("attention_base", "attention_organism", "projection_base", "projection_organism"):
+        if key in v and Path(v[key]).exists():
+            blocks.append(Html(Path(v[key]).read_text(), key.replace("_", " ")))
+    return Section("visuals", "Attention and per-token projections", blocks)
+
+
+def write_study_report(results: dict, out: Path) -> Path:
+    sections = [overview(results), training(results), em_scores(results), trajectories(results), directions(results),
+                pooling_section(results), transfer_section(results), steering_section(results),
+                answers_section(results), visuals_section(results)]
+    summary = (f"Emergent-misalignment study of {results['config']['model']}: organisms "
+               f"{', '.join(results['organisms'])}. Every number has a 95% bootstrap CI and a control.")
+    return write_report(out, f"emlab study: {results['config']['name']}", sections, summary)
