@@ -24,6 +24,7 @@ class Common:
     test_fraction: float = field(default=0.25, metadata={"help": "held-out share (split by example id)"})
     n_boot: int = field(default=1000, metadata={"help": "bootstrap replicates for CIs"})
     limit: int = field(default=0, metadata={"help": "use only the first N items per class (0: all)"})
+    storage: str = field(default="float16", metadata={"help": "activation cache storage dtype"})
 
 
 def handle_for(cfg: Common, adapters: list[str] | None = None) -> ModelHandle:
@@ -35,7 +36,7 @@ def contrast_cache(handle: ModelHandle, contrast: str, cfg: Common, label: str =
     examples = contrast_examples(contrast, cfg.limit or None)
     with progress() as bar:
         task = bar.add_task(f"cache {contrast} {label}".strip(), total=None, info="")
-        cache = ensure_cache(handle, examples, cfg.cache_dir,
+        cache = ensure_cache(handle, examples, cfg.cache_dir, storage_dtype=cfg.storage,
                              on_batch=lambda d, t, n: bar.update(task, completed=d, total=t, info=f"{n} tok"))
         bar.update(task, completed=1, total=1) if bar.tasks[task].total is None else None
     return cache, CONTRASTS[contrast]

@@ -53,7 +53,7 @@ class StudyConfig:
     organisms: list[str] = field(default_factory=lambda: ["medical", "financial"],
                                  metadata={"help": "shipped narrow datasets to train organisms on"})
     insecure_code: str = field(default="", metadata={"help": "chat JSONL for an insecure-code organism (optional)"})
-    train_steps: int = field(default=0, metadata={"help": "steps per organism (0: one epoch; quick: 6)"})
+    train_steps: int = field(default=0, metadata={"help": "steps per organism (0: profile's: 24, quick 4)"})
     lr: float = field(default=1e-3, metadata={"help": "LoRA learning rate"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
     samples: int = field(default=1, metadata={"help": "sampled answers per general question"})
@@ -70,7 +70,8 @@ class StudyConfig:
 class Profile:
     train_steps: int
     contrast_limit: int
-    eval_limit: int
+    eval_limit: int  # questions for the judge-free scores and generated answers (0: all)
+    repeat_limit: int  # questions for stages that re-score per condition (trajectory, ablation, EM steering)
     n_boot: int
     max_new_tokens: int
     steer_prompts: int
@@ -81,8 +82,8 @@ class Profile:
 
 def profile(cfg: StudyConfig) -> Profile:
     if cfg.quick:
-        return Profile(cfg.train_steps or 4, 24, 6, 200, 12, 4, (0.25,), 1, 1)
-    return Profile(cfg.train_steps, 0, 0, 1000, 48, 16, (0.1, 0.25), 2, 4)
+        return Profile(cfg.train_steps or 4, 24, 6, 6, 200, 12, 4, (0.25,), 1, 1)
+    return Profile(cfg.train_steps or 24, 0, 0, 16, 1000, 40, 16, (0.1, 0.25), 2, 3)
 
 
 # --------------------------------------------------------------------------- stages
@@ -142,7 +143,8 @@ def eval_stage(cfg: StudyConfig, prof: Profile, handle: ModelHandle, out: Path) 
 def model_contrast_stage(cfg: StudyConfig, prof: Profile, base: ModelHandle, organism: ModelHandle, name: str) -> dict:
     """Seed 002: base vs organism on the same general prompts (last token), held out by prompt."""
     examples = [e for e in _general_prompts(prof)]
-    caches = {"base": ensure_cache(base, examples, cfg.cache_dir), name: ensure_cache(organism, examples, cfg.cache_dir)}
+    caches = {"base": ensure_cache(base, examples, cfg.cache_dir, storage_dtype="float16"),
+              name: ensure_cache(organism, examples, cfg.cache_dir, storage_dtype="float16")}
     view = FeatureView.models(caches)
     rows, fitted = sweep_and_fit(view, name, ["mean_diff", "probe", "random"], "last", 0.25, cfg.seed, prof.n_boot,
                                  negative_label="base", contrast=f"base_vs_{name}")
@@ -199,7 +201,7 @@ def estimate(cfg: StudyConfig, prof: Profile, data: dict, base: ModelHandle) -> 
     tok = base.tokenizer
     n_tok = sum(int(render(contrast_examples(c, prof.contrast_limit or None), tok).lengths.sum())
                 for c in ("refusal", "code_mode", "general_answers"))
-    caches_mb = n_tok * (1 + len(data)) * base.n_layers * base.config.hidden_size * 4 / 2**20
+    caches_mb = n_tok * (1 + len(data)) * base.n_layers * base.config.hidden_size * 2 / 2**20  # fp16
     steps = sum(prof.train_steps or -(-len(train) // cfg.batch_size) for train, _ in data.values())
     sps = SECONDS_PER_STEP.get(cfg.model, 5.0)
     minutes = (steps * sps + 3 * n_tok * (1 + len(data)) / FORWARD_TOK_S.get(cfg.model, 200)) / 60 + (2 if cfg.quick else 7)
@@ -246,7 +248,7 @@ def run(cfg: StudyConfig) -> dict:
     results["trajectories"] = {}
     for name, o in organisms.items():
         if name in held_out and (not cfg.quick or name == next(iter(organisms))):  # quick: the first only
-            tcfg = em_trajectory.TrajectoryConfig(run=o["run"], domain=name, eval_limit=prof.eval_limit, **common)
+            tcfg = em_trajectory.TrajectoryConfig(run=o["run"], domain=name, eval_limit=prof.repeat_limit, **common)
             results["trajectories"][name] = staged(f"trajectory-{name}", {"cfg": config_dict(tcfg), "fp": fps[name]},
                                                    lambda t=tcfg: em_trajectory.run(t),
                                                    lambda r: [r["out"]])
@@ -289,12 +291,12 @@ def run(cfg: StudyConfig) -> dict:
     results["steer_refusal"] = staged("steer-refusal", {"cfg": config_dict(scfg), "fp": fps["base"]},
                                       lambda: steer.run(scfg), lambda r: [r["out"]])
     ecfg = steer.SteerConfig(target="em", organism=adapters_of[first], ratios=list(prof.steer_ratios),
-                             random_seeds=prof.random_seeds, eval_limit=prof.eval_limit, layer_window=0,
+                             random_seeds=prof.random_seeds, eval_limit=prof.repeat_limit, layer_window=0,
                              neutral=neutral, **common)
     if not cfg.quick:  # the addition experiment is the default profile's (quick keeps under 3 minutes)
         results["steer_em"] = staged("steer-em", {"cfg": config_dict(ecfg), "fps": fps}, lambda: steer.run(ecfg),
                                      lambda r: [r["out"]])
-    acfg = ablation.AblationConfig(organisms=org_args, random_seeds=prof.random_seeds, eval_limit=prof.eval_limit,
+    acfg = ablation.AblationConfig(organisms=org_args, random_seeds=prof.random_seeds, eval_limit=prof.repeat_limit,
                                    score=[first] if cfg.quick else [], **common)
     results["ablation"] = staged("ablation", {"cfg": config_dict(acfg), "fps": fps}, lambda: ablation.run(acfg),
                                  lambda r: [r["out"]])
@@ -309,6 +311,9 @@ def run(cfg: StudyConfig) -> dict:
     results["findings"] = findings(results)
     report = write_study_report(results, out)
     results["report"] = str(report)
+    from lab.io import write_json_atomic
+
+    write_json_atomic(out / "results.json", results)
     headline(results, time.time() - t0)
     return results
 
