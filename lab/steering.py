@@ -46,6 +46,7 @@ class Intervention:
     renorm: bool = False
     label: str = ""
     meta: dict = field(default_factory=dict, compare=False)
+    _ready: dict = field(default_factory=dict, compare=False, repr=False)  # unit vectors per (layer, device, dtype)
 
     def __post_init__(self):
         if self.op not in OPS:
@@ -72,11 +73,19 @@ class Intervention:
                 raise BadInput(f"direction at layer {layer} has shape {tuple(v.shape)}, model d_model is {model.d_model}")
         return self
 
-    def apply(self, x: Float[torch.Tensor, "batch seq d"], layer: int, positions: torch.Tensor,
+    def unit(self, layer: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The unit vector on the activations' device and dtype, made once: a host-to-device
+        copy per call would synchronise every decode step and stall the GPU."""
+        key = (layer, device, dtype)
+        if key not in self._ready:
+            v = self.vectors[layer].float()
+            self._ready[key] = (v / v.norm()).to(device=device, dtype=dtype)
+        return self._ready[key]
+
+    def apply(self, x: Float[torch.Tensor, "batch seq d"], layer: int, positions: torch.Tensor | None,
               prompt_width: int | None = None) -> torch.Tensor:
         """The edited residual; `positions` are absolute (padded) token positions of x's seq axis."""
-        v = self.vectors[layer].to(device=x.device, dtype=x.dtype)
-        v = v / v.norm()
+        v = self.unit(layer, x.device, x.dtype)
         if self.op == "add":
             edited = x + self.alpha * v
         else:
@@ -86,7 +95,7 @@ class Intervention:
                 edited = edited + self.alpha * v
         if self.renorm:
             edited = edited * (x.norm(dim=-1, keepdim=True) / edited.norm(dim=-1, keepdim=True).clamp(min=1e-12))
-        if self.positions == "all" or prompt_width is None:
+        if self.positions == "all" or prompt_width is None or positions is None:
             return edited
         in_prompt = (positions < prompt_width).view(1, -1, 1)
         keep = in_prompt if self.positions == "prompt" else ~in_prompt
@@ -142,7 +151,8 @@ def steer(model: Any, *interventions: Intervention, prompt_width: int | None = N
     def make_hook(layer: int, chosen: list[Intervention]):
         def hook(module, args, kwargs, output):
             x = _hidden(output)
-            positions = _absolute_positions(kwargs, x.shape[1], layer, x.device)
+            positions = (_absolute_positions(kwargs, x.shape[1], layer, x.device)
+                         if any(iv.positions != "all" for iv in chosen) else None)
             for iv in chosen:
                 x = iv.apply(x, layer, positions, prompt_width)
             return (x, *output[1:]) if isinstance(output, tuple) else x
