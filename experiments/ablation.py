@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from experiments.common import Common, contrast_cache, handle_for, out_dir
+from experiments.common import cli, Common, contrast_cache, handle_for, out_dir
 from experiments.transfer import parse_organisms
 from lab.config import config_dict, parse_config
 from lab.console import console, fmt_ci, progress, table
@@ -100,11 +100,7 @@ def run(cfg: AblationConfig) -> dict:
     return summary
 
 
-def main(argv=None) -> None:
-    from lab.console import user_errors
-
-    with user_errors():
-        run(parse_config(AblationConfig, argv))
+main = cli(AblationConfig, run)
 
 
 if __name__ == "__main__":

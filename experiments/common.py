@@ -50,3 +50,14 @@ def out_dir(cfg: Common, name: str) -> Path:
 
 def say(message: str) -> None:
     console.print(message)
+
+
+def cli(config_cls, run):
+    """An experiment's `main(argv)`: parse its config dataclass, run, print user errors as one line."""
+    def main(argv=None) -> None:
+        from lab.config import parse_config
+        from lab.console import user_errors
+
+        with user_errors():
+            run(parse_config(config_cls, argv))
+    return main

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.common import out_dir
+from experiments.common import cli, out_dir
 from lab.config import config_dict, parse_config
 from lab.console import console, fmt_ci, progress, table
 from lab.data import read_questions_yaml
@@ -80,11 +80,7 @@ def run(cfg: EvalConfig) -> dict:
     return summary
 
 
-def main(argv=None) -> None:
-    from lab.console import user_errors
-
-    with user_errors():
-        run(parse_config(EvalConfig, argv))
+main = cli(EvalConfig, run)
 
 
 if __name__ == "__main__":

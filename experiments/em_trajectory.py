@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.common import Common, handle_for, out_dir
+from experiments.common import cli, Common, handle_for, out_dir
 from lab.config import config_dict, parse_config
 from lab.console import console, fmt_ci, progress, table
 from lab.data import advice_split
@@ -80,11 +80,7 @@ def run(cfg: TrajectoryConfig) -> dict:
     return summary
 
 
-def main(argv=None) -> None:
-    from lab.console import user_errors
-
-    with user_errors():
-        run(parse_config(TrajectoryConfig, argv))
+main = cli(TrajectoryConfig, run)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from experiments.common import Common, contrast_cache, handle_for, out_dir, say
+from experiments.common import cli, Common, contrast_cache, handle_for, out_dir, say
 from lab.config import config_dict, parse_config
 from lab.console import console, fmt_ci, table
 from lab.directions import DEFAULT_METHODS, sweep_and_fit
@@ -100,11 +100,7 @@ def run(cfg: LayerSweepConfig) -> dict:
     return summary
 
 
-def main(argv=None) -> None:
-    from lab.console import user_errors
-
-    with user_errors():
-        run(parse_config(LayerSweepConfig, argv))
+main = cli(LayerSweepConfig, run)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from experiments.common import Common, contrast_cache, handle_for, out_dir
+from experiments.common import cli, Common, contrast_cache, handle_for, out_dir
 from lab.config import config_dict, parse_config
 from lab.console import console, fmt_ci, table
 from lab.directions import sweep
@@ -68,11 +68,7 @@ def run(cfg: PoolingConfig) -> dict:
     return summary
 
 
-def main(argv=None) -> None:
-    from lab.console import user_errors
-
-    with user_errors():
-        run(parse_config(PoolingConfig, argv))
+main = cli(PoolingConfig, run)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from experiments.common import Common, contrast_cache, handle_for, out_dir
+from experiments.common import cli, Common, contrast_cache, handle_for, out_dir
 from lab.config import config_dict, parse_config
 from lab.console import console, fmt_ci, progress, table
 from lab.contrasts import contrast_examples
@@ -190,11 +190,7 @@ def run(cfg: SteerConfig) -> dict:
     return refusal_run(cfg) if cfg.target == "refusal" else em_run(cfg)
 
 
-def main(argv=None) -> None:
-    from lab.console import user_errors
-
-    with user_errors():
-        run(parse_config(SteerConfig, argv))
+main = cli(SteerConfig, run)
 
 
 if __name__ == "__main__":

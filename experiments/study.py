@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import ablation, em_trajectory, layer_sweep, pooling, steer, trait_projection, transfer
-from experiments.common import Common
+from experiments.common import cli, Common
 from lab.config import config_dict, parse_config
 from lab.console import console, fmt_ci, progress, table
 from lab.contrasts import FeatureView, contrast_examples, ensure_cache
@@ -377,11 +377,7 @@ def headline(results: dict, seconds: float) -> None:
     console.print(Panel(text, title="emlab study: headline results", expand=False))
 
 
-def main(argv=None) -> None:
-    from lab.console import user_errors
-
-    with user_errors():
-        run(parse_config(StudyConfig, argv))
+main = cli(StudyConfig, run)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from experiments.common import Common, contrast_cache, handle_for, out_dir
+from experiments.common import cli, Common, contrast_cache, handle_for, out_dir
 from lab.config import config_dict, parse_config
 from lab.console import console, fmt_ci, table
 from lab.directions import sweep_and_fit
@@ -71,11 +71,7 @@ def run(cfg: TraitProjectionConfig) -> dict:
     return summary
 
 
-def main(argv=None) -> None:
-    from lab.console import user_errors
-
-    with user_errors():
-        run(parse_config(TraitProjectionConfig, argv))
+main = cli(TraitProjectionConfig, run)
 
 
 if __name__ == "__main__":

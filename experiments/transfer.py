@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from experiments.common import Common, contrast_cache, handle_for, out_dir
+from experiments.common import cli, Common, contrast_cache, handle_for, out_dir
 from lab.config import config_dict, parse_config
 from lab.console import console, fmt_ci, table
 from lab.directions import _prepare, evaluate_directions, fit_all
@@ -90,11 +90,7 @@ def run(cfg: TransferConfig) -> dict:
     return summary
 
 
-def main(argv=None) -> None:
-    from lab.console import user_errors
-
-    with user_errors():
-        run(parse_config(TransferConfig, argv))
+main = cli(TransferConfig, run)
 
 
 if __name__ == "__main__":
