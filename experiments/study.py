@@ -53,7 +53,7 @@ class StudyConfig:
     organisms: list[str] = field(default_factory=lambda: ["medical", "financial"],
                                  metadata={"help": "shipped narrow datasets to train organisms on"})
     insecure_code: str = field(default="", metadata={"help": "chat JSONL for an insecure-code organism (optional)"})
-    train_steps: int = field(default=0, metadata={"help": "steps per organism (0: profile's: 24, quick 4)"})
+    train_steps: int = field(default=0, metadata={"help": "steps per organism (0: profile's: 20, quick 4)"})
     lr: float = field(default=1e-3, metadata={"help": "LoRA learning rate"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
     samples: int = field(default=1, metadata={"help": "sampled answers per general question"})
@@ -83,7 +83,7 @@ class Profile:
 def profile(cfg: StudyConfig) -> Profile:
     if cfg.quick:
         return Profile(cfg.train_steps or 4, 24, 6, 6, 200, 12, 4, (0.25,), 1, 1)
-    return Profile(cfg.train_steps or 24, 0, 0, 16, 1000, 40, 16, (0.1, 0.25), 2, 3)
+    return Profile(cfg.train_steps or 20, 0, 0, 10, 1000, 32, 10, (0.1, 0.25), 2, 3)
 
 
 # --------------------------------------------------------------------------- stages
@@ -270,7 +270,7 @@ def run(cfg: StudyConfig) -> dict:
                                  for n in handles}
     if "medical" in handles or "financial" in handles:
         dom = "medical" if "medical" in handles else "financial"
-        pcfg = pooling.PoolingConfig(contrast=f"{dom}_answers", adapters=[adapters_of[dom]], **{**common, "limit": prof.contrast_limit or 120})
+        pcfg = pooling.PoolingConfig(contrast=f"{dom}_answers", adapters=[adapters_of[dom]], **{**common, "limit": prof.contrast_limit or 60})
         results["pooling"] = staged("pooling", {"cfg": config_dict(pcfg), "fp": fps[dom]}, lambda: pooling.run(pcfg),
                                     lambda r: [r["out"]])
     org_args = [f"{n}={a}" for n, a in adapters_of.items()]
@@ -286,7 +286,7 @@ def run(cfg: StudyConfig) -> dict:
                                            lambda p=pc: trait_projection.run(p), lambda r: [r["out"]])
     neutral = 8 if cfg.quick else 16
     scfg = steer.SteerConfig(target="refusal", ratios=list(prof.steer_ratios), random_seeds=prof.random_seeds,
-                             eval_limit=prof.steer_prompts, max_new_tokens=prof.max_new_tokens, layer_window=0,
+                             eval_limit=prof.steer_prompts, max_new_tokens=min(prof.max_new_tokens, 24), layer_window=0,
                              neutral=neutral, **common)
     results["steer_refusal"] = staged("steer-refusal", {"cfg": config_dict(scfg), "fp": fps["base"]},
                                       lambda: steer.run(scfg), lambda r: [r["out"]])
