@@ -324,7 +324,7 @@ def em_score_rows(scores: dict, n_boot: int) -> list[dict]:
     for name, s in scores.items():
         if name == "base":
             continue
-        for key in [k for k in s if k.startswith("in_domain_")]:
+        for key in sorted(k for k in s if k.startswith("in_domain_")):
             domain = key[len("in_domain_"):]
             kind = "in-domain" if domain == name else "cross-domain"
             r = ci_row(f"{kind} ({domain} held-out questions)", np.array(s[key]) - np.array(base[key]), n_boot)
