@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from experiments.common import cli, Common, contrast_cache, handle_for, out_dir
+from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, out_dir
 from experiments.transfer import parse_organisms
-from lab.config import config_dict, parse_config
 from lab.console import console, fmt_ci, progress, table
 from lab.directions import sweep_and_fit
 from lab.evaluation import style_gaps_under
-from lab.io import write_json_atomic, write_rows
+from lab.io import write_rows
 from lab.plots import bars_with_ci
 from lab.scores import ci_row
 from lab.steering import Intervention, random_like
@@ -95,9 +94,7 @@ def run(cfg: AblationConfig) -> dict:
                  [r["em_dbase_lo"] for r in usual], [r["em_dbase_hi"] for r in usual], out / "ablation.png",
                  "style-matched EM score (usual style), organism - base", "Δ log-prob (misaligned - aligned)")
     console.print(table("EM ablation (judge-free, style-matched)", shown))
-    summary = {"config": config_dict(cfg), "rows": rows, "out": str(out)}
-    write_json_atomic(out / "summary.json", summary)
-    return summary
+    return save_summary(cfg, out, rows=rows)
 
 
 main = cli(AblationConfig, run)

@@ -61,3 +61,13 @@ def cli(config_cls, run):
         with user_errors():
             run(parse_config(config_cls, argv))
     return main
+
+
+def save_summary(cfg, out: Path, **fields) -> dict:
+    """Write an experiment's summary.json (its config plus results) and return it."""
+    from lab.config import config_dict
+    from lab.io import write_json_atomic
+
+    summary = {"config": config_dict(cfg), **fields, "out": str(out)}
+    write_json_atomic(out / "summary.json", summary)
+    return summary

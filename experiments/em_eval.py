@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.common import cli, out_dir
-from lab.config import config_dict, parse_config
+from lab.config import config_dict
 from lab.console import console, fmt_ci, progress, table
 from lab.data import read_questions_yaml
 from lab.evaluation import evaluate, shipped_questions

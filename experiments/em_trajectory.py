@@ -12,13 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.common import cli, Common, handle_for, out_dir
-from lab.config import config_dict, parse_config
+from experiments.common import cli, save_summary, Common, handle_for, out_dir
 from lab.console import console, fmt_ci, progress, table
 from lab.data import advice_split
 from lab.errors import BadInput
 from lab.evaluation import in_domain_gaps, style_gaps_under
-from lab.io import write_json_atomic, write_rows
+from lab.io import write_rows
 from lab.plots import lines_with_ci
 from lab.scores import ci_row
 from lab.train import adapter_meta
@@ -75,9 +74,7 @@ def run(cfg: TrajectoryConfig) -> dict:
     console.print(table(f"EM trajectory: {run_dir.name}",
                         [{"step": r["step"], "score": r["score"],
                           "Δbase [95% CI]": fmt_ci(r["value"], r["value_lo"], r["value_hi"])} for r in rows]))
-    summary = {"config": config_dict(cfg), "rows": rows, "out": str(out)}
-    write_json_atomic(out / "summary.json", summary)
-    return summary
+    return save_summary(cfg, out, rows=rows)
 
 
 main = cli(TrajectoryConfig, run)

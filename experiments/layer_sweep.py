@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from experiments.common import cli, Common, contrast_cache, handle_for, out_dir, say
-from lab.config import config_dict, parse_config
+from lab.config import config_dict
 from lab.console import console, fmt_ci, table
 from lab.directions import DEFAULT_METHODS, sweep_and_fit
 from lab.io import write_json_atomic, write_rows

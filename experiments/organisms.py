@@ -15,7 +15,7 @@ from pathlib import Path
 
 from experiments.study import StudyConfig, em_score_rows, eval_stage, judge_free_stage, organism_data, profile, train_stage
 from experiments.common import cli
-from lab.config import config_dict, parse_config
+from lab.config import config_dict
 from lab.console import console, fmt_ci, progress, table
 from lab.io import write_json_atomic
 from lab.models import ModelHandle

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from experiments.common import cli, Common, contrast_cache, handle_for, out_dir
-from lab.config import config_dict, parse_config
+from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, out_dir
 from lab.console import console, fmt_ci, table
 from lab.directions import sweep
 from lab.errors import BadInput
-from lab.io import write_json_atomic, write_rows
+from lab.io import write_rows
 from lab.plots import lines_with_ci
 
 PROMPT_ONLY = ("last", "mean_prompt")
@@ -63,9 +62,7 @@ def run(cfg: PoolingConfig) -> dict:
                   out / "auroc_by_pooling.png", f"{contrast.description}: {cfg.methods[0]} AUROC by pooling",
                   "AUROC", hline=0.5)
     console.print(table(f"pooling comparison: {contrast.name}", summary_rows))
-    summary = {"config": config_dict(cfg), "rows": summary_rows, "degenerate": degenerate, "out": str(out)}
-    write_json_atomic(out / "summary.json", summary)
-    return summary
+    return save_summary(cfg, out, rows=summary_rows, degenerate=degenerate)
 
 
 main = cli(PoolingConfig, run)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from experiments.common import cli, Common, contrast_cache, handle_for, out_dir
-from lab.config import config_dict, parse_config
+from lab.config import config_dict
 from lab.console import console, fmt_ci, progress, table
 from lab.contrasts import contrast_examples
 from lab.directions import sweep_and_fit

@@ -18,14 +18,14 @@ depends on it.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from experiments import ablation, em_trajectory, layer_sweep, pooling, steer, trait_projection, transfer
-from experiments.common import cli, Common
-from lab.config import config_dict, parse_config
+from experiments.common import cli
+from lab.config import config_dict
 from lab.console import console, fmt_ci, progress, table
 from lab.contrasts import FeatureView, contrast_examples, ensure_cache
 from lab.data import DEFAULT_SYSTEM_PROMPT, ChatExample, advice_split, read_chat_jsonl, render

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from experiments.common import cli, Common, contrast_cache, handle_for, out_dir
-from lab.config import config_dict, parse_config
+from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, out_dir
 from lab.console import console, fmt_ci, table
 from lab.directions import sweep_and_fit
 from lab.errors import BadInput
-from lab.io import write_json_atomic, write_rows
+from lab.io import write_rows
 from lab.metrics import bootstrap_ci
 
 
@@ -66,9 +65,7 @@ def run(cfg: TraitProjectionConfig) -> dict:
     console.print(table(f"{contrast.name} vector ({cfg.method}, layer {layer}): held-out mean projections",
                         [{"prompts": r["prompts"], "model": r["model"], "n": r["n"],
                           "mean projection [95% CI]": fmt_ci(r["mean projection"], r["lo"], r["hi"], 2)} for r in rows]))
-    summary = {"config": config_dict(cfg), "layer": layer, "rows": rows, "out": str(out)}
-    write_json_atomic(out / "summary.json", summary)
-    return summary
+    return save_summary(cfg, out, layer=layer, rows=rows)
 
 
 main = cli(TraitProjectionConfig, run)

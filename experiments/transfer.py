@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from experiments.common import cli, Common, contrast_cache, handle_for, out_dir
-from lab.config import config_dict, parse_config
+from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, out_dir
 from lab.console import console, fmt_ci, table
 from lab.directions import _prepare, evaluate_directions, fit_all
 from lab.errors import BadInput
-from lab.io import write_json_atomic, write_rows
+from lab.io import write_rows
 from lab.plots import heatmap
 
 
@@ -85,9 +84,7 @@ def run(cfg: TransferConfig) -> dict:
                                  "random @ layer": f"{ctrl['auroc']:.3f}",
                                  "cosine (median over layers)": f"{np.median([r['cosine_to_target_own'] for r in mine]):.3f}"})
     console.print(table(f"direction transfer: {contrast.name} ({cfg.method})", summary_rows))
-    summary = {"config": config_dict(cfg), "rows": summary_rows, "out": str(out)}
-    write_json_atomic(out / "summary.json", summary)
-    return summary
+    return save_summary(cfg, out, rows=summary_rows)
 
 
 main = cli(TransferConfig, run)

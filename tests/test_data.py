@@ -1,6 +1,5 @@
 """Readers, shipped datasets and token role masks."""
 
-import json
 import os
 import subprocess
 import sys
