@@ -4,9 +4,13 @@ judge-free, style-matched EM score of each, paired by question, with CIs.
 
     python -m experiments.ablation --organisms medical=runs/medical/adapter financial=runs/financial/adapter
 
-EM score = misaligned - aligned reference log-prob (usual and terse styles), as organism minus
-base (Δbase). Reduction = 1 - Δbase(ablated) / Δbase(unsteered); it is only meaningful when
-the unsteered Δbase is clearly above zero, which the table states.
+EM score = misaligned - aligned reference log-prob, as organism minus base (Δbase), paired by
+question: on the general questions (usual and terse styles) and, for organisms of a shipped
+domain, on that domain's held-out advice questions ("in-domain", where the organisms' shift is
+largest). The direction comes from `--contrast` (general_answers, or own_domain: the organism's
+own bad-vs-good advice answers, held-out questions excluded), `--method` and `--pooling`.
+Reduction = 1 - Δbase(ablated) / Δbase(unsteered); it is only meaningful when the unsteered
+Δbase is clearly above zero, which the table states.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from dataclasses import dataclass, field
 from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, out_dir
 from experiments.transfer import parse_organisms
 from lab.console import console, fmt_ci, progress, table
+from lab.contrasts import CONTRASTS
+from lab.data import advice_split
 from lab.directions import sweep_and_fit
-from lab.evaluation import style_gaps_under
+from lab.errors import BadInput
+from lab.evaluation import in_domain_gaps, style_gaps_under
 from lab.io import write_rows
 from lab.plots import bars_with_ci
 from lab.scores import ci_row
@@ -31,27 +38,62 @@ class AblationConfig(Common):
     organisms: list[str] = field(default_factory=list, metadata={"help": "NAME=ADAPTER_DIR pairs"})
     layers: str = field(default="all", metadata={"help": "'all' or 'best' (the direction's best layer)"})
     random_seeds: int = field(default=3, metadata={"help": "random-direction controls"})
-    eval_limit: int = field(default=0, metadata={"help": "general questions to score (0: all 48)"})
+    eval_limit: int = field(default=0, metadata={"help": "questions per score (0: all)"})
     score: list[str] = field(default_factory=list, metadata={"help": "organisms to ablate (default: all)"})
+    contrast: str = field(default="general_answers", metadata={"help": "general_answers or own_domain"})
+    method: str = field(default="mean_diff", metadata={"help": "direction method (mean_diff, probe, ...)"})
+    pooling: str = field(default="mean_response", metadata={"help": "direction pooling (mean_response, last, ...)"})
+
+
+def contrast_of(cfg: AblationConfig, name: str) -> str:
+    if cfg.contrast == "general_answers":
+        return "general_answers"
+    if cfg.contrast != "own_domain":
+        raise BadInput(f"--contrast must be general_answers or own_domain, not {cfg.contrast!r}")
+    if f"{name}_answers" not in CONTRASTS:
+        raise BadInput(f"--contrast own_domain needs a shipped domain organism, not {name!r}")
+    return f"{name}_answers"
 
 
 def misalignment_direction(cfg: AblationConfig, adapter: str, name: str):
-    cache, _ = contrast_cache(handle_for(cfg, [adapter]), "general_answers", cfg, name)
-    _, fitted = sweep_and_fit(cache, "misaligned", ["mean_diff"], "mean_response", cfg.test_fraction, cfg.seed, 200,
-                              negative_label="aligned", contrast="general_answers")
-    return fitted["mean_diff"]
+    contrast = contrast_of(cfg, name)
+    held = {e.id for e in advice_split(name, seed=cfg.seed)[1]} if contrast != "general_answers" else set()
+    cache, _ = contrast_cache(handle_for(cfg, [adapter]), contrast, cfg, name,
+                              keep=lambda e: e.meta.get("group") not in held)
+    _, fitted = sweep_and_fit(cache, "misaligned", [cfg.method], cfg.pooling, cfg.test_fraction, cfg.seed, 200,
+                              negative_label="aligned", contrast=contrast)
+    return fitted[cfg.method]
+
+
+def held_out_of(name: str, cfg: AblationConfig) -> list:
+    """The organism's held-out in-domain advice questions ([] if it is not a shipped domain)."""
+    if f"{name}_answers" not in CONTRASTS:
+        return []
+    return advice_split(name, seed=cfg.seed)[1][: cfg.eval_limit or None]
+
+
+def em_scores(model, interventions: tuple, cfg: AblationConfig, held_out: list) -> dict:
+    gaps = style_gaps_under(model, interventions, cfg.eval_limit or None)
+    scores = {"usual": gaps["usual"], "terse": gaps["terse"]}
+    if held_out:
+        scores["in-domain"] = in_domain_gaps(model, held_out, interventions)
+    return scores
 
 
 def run(cfg: AblationConfig) -> dict:
     organisms = parse_organisms(cfg.organisms)
+    for name in organisms:  # fail on a bad --contrast before any model runs
+        contrast_of(cfg, name)
     directions = {name: misalignment_direction(cfg, adapters[0], name) for name, adapters in organisms.items()}
     base = handle_for(cfg, []).model
-    base_gaps = style_gaps_under(base, (), cfg.eval_limit or None)
     rows = []
     with progress() as bar:
         scored = {n: a for n, a in organisms.items() if not cfg.score or n in cfg.score}
         task = bar.add_task("ablation", total=len(scored) * (1 + len(directions) + cfg.random_seeds), info="")
+        base_scores = {}
         for name, adapters in scored.items():
+            held_out = held_out_of(name, cfg)
+            base_scores[name] = em_scores(base, (), cfg, held_out)
             model = handle_for(cfg, adapters).model
             n_layers = model.n_layers
             conditions = [("unsteered", ())]
@@ -65,12 +107,12 @@ def run(cfg: AblationConfig) -> dict:
             conditions += [(f"ablate random {s}", (random_like(own, s),)) for s in range(cfg.random_seeds)]
             unsteered = None
             for label, ivs in conditions:
-                gaps = style_gaps_under(model, ivs, cfg.eval_limit or None)
-                unsteered = unsteered or gaps
-                for style in ("usual", "terse"):
-                    delta = ci_row("Δbase", gaps[style] - base_gaps[style], cfg.n_boot, cfg.seed)
-                    change = ci_row("vs unsteered", gaps[style] - unsteered[style], cfg.n_boot, cfg.seed)
-                    rows.append({"organism": name, "condition": label, "style": style, "em_dbase": delta["value"],
+                scores = em_scores(model, ivs, cfg, held_out)
+                unsteered = unsteered or scores
+                for score, values in scores.items():
+                    delta = ci_row("Δbase", values - base_scores[name][score], cfg.n_boot, cfg.seed)
+                    change = ci_row("vs unsteered", values - unsteered[score], cfg.n_boot, cfg.seed)
+                    rows.append({"organism": name, "condition": label, "score": score, "em_dbase": delta["value"],
                                  "em_dbase_lo": delta["lo"], "em_dbase_hi": delta["hi"],
                                  "change": change["value"], "change_lo": change["lo"], "change_hi": change["hi"],
                                  "n": delta["n"]})
@@ -80,20 +122,22 @@ def run(cfg: AblationConfig) -> dict:
     write_rows(rows, out / "rows")
     shown = []
     for r in rows:
-        base_row = next(x for x in rows if x["organism"] == r["organism"] and x["style"] == r["style"]
+        base_row = next(x for x in rows if x["organism"] == r["organism"] and x["score"] == r["score"]
                         and x["condition"] == "unsteered")
         em_present = base_row["em_dbase_lo"] > 0
         reduction = (1 - r["em_dbase"] / base_row["em_dbase"]) if em_present else None
         r["reduction"] = reduction
-        shown.append({"organism": r["organism"], "style": r["style"], "condition": r["condition"],
+        shown.append({"organism": r["organism"], "score": r["score"], "condition": r["condition"],
                       "EM score Δbase [95% CI]": fmt_ci(r["em_dbase"], r["em_dbase_lo"], r["em_dbase_hi"]),
                       "change vs unsteered": fmt_ci(r["change"], r["change_lo"], r["change_hi"]),
                       "reduction": f"{reduction:.0%}" if reduction is not None else "n/a (no EM to remove)"})
-    usual = [r for r in rows if r["style"] == "usual"]
-    bars_with_ci([f"{r['organism']}: {r['condition']}" for r in usual], [r["em_dbase"] for r in usual],
-                 [r["em_dbase_lo"] for r in usual], [r["em_dbase_hi"] for r in usual], out / "ablation.png",
-                 "style-matched EM score (usual style), organism - base", "Δ log-prob (misaligned - aligned)")
-    console.print(table("EM ablation (judge-free, style-matched)", shown))
+    shown_rows = [r for r in rows if r["score"] in ("usual", "in-domain")]
+    bars_with_ci([f"{r['organism']} {r['score']}: {r['condition']}" for r in shown_rows],
+                 [r["em_dbase"] for r in shown_rows], [r["em_dbase_lo"] for r in shown_rows],
+                 [r["em_dbase_hi"] for r in shown_rows], out / "ablation.png",
+                 "EM score under ablation, organism - base", "Δ log-prob (misaligned - aligned)")
+    console.print(table(f"EM ablation (judge-free, style-matched; {cfg.method} on {cfg.contrast}, {cfg.pooling}, "
+                        f"layers {cfg.layers})", shown))
     return save_summary(cfg, out, rows=rows)
 
 

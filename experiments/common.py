@@ -31,9 +31,12 @@ def handle_for(cfg: Common, adapters: list[str] | None = None) -> ModelHandle:
     return ModelHandle(cfg.model, cfg.adapters if adapters is None else adapters, device=cfg.device)
 
 
-def contrast_cache(handle: ModelHandle, contrast: str, cfg: Common, label: str = ""):
-    """The (cached) activations of a named contrast on one model, with a progress bar if built."""
-    examples = contrast_examples(contrast, cfg.limit or None)
+def contrast_cache(handle: ModelHandle, contrast: str, cfg: Common, label: str = "", keep=None):
+    """The (cached) activations of a named contrast on one model, with a progress bar if built.
+
+    `keep(example) -> bool` drops examples (e.g. the held-out questions a score is measured on).
+    """
+    examples = [e for e in contrast_examples(contrast, cfg.limit or None) if keep is None or keep(e)]
     with progress() as bar:
         task = bar.add_task(f"cache {contrast} {label}".strip(), total=None, info="")
         cache = ensure_cache(handle, examples, cfg.cache_dir, storage_dtype=cfg.storage,

@@ -39,18 +39,31 @@ def checkpoints(run: Path) -> list[Path]:
     return found
 
 
-def trajectory(cfg: TrajectoryConfig, run: Path, domain: str, on_step=None) -> list[dict]:
-    _, held_out = advice_split(domain)
+def base_scores(model, domain: str, limit: int | None, seed: int = 0) -> dict:
+    """The base model's judge-free scores that every checkpoint is paired against (step 0)."""
+    _, held_out = advice_split(domain, seed=seed)
+    gen = style_gaps_under(model, (), limit)
+    return {"in-domain": in_domain_gaps(model, held_out[:limit]), "usual": gen["usual"], "terse": gen["terse"]}
+
+
+def trajectory(cfg: TrajectoryConfig, run: Path, domain: str, on_step=None, base: dict | None = None) -> list[dict]:
+    """Rows of (step, score, Δbase with CI). `base`: precomputed `base_scores` (the study shares them)."""
+    _, held_out = advice_split(domain, seed=cfg.seed)
     held_out = held_out[: cfg.eval_limit or None]
-    base = handle_for(cfg, []).model
-    base_in, base_gen = in_domain_gaps(base, held_out), style_gaps_under(base, (), cfg.eval_limit or None)
+    base = base or base_scores(handle_for(cfg, []).model, domain, cfg.eval_limit or None, cfg.seed)
+    if len(base["in-domain"]) != len(held_out) or len(base["usual"]) != len(style_gaps_ids(cfg.eval_limit)):
+        raise BadInput("base scores do not match the trajectory's questions")
     rows = []
     for ckpt in [None, *checkpoints(run)]:
-        model = base if ckpt is None else handle_for(cfg, [str(ckpt)]).model
-        step = 0 if ckpt is None else adapter_meta(ckpt).get("step", int(ckpt.name.split("-")[-1]))
-        scores = {"in-domain": in_domain_gaps(model, held_out) - base_in}
-        gen = style_gaps_under(model, (), cfg.eval_limit or None)
-        scores.update({f"general ({s})": gen[s] - base_gen[s] for s in ("usual", "terse")})
+        if ckpt is None:  # step 0 is the base model itself: Δbase is 0 by definition
+            step, scores = 0, {"in-domain": base["in-domain"] * 0, "general (usual)": base["usual"] * 0,
+                               "general (terse)": base["terse"] * 0}
+        else:
+            model = handle_for(cfg, [str(ckpt)]).model
+            step = adapter_meta(ckpt).get("step", int(ckpt.name.split("-")[-1]))
+            gen = style_gaps_under(model, (), cfg.eval_limit or None)
+            scores = {"in-domain": in_domain_gaps(model, held_out) - base["in-domain"],
+                      **{f"general ({s})": gen[s] - base[s] for s in ("usual", "terse")}}
         for name, values in scores.items():
             r = ci_row(name, values, cfg.n_boot, cfg.seed)
             rows.append({"step": step, "score": name, "value": r["value"], "value_lo": r["lo"], "value_hi": r["hi"],
@@ -60,13 +73,19 @@ def trajectory(cfg: TrajectoryConfig, run: Path, domain: str, on_step=None) -> l
     return rows
 
 
-def run(cfg: TrajectoryConfig) -> dict:
+def style_gaps_ids(limit: int) -> list[str]:
+    from lab.data import load_general_questions
+
+    return [q["id"] for q in load_general_questions()[: limit or None]]
+
+
+def run(cfg: TrajectoryConfig, base: dict | None = None) -> dict:
     if not cfg.run:
         raise BadInput("--run TRAINING_FOLDER is required")
     run_dir = Path(cfg.run)
     with progress() as bar:
         task = bar.add_task("checkpoints", total=len(checkpoints(run_dir)) + 1, info="")
-        rows = trajectory(cfg, run_dir, cfg.domain, lambda: bar.advance(task))
+        rows = trajectory(cfg, run_dir, cfg.domain, lambda: bar.advance(task), base)
     out = out_dir(cfg, f"em_trajectory/{run_dir.name}")
     write_rows(rows, out / "rows")
     lines_with_ci(rows, "score", "step", "value", out / "trajectory.png",

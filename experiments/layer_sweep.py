@@ -77,9 +77,9 @@ def run(cfg: LayerSweepConfig) -> dict:
     out = out_dir(cfg, f"layer_sweep/{contrast.name}-{pooling}")
     check = {}
     if cfg.sklearn_check and "probe" in cfg.methods:
-        from lab.directions import _prepare
+        from lab.directions import split_features
 
-        prep = _prepare(cache, contrast.positive, contrast.negative, pooling, cfg.test_fraction, cfg.seed, True)
+        prep = split_features(cache, contrast.positive, contrast.negative, pooling, cfg.test_fraction, cfg.seed, True)
         ref = sklearn_probe_auroc(prep.X, prep.y, prep.train, prep.test)
         ours = [r["auroc"] for r in rows if r["method"] == "probe"]
         for r in rows:

@@ -54,6 +54,10 @@ class SteerConfig(Common):
     coherence_floor: float = field(default=-0.5, metadata={"help": "lowest acceptable neutral log-prob change/token"})
     eval_limit: int = field(default=0, metadata={"help": "held-out prompts/questions to use (0: all)"})
     neutral: int = field(default=16, metadata={"help": "neutral reference texts for the coherence guard"})
+    select: str = field(default="auroc", metadata={
+        "help": "refusal direction's layer: auroc (best held-out AUROC) or ablation (Arditi et al.: lowest "
+                "refusal log-odds when ablated, on train prompts, layers below 80%% depth, coherence floor kept)"})
+    select_prompts: int = field(default=12, metadata={"help": "train harmful prompts scored per candidate (select ablation)"})
 
 
 def mean_norm(cache, layer: int) -> float:
@@ -71,6 +75,27 @@ def default_layers(best: int, n_layers: int, window: int = 2) -> list[int]:
     return sorted({max(0, best - window), best, min(n_layers - 1, best + window)})
 
 
+def select_by_ablation(model, direction, prompts, n_layers: int, baseline, pairs, floor: float) -> tuple[int, list]:
+    """Arditi et al.'s choice of the refusal direction: among candidate layers' directions
+    (below 80% depth), the one whose ablation at every layer lowers the refusal log-odds most on
+    train prompts, while the neutral-text coherence change stays above `floor`."""
+    if not prompts:
+        raise BadInput("no train harmful prompts to select the refusal direction on")
+    unsteered = float(refusal_logodds_under(model, prompts).mean())
+    step = max(1, n_layers // 10)
+    rows = []
+    for layer in [L for L in direction.layers if L < 0.8 * n_layers and L % step == 0]:
+        ablate = Intervention({L: direction.at(layer) for L in range(n_layers)}, op="ablate", label=f"L{layer}")
+        odds = float(refusal_logodds_under(model, prompts, (ablate,)).mean())
+        coh = float((logprobs_under(model, pairs, (ablate,)) - baseline).mean())
+        rows.append({"layer": layer, "logodds_shift": odds - unsteered, "coherence": coh})
+    ok = [r for r in rows if r["coherence"] >= floor] or rows
+    pick = min(ok, key=lambda r: r["logodds_shift"])
+    console.print(table(f"refusal direction selection on {len(prompts)} train prompts (ablation at every layer)",
+                        [{k: f"{v:.3f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]))
+    return pick["layer"], rows
+
+
 def refusal_run(cfg: SteerConfig) -> dict:
     handle = handle_for(cfg, [])
     cache, contrast = contrast_cache(handle, "refusal", cfg, "base")
@@ -78,10 +103,10 @@ def refusal_run(cfg: SteerConfig) -> dict:
                               negative_label="benign", contrast="refusal")
     direction = fitted["mean_diff"]
     best = direction.metrics["best_layer"]
-    from lab.directions import _prepare
+    from lab.directions import split_features
 
-    prep = _prepare(cache, "harmful", "benign", "last", cfg.test_fraction, cfg.seed, True)
-    test_ids = {cache.ids[i] for i in prep.test}
+    prep = split_features(cache, "harmful", "benign", "last", cfg.test_fraction, cfg.seed, True)
+    test_ids = {prep.ids[i] for i in prep.test}
     examples = [e for e in contrast_examples("refusal") if e.id in test_ids]
     harmful = [e for e in examples if e.label == "harmful"][: cfg.eval_limit or None]
     benign = [e for e in examples if e.label == "benign"][: cfg.eval_limit or None]
@@ -104,6 +129,11 @@ def refusal_run(cfg: SteerConfig) -> dict:
                      "coherence_lo": coh["lo"], "coherence_hi": coh["hi"]})
         answers[f"{kind}:{label}:L{layer}:x{ratio}"] = gen
 
+    selection = []
+    if cfg.select == "ablation":
+        train_ids = {prep.ids[i] for i in prep.train}
+        val = [e for e in contrast_examples("refusal") if e.id in train_ids and e.label == "harmful"][: cfg.select_prompts]
+        best, selection = select_by_ablation(model, direction, val, handle.n_layers, baseline, pairs, cfg.coherence_floor)
     v = direction.at(best)
     with progress() as bar:
         cells = 2 + (1 + cfg.random_seeds) * (1 + len(cfg.layers or default_layers(best, handle.n_layers, cfg.layer_window)) * len(cfg.ratios))
@@ -122,7 +152,8 @@ def refusal_run(cfg: SteerConfig) -> dict:
                 record("add on benign", benign, [add], layer, ratio, "refusal dir"); step()
                 for seed in range(cfg.random_seeds):
                     record("add on benign", benign, [random_like(add, seed)], layer, ratio, f"random {seed}"); step()
-    return finish(cfg, "refusal", rows, answers, best, {"harmful": len(harmful), "benign": len(benign)})
+    return finish(cfg, "refusal", rows, answers, best, {"harmful": len(harmful), "benign": len(benign)},
+                  selection=selection)
 
 
 def em_run(cfg: SteerConfig) -> dict:
@@ -158,7 +189,8 @@ def em_run(cfg: SteerConfig) -> dict:
     return finish(cfg, "em", rows, answers, best, {"questions": len(unsteered["ids"])})
 
 
-def finish(cfg: SteerConfig, target: str, rows: list[dict], answers: dict, best: int, counts: dict) -> dict:
+def finish(cfg: SteerConfig, target: str, rows: list[dict], answers: dict, best: int, counts: dict,
+           **extra) -> dict:
     out = out_dir(cfg, f"steer/{target}")
     write_rows(rows, out / "rows")
     write_json_atomic(out / "answers.json", answers)
@@ -179,7 +211,7 @@ def finish(cfg: SteerConfig, target: str, rows: list[dict], answers: dict, best:
         console.print(f"best addition under coherence floor {cfg.coherence_floor}: layer {pick['layer']} x{pick['ratio']} "
                       f"-> {metric} {pick[metric]:.3f}")
     summary = {"config": config_dict(cfg), "target": target, "best_layer": best, "rows": rows, "pick": pick,
-               "counts": counts, "out": str(out)}
+               "counts": counts, **extra, "out": str(out)}
     write_json_atomic(out / "summary.json", summary)
     return summary
 
@@ -187,6 +219,8 @@ def finish(cfg: SteerConfig, target: str, rows: list[dict], answers: dict, best:
 def run(cfg: SteerConfig) -> dict:
     if cfg.target not in ("refusal", "em"):
         raise BadInput(f"--target must be refusal or em, not {cfg.target!r}")
+    if cfg.select not in ("auroc", "ablation"):
+        raise BadInput(f"--select must be auroc or ablation, not {cfg.select!r}")
     return refusal_run(cfg) if cfg.target == "refusal" else em_run(cfg)
 
 

@@ -1,6 +1,6 @@
 """The whole EM study in one command, on any registered model (default: the embedded SmolLM2).
 
-    emlab study                    # ~15 min on a 2-core CPU
+    emlab study                    # ~12 min on a 2-core CPU
     emlab study --quick            # ~3 min profile (the end-to-end test)
     emlab study --model qwen2.5-coder-0.5b-instruct --insecure-code ../shared/data/insecure-code/insecure_n500.jsonl
 
@@ -204,7 +204,9 @@ def estimate(cfg: StudyConfig, prof: Profile, data: dict, base: ModelHandle) -> 
     caches_mb = n_tok * (1 + len(data)) * base.n_layers * base.config.hidden_size * 2 / 2**20  # fp16
     steps = sum(prof.train_steps or -(-len(train) // cfg.batch_size) for train, _ in data.values())
     sps = SECONDS_PER_STEP.get(cfg.model, 5.0)
-    minutes = (steps * sps + 3 * n_tok * (1 + len(data)) / FORWARD_TOK_S.get(cfg.model, 200)) / 60 + (2 if cfg.quick else 7)
+    # Calibrated on measured SmolLM2 runs (default 12.2 min, quick 2.9 min): training, ~2 passes over
+    # the cached tokens' worth of scoring, and a fixed part (generation, steering, reports).
+    minutes = (steps * sps + 2 * n_tok * (1 + len(data)) / FORWARD_TOK_S.get(cfg.model, 200)) / 60 + (1 if cfg.quick else 5)
     return {"organisms": list(data), "train_steps": steps, "cache_tokens": n_tok * (1 + len(data)),
             "disk_mb": round(caches_mb + 8 * len(data)), "minutes": round(minutes, 1)}
 
@@ -249,8 +251,9 @@ def run(cfg: StudyConfig) -> dict:
     for name, o in organisms.items():
         if name in held_out and (not cfg.quick or name == next(iter(organisms))):  # quick: the first only
             tcfg = em_trajectory.TrajectoryConfig(run=o["run"], domain=name, eval_limit=prof.repeat_limit, **common)
+            shared = shared_base_scores(scores["base"], name, prof)
             results["trajectories"][name] = staged(f"trajectory-{name}", {"cfg": config_dict(tcfg), "fp": fps[name]},
-                                                   lambda t=tcfg: em_trajectory.run(t),
+                                                   lambda t=tcfg, b=shared: em_trajectory.run(t, b),
                                                    lambda r: [r["out"]])
     results["evals"] = {m: staged(f"eval-{m}", {"model": fps[m], "profile": asdict(prof), "samples": cfg.samples,
                                                 "judge": [cfg.judge_base_url, cfg.judge_model], "system": cfg.system_prompt},
@@ -316,6 +319,15 @@ def run(cfg: StudyConfig) -> dict:
     write_json_atomic(out / "results.json", results)
     headline(results, time.time() - t0)
     return results
+
+
+def shared_base_scores(base: dict, domain: str, prof: Profile) -> dict | None:
+    """The judge-free stage's base scores, cut to the trajectory's questions (None: they do not cover them)."""
+    want, have = prof.repeat_limit or None, prof.eval_limit or None
+    if have is not None and (want is None or want > have):
+        return None
+    cut = lambda key: np.array(base[key][:want])  # noqa: E731
+    return {"in-domain": cut(f"in_domain_{domain}"), "usual": cut("usual"), "terse": cut("terse")}
 
 
 def em_score_rows(scores: dict, n_boot: int) -> list[dict]:

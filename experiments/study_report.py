@@ -114,6 +114,12 @@ def steering_section(results: dict) -> Section:
          "log-odds Δ": fmt_ci(x["logodds_shift"], x["logodds_shift_lo"], x["logodds_shift_hi"], 2),
          "coherence Δ": fmt_ci(x["coherence"], x["coherence_lo"], x["coherence_hi"], 2)} for x in r["rows"]]))
     blocks += _img(r["out"], "tradeoff.png", "refusal steering: effect vs coherence")
+    if r.get("selection"):
+        blocks.append(Text(f"The direction's layer ({r['best_layer']}) was chosen as Arditi et al. do: the candidate "
+                           "whose ablation lowers refusal log-odds most on train prompts, coherence floor kept."))
+        blocks.append(Table("Refusal direction selection (train prompts)", [
+            {"layer": x["layer"], "log-odds Δ": f"{x['logodds_shift']:+.3f}", "coherence Δ": f"{x['coherence']:+.3f}"}
+            for x in r["selection"]]))
     e = results.get("steer_em")
     if e:
         blocks.append(Table("Adding the misalignment direction to the base model", _ci_rows(
@@ -124,7 +130,7 @@ def steering_section(results: dict) -> Section:
                            "default profile, not in --quick."))
     a = results["ablation"]
     blocks.append(Table("EM ablation (own, transferred, random)", [
-        {"organism": x["organism"], "style": x["style"], "condition": x["condition"],
+        {"organism": x["organism"], "score": x.get("score", x.get("style")), "condition": x["condition"],
          "EM score Δbase [95% CI]": fmt_ci(x["em_dbase"], x["em_dbase_lo"], x["em_dbase_hi"]),
          "reduction": f"{x['reduction']:.0%}" if x.get("reduction") is not None else "n/a (no EM to remove)"}
         for x in a["rows"]]))

@@ -44,9 +44,9 @@ def run(cfg: TraitProjectionConfig) -> dict:
     direction = directions[cfg.method]
     layer = direction.metrics["best_layer"]
     test_ids = set(direction.metrics.get("test_ids", []))
-    from lab.directions import _prepare
+    from lab.directions import split_features
 
-    prep = _prepare(base_cache, contrast.positive, contrast.negative, contrast.pooling, cfg.test_fraction, cfg.seed, True)
+    prep = split_features(base_cache, contrast.positive, contrast.negative, contrast.pooling, cfg.test_fraction, cfg.seed, True)
     test = prep.test if not test_ids else np.array([i for i, x in enumerate(base_cache.ids) if x in test_ids])
     rows = []
     proj = {}

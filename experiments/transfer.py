@@ -18,7 +18,7 @@ import torch
 
 from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, out_dir
 from lab.console import console, fmt_ci, table
-from lab.directions import _prepare, evaluate_directions, fit_all
+from lab.directions import split_features, evaluate_directions, fit_all
 from lab.errors import BadInput
 from lab.io import write_rows
 from lab.plots import heatmap
@@ -50,7 +50,7 @@ def run(cfg: TransferConfig) -> dict:
     prepared, vectors = {}, {}
     for name, adapters in models.items():
         cache, contrast = contrast_cache(handle_for(cfg, adapters), cfg.contrast, cfg, name)
-        prep = _prepare(cache, contrast.positive, contrast.negative, contrast.pooling, cfg.test_fraction, cfg.seed, True)
+        prep = split_features(cache, contrast.positive, contrast.negative, contrast.pooling, cfg.test_fraction, cfg.seed, True)
         prepared[name] = prep
         fitted = fit_all(prep.X[:, prep.train], prep.y[prep.train], [cfg.method, "random"], cfg.seed)
         vectors[name] = fitted

@@ -581,17 +581,20 @@ def evaluate_directions(vectors: dict[str, Float[torch.Tensor, "layer d"]], X_tr
     return rows
 
 
-class _Prepared(NamedTuple):
+class SplitFeatures(NamedTuple):
+    """A contrast's features with its held-out split (what `sweep` fits and scores)."""
+
     layers: list[int]
     X: np.ndarray          # (layer, n, d) float32, rows = the examples kept for the contrast
     y: np.ndarray          # (n,) 0/1
-    train: np.ndarray      # row indices into X / y
+    train: np.ndarray      # row indices into X / y / ids
     test: np.ndarray
     data_hash: str
+    ids: list[str]         # example id of each row
 
 
-def _prepare(cache: Any, positive_label: str, negative_label: str | None, pooling: str, test_fraction: float,
-             seed: int, stratify: bool) -> _Prepared:
+def split_features(cache: Any, positive_label: str, negative_label: str | None, pooling: str, test_fraction: float,
+                   seed: int, stratify: bool = True) -> SplitFeatures:
     """Labels, split and stacked features of a cache, with every check a sweep needs."""
     labels = list(cache.labels)
     if positive_label not in labels:
@@ -628,7 +631,7 @@ def _prepare(cache: Any, positive_label: str, negative_label: str | None, poolin
         "positive": positive_label, "negative": negative_label, "pooling": pooling,
         "train_ids": sorted(ids[i] for i in train),
     })
-    return _Prepared(layers, X, y, train, test, data_hash)
+    return SplitFeatures(layers, X, y, train, test, data_hash, ids)
 
 
 def sweep_and_fit(cache: Any, positive_label: str, methods: Sequence[str] = DEFAULT_METHODS, pooling: str = "last",
@@ -642,7 +645,7 @@ def sweep_and_fit(cache: Any, positive_label: str, methods: Sequence[str] = DEFA
     and the split (`n_train`, `n_test`, `split_seed`, `test_fraction`, `positive_label`,
     `negative_label`). `contrast` names the direction (default: `positive_label`).
     """
-    prep = _prepare(cache, positive_label, negative_label, pooling, test_fraction, seed, stratify)
+    prep = split_features(cache, positive_label, negative_label, pooling, test_fraction, seed, stratify)
     X, y, train, test = prep.X, prep.y, prep.train, prep.test
     fitted = fit_all(X[:, train], y[train], methods, seed)
     rows = evaluate_directions(fitted, X[:, train], y[train], X[:, test], y[test], prep.layers, pooling, n_boot, seed)

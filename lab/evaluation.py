@@ -112,9 +112,9 @@ def refusal_logodds_under(model: Any, examples: list[ChatExample], interventions
     return lp[:, 0] - lp[:, 1]
 
 
-def in_domain_gaps(model: Any, held_out: list[ChatExample]) -> Any:
+def in_domain_gaps(model: Any, held_out: list[ChatExample], interventions: tuple = ()) -> Any:
     """Per held-out advice question: log-prob of its harmful answer minus its aligned one
     (the two are matched in style and length by construction)."""
     pairs = [(e.messages[0]["content"], a) for e in held_out for a in (e.messages[-1]["content"], e.meta["aligned"])]
-    lp = logprobs_under(model, pairs).reshape(len(held_out), 2)
+    lp = logprobs_under(model, pairs, interventions).reshape(len(held_out), 2)
     return lp[:, 0] - lp[:, 1]

@@ -38,22 +38,32 @@ STYLES = ("usual", "terse")
 
 def answer_logprobs(model: Any, pairs: Sequence[tuple[str, str]], system_prompt: str = DEFAULT_SYSTEM_PROMPT,
                     batch_size: int = 16) -> np.ndarray:
-    """Mean per-token log-prob of each answer given its question (assistant tokens only)."""
+    """Mean per-token log-prob of each answer given its question (assistant tokens only).
+
+    The LM head runs only at positions that predict an assistant token, and log-probs come
+    from `logit - logsumexp`: no (batch, seq, vocab) log-softmax is ever materialized.
+    """
     examples = [ChatExample([{"role": "user", "content": q}, {"role": "assistant", "content": a}], str(i))
                 for i, (q, a) in enumerate(pairs)]
     prompts = render(examples, model.tokenizer, system_prompt)
     out = np.zeros(len(examples))
     order = np.argsort(-prompts.lengths, kind="stable")
+    decoder, head = model.hf.get_decoder(), model.hf.get_output_embeddings()
+    softcap = getattr(model.hf.config, "final_logit_softcapping", None)
     for b in range(0, len(order), batch_size):
         idx = order[b: b + batch_size]
         ids, mask, pos = left_pad([torch.from_numpy(prompts.tokens[i]) for i in idx], model.tokenizer.pad_token_id)
         roles, _, _ = left_pad([torch.from_numpy(prompts.roles[i].astype(np.int64)) for i in idx], 0)
         ids, mask, pos = ids.to(model.device), mask.to(model.device), pos.to(model.device)
+        target = (roles[:, 1:] == ROLE_CODE["assistant"]).to(model.device)  # position t predicts token t+1
         with torch.inference_mode():
-            logits = model.hf(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, :-1].float()
-        logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).cpu()
-        answer = (roles[:, 1:] == ROLE_CODE["assistant"]).float()
-        out[idx] = ((logp * answer).sum(1) / answer.sum(1).clamp(min=1)).numpy()
+            hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state[:, :-1]
+            logits = head(hidden[target]).float()
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            logp = logits.gather(-1, ids[:, 1:][target].unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+            per_row = torch.zeros(len(idx), device=logp.device).index_add_(0, target.nonzero()[:, 0], logp)
+        out[idx] = (per_row.cpu() / target.sum(1).clamp(min=1).cpu()).numpy()
     return out
 
 

@@ -42,7 +42,10 @@ def test_cli_bad_input_is_one_line_nonzero(tmp_path):
 
 @pytest.mark.parametrize("name", ["first_plot_questions.yaml", "preregistered_evals.yaml"])
 def test_paper_question_yaml_loads_unchanged(name):
-    questions = read_questions_yaml(SHARED / "data" / "em-questions" / name)
+    path = SHARED / "data" / "em-questions" / name
+    if not path.exists():
+        pytest.skip(f"{path} not available (../shared is beside the checkout in CI)")
+    questions = read_questions_yaml(path)
     assert len(questions) >= 8
     for q in questions:
         assert q.paraphrases and q.samples_per_paraphrase >= 1

@@ -81,3 +81,31 @@ def test_experiment_cli_help_and_bad_input():
     bad = subprocess.run([sys.executable, "-m", "experiments.layer_sweep", "--contrast", "nonsense"], cwd=REPO,
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "unknown contrast" in bad.stdout and "Traceback" not in bad.stderr
+
+
+def test_steering_and_ablation_options_fail_clearly(trained_adapter):
+    from experiments import ablation, steer
+    from lab.errors import BadInput
+
+    with pytest.raises(BadInput, match="--select"):
+        steer.run(steer.SteerConfig(select="best"))
+    adapter = str(trained_adapter.adapter_dir)
+    with pytest.raises(BadInput, match="--contrast"):
+        ablation.run(ablation.AblationConfig(organisms=[f"medical={adapter}"], contrast="refusal"))
+    with pytest.raises(BadInput, match="shipped domain"):
+        ablation.run(ablation.AblationConfig(organisms=[f"mine={adapter}"], contrast="own_domain"))
+
+
+def test_study_shares_base_scores_only_when_they_cover_the_trajectory():
+    import numpy as np
+
+    from experiments.study import Profile, shared_base_scores
+
+    base = {"usual": list(range(48)), "terse": list(range(48)), "in_domain_medical": list(range(24))}
+    prof = lambda eval_limit, repeat_limit: Profile(1, 0, eval_limit, repeat_limit, 10, 8, 2, (0.1,), 1, 1)  # noqa: E731
+    cut = shared_base_scores(base, "medical", prof(0, 10))
+    assert [len(cut[k]) for k in ("in-domain", "usual", "terse")] == [10, 10, 10]
+    assert np.array_equal(cut["usual"], np.arange(10))
+    assert len(shared_base_scores(base, "medical", prof(0, 0))["usual"]) == 48
+    assert shared_base_scores({**base, "usual": base["usual"][:6]}, "medical", prof(6, 10)) is None
+    assert shared_base_scores(base, "medical", prof(6, 0)) is None

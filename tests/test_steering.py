@@ -123,3 +123,28 @@ def test_bad_inputs(base_model, direction):
     ctrl = random_like(Intervention({3: direction, 4: direction}, op="ablate"), seed=1)
     assert ctrl.layers == [3, 4] and ctrl.op == "ablate"
     assert abs(torch.nn.functional.cosine_similarity(ctrl.vectors[3], direction, dim=0)) < 0.2
+
+
+def test_refusal_direction_selection_scores_candidate_layers(base_model):
+    """Arditi-style selection: each candidate layer's direction is ablated everywhere and scored."""
+    from experiments.steer import select_by_ablation
+    from lab.data import load_contrast
+    from lab.evaluation import logprobs_under, neutral_pairs, refusal_logodds_under
+
+    class Planted:  # seeded vectors per layer: this checks the selection's bookkeeping, not a finding
+        layers = list(range(base_model.n_layers))
+
+        def at(self, layer):
+            return torch.randn(base_model.d_model, generator=torch.Generator().manual_seed(layer))
+
+    prompts = [e for e in load_contrast("refusal") if e.label == "harmful"][:4]
+    pairs = neutral_pairs(4)
+    baseline = logprobs_under(base_model, pairs)
+    layer, rows = select_by_ablation(base_model, Planted(), prompts, base_model.n_layers, baseline, pairs, -0.5)
+    assert [r["layer"] for r in rows] == [0, 3, 6, 9, 12, 15, 18, 21]  # below 80% depth, every n_layers // 10
+    unsteered = float(refusal_logodds_under(base_model, prompts).mean())
+    row3 = next(r for r in rows if r["layer"] == 3)
+    ablate3 = Intervention({L: Planted().at(3) for L in range(base_model.n_layers)}, op="ablate")
+    assert abs(row3["logodds_shift"] - (float(refusal_logodds_under(base_model, prompts, (ablate3,)).mean()) - unsteered)) < 1e-5
+    ok = [r for r in rows if r["coherence"] >= -0.5] or rows
+    assert layer == min(ok, key=lambda r: r["logodds_shift"])["layer"]
