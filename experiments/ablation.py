@@ -9,6 +9,8 @@ question: on the general questions (usual and terse styles) and, for organisms o
 domain, on that domain's held-out advice questions ("in-domain", where the organisms' shift is
 largest). The direction comes from `--contrast` (general_answers, or own_domain: the organism's
 own bad-vs-good advice answers, held-out questions excluded), `--method` and `--pooling`.
+`--positions prompt` ablates on the question's tokens only: ablating on the scored answer's own
+tokens also removes what the model reads *in* the answer (a teacher-forcing confound).
 Reduction = 1 - Δbase(ablated) / Δbase(unsteered); it is only meaningful when the unsteered
 Δbase is clearly above zero, which the table states.
 """
@@ -43,6 +45,8 @@ class AblationConfig(Common):
     contrast: str = field(default="general_answers", metadata={"help": "general_answers or own_domain"})
     method: str = field(default="mean_diff", metadata={"help": "direction method (mean_diff, probe, ...)"})
     pooling: str = field(default="mean_response", metadata={"help": "direction pooling (mean_response, last, ...)"})
+    positions: str = field(default="all", metadata={
+        "help": "all, or prompt: ablate on the question's tokens only, so the scored answer tokens are not edited"})
 
 
 def contrast_of(cfg: AblationConfig, name: str) -> str:
@@ -100,7 +104,7 @@ def run(cfg: AblationConfig) -> dict:
             for src, d in directions.items():
                 best = d.metrics["best_layer"]
                 layers = range(n_layers) if cfg.layers == "all" else [best]
-                iv = Intervention({L: d.at(best) for L in layers}, op="ablate",
+                iv = Intervention({L: d.at(best) for L in layers}, op="ablate", positions=cfg.positions,
                                   label=f"ablate {'own' if src == name else 'transferred from ' + src}")
                 conditions.append((iv.label, (iv,)))
             own = next(c for c in conditions if c[0] == "ablate own")[1][0]
@@ -137,7 +141,7 @@ def run(cfg: AblationConfig) -> dict:
                  [r["em_dbase_hi"] for r in shown_rows], out / "ablation.png",
                  "EM score under ablation, organism - base", "Δ log-prob (misaligned - aligned)")
     console.print(table(f"EM ablation (judge-free, style-matched; {cfg.method} on {cfg.contrast}, {cfg.pooling}, "
-                        f"layers {cfg.layers})", shown))
+                        f"layers {cfg.layers}, positions {cfg.positions})", shown))
     return save_summary(cfg, out, rows=rows)
 
 

@@ -67,13 +67,11 @@ def neutral_pairs(limit: int | None = None) -> list[tuple[str, str]]:
 
 def logprobs_under(model: Any, pairs: list[tuple[str, str]], interventions: tuple = (), system_prompt: str | None = None
                    ) -> Any:
-    """Mean per-token log-prob of each answer with the interventions applied (all positions)."""
+    """Mean per-token log-prob of each answer with the interventions applied (at their positions)."""
     from lab.data import DEFAULT_SYSTEM_PROMPT
     from lab.scores import answer_logprobs
-    from lab.steering import steer
 
-    with steer(model, *interventions):
-        return answer_logprobs(model, pairs, system_prompt or DEFAULT_SYSTEM_PROMPT)
+    return answer_logprobs(model, pairs, system_prompt or DEFAULT_SYSTEM_PROMPT, interventions=interventions)
 
 
 def style_gaps_under(model: Any, interventions: tuple = (), limit: int | None = None) -> dict:

@@ -37,12 +37,16 @@ STYLES = ("usual", "terse")
 
 
 def answer_logprobs(model: Any, pairs: Sequence[tuple[str, str]], system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-                    batch_size: int = 16) -> np.ndarray:
+                    batch_size: int = 16, interventions: tuple = ()) -> np.ndarray:
     """Mean per-token log-prob of each answer given its question (assistant tokens only).
 
     The LM head runs only at positions that predict an assistant token, and log-probs come
     from `logit - logsumexp`: no (batch, seq, vocab) log-softmax is ever materialized.
+    `interventions` (lab.steering) apply during the forward; `positions="prompt"` edits each
+    row's question tokens only, so the answer is scored as the edited prompt primes it.
     """
+    from lab.steering import steer
+
     examples = [ChatExample([{"role": "user", "content": q}, {"role": "assistant", "content": a}], str(i))
                 for i, (q, a) in enumerate(pairs)]
     prompts = render(examples, model.tokenizer, system_prompt)
@@ -56,7 +60,8 @@ def answer_logprobs(model: Any, pairs: Sequence[tuple[str, str]], system_prompt:
         roles, _, _ = left_pad([torch.from_numpy(prompts.roles[i].astype(np.int64)) for i in idx], 0)
         ids, mask, pos = ids.to(model.device), mask.to(model.device), pos.to(model.device)
         target = (roles[:, 1:] == ROLE_CODE["assistant"]).to(model.device)  # position t predicts token t+1
-        with torch.inference_mode():
+        prompt_end = torch.as_tensor(ids.shape[1] - prompts.lengths[idx] + prompts.prompt_len[idx])
+        with torch.inference_mode(), steer(model, *interventions, prompt_width=prompt_end):
             hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state[:, :-1]
             logits = head(hidden[target]).float()
             if softcap:

@@ -83,8 +83,13 @@ class Intervention:
         return self._ready[key]
 
     def apply(self, x: Float[torch.Tensor, "batch seq d"], layer: int, positions: torch.Tensor | None,
-              prompt_width: int | None = None) -> torch.Tensor:
-        """The edited residual; `positions` are absolute (padded) token positions of x's seq axis."""
+              prompt_width: int | torch.Tensor | None = None) -> torch.Tensor:
+        """The edited residual; `positions` are absolute (padded) token positions of x's seq axis.
+
+        `prompt_width`: where the prompt ends, in padded positions: one int for a left-padded
+        generation batch, or a (batch,) tensor when rows' prompts end at different columns
+        (teacher-forced question + answer sequences).
+        """
         v = self.unit(layer, x.device, x.dtype)
         if self.op == "add":
             edited = x + self.alpha * v
@@ -97,7 +102,10 @@ class Intervention:
             edited = edited * (x.norm(dim=-1, keepdim=True) / edited.norm(dim=-1, keepdim=True).clamp(min=1e-12))
         if self.positions == "all" or prompt_width is None or positions is None:
             return edited
-        in_prompt = (positions < prompt_width).view(1, -1, 1)
+        if isinstance(prompt_width, torch.Tensor):
+            in_prompt = (positions.view(1, -1) < prompt_width.to(positions.device).view(-1, 1)).unsqueeze(-1)
+        else:
+            in_prompt = (positions < prompt_width).view(1, -1, 1)
         keep = in_prompt if self.positions == "prompt" else ~in_prompt
         return torch.where(keep, edited, x)
 
@@ -136,10 +144,12 @@ def _absolute_positions(kwargs: dict, seq: int, layer: int, device: torch.device
 
 
 @contextlib.contextmanager
-def steer(model: Any, *interventions: Intervention, prompt_width: int | None = None) -> Iterator[None]:
+def steer(model: Any, *interventions: Intervention, prompt_width: int | torch.Tensor | None = None
+          ) -> Iterator[None]:
     """Apply interventions to every forward of `model.hf` inside the block (HF path).
 
-    `prompt_width` is the (padded) prompt length; needed for `positions="prompt"/"generated"`.
+    `prompt_width` is the (padded) prompt length, or a (batch,) tensor of per-row prompt ends;
+    needed for `positions="prompt"/"generated"`.
     """
     for iv in interventions:
         iv.check(model)

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -148,3 +149,19 @@ def test_refusal_direction_selection_scores_candidate_layers(base_model):
     assert abs(row3["logodds_shift"] - (float(refusal_logodds_under(base_model, prompts, (ablate3,)).mean()) - unsteered)) < 1e-5
     ok = [r for r in rows if r["coherence"] >= -0.5] or rows
     assert layer == min(ok, key=lambda r: r["logodds_shift"])["layer"]
+
+
+def test_prompt_only_steering_of_teacher_forced_answers_respects_each_rows_prompt(base_model, direction):
+    """positions='prompt' in a padded batch of question+answer rows edits each row's own prompt only."""
+    from lab.scores import answer_logprobs
+
+    pairs = [("hi", "Hello! How can I help you today?"),
+             ("Tell me something about the history of the city of Paris, briefly.", "It was founded long ago.")]
+    ablate = Intervention({L: direction for L in range(base_model.n_layers)}, op="ablate", positions="prompt")
+    batched = answer_logprobs(base_model, pairs, batch_size=2, interventions=(ablate,))
+    alone = [answer_logprobs(base_model, [p], batch_size=1, interventions=(ablate,))[0] for p in pairs]
+    assert np.allclose(batched, alone, atol=1e-4)
+    plain = answer_logprobs(base_model, pairs)
+    everywhere = answer_logprobs(base_model, pairs, interventions=(
+        Intervention({L: direction for L in range(base_model.n_layers)}, op="ablate"),))
+    assert np.abs(batched - plain).min() > 1e-3 and np.abs(batched - everywhere).min() > 1e-3
