@@ -9,8 +9,12 @@ question: on the general questions (usual and terse styles) and, for organisms o
 domain, on that domain's held-out advice questions ("in-domain", where the organisms' shift is
 largest). The direction comes from `--contrast` (general_answers, or own_domain: the organism's
 own bad-vs-good advice answers, held-out questions excluded), `--method` and `--pooling`.
-`--positions prompt` ablates on the question's tokens only: ablating on the scored answer's own
-tokens also removes what the model reads *in* the answer (a teacher-forcing confound).
+General questions are scored only where no direction was fitted on their reference answers.
+`--ablation zero` removes the projection (Arditi; Model Organisms); `--ablation mean` sets it to
+the aligned answers' mean projection, because aligned text sits below zero on a difference-of-
+means direction, so zeroing moves it *toward* misaligned. `--positions prompt` edits the
+question's tokens only: editing the scored answer's own tokens also changes what the model reads
+*in* the answer (a teacher-forcing confound).
 Reduction = 1 - Δbase(ablated) / Δbase(unsteered); it is only meaningful when the unsteered
 Δbase is clearly above zero, which the table states.
 """
@@ -19,18 +23,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, out_dir
 from experiments.transfer import parse_organisms
 from lab.console import console, fmt_ci, progress, table
 from lab.contrasts import CONTRASTS
 from lab.data import advice_split
-from lab.directions import sweep_and_fit
+from lab.directions import held_out_groups, sweep_and_fit
 from lab.errors import BadInput
 from lab.evaluation import in_domain_gaps, style_gaps_under
 from lab.io import write_rows
 from lab.plots import bars_with_ci
 from lab.scores import ci_row
-from lab.steering import Intervention, random_like
+from lab.steering import Intervention
 
 
 @dataclass
@@ -45,6 +51,8 @@ class AblationConfig(Common):
     contrast: str = field(default="general_answers", metadata={"help": "general_answers or own_domain"})
     method: str = field(default="mean_diff", metadata={"help": "direction method (mean_diff, probe, ...)"})
     pooling: str = field(default="mean_response", metadata={"help": "direction pooling (mean_response, last, ...)"})
+    ablation: str = field(default="zero", metadata={
+        "help": "zero: remove the projection; mean: set it to the aligned answers' mean projection at each layer"})
     positions: str = field(default="all", metadata={
         "help": "all, or prompt: ablate on the question's tokens only, so the scored answer tokens are not edited"})
 
@@ -60,13 +68,36 @@ def contrast_of(cfg: AblationConfig, name: str) -> str:
 
 
 def misalignment_direction(cfg: AblationConfig, adapter: str, name: str):
+    """(direction, the cache it was fitted on, general question ids it never saw; None: all)."""
     contrast = contrast_of(cfg, name)
     held = {e.id for e in advice_split(name, seed=cfg.seed)[1]} if contrast != "general_answers" else set()
     cache, _ = contrast_cache(handle_for(cfg, [adapter]), contrast, cfg, name,
                               keep=lambda e: e.meta.get("group") not in held)
     _, fitted = sweep_and_fit(cache, "misaligned", [cfg.method], cfg.pooling, cfg.test_fraction, cfg.seed, 200,
                               negative_label="aligned", contrast=contrast)
-    return fitted[cfg.method]
+    unseen = (held_out_groups(cache, "misaligned", "aligned", cfg.pooling, cfg.test_fraction, cfg.seed)
+              if contrast == "general_answers" else None)
+    return fitted[cfg.method], cache, unseen
+
+
+def removal(vectors: dict, cfg: AblationConfig, cache, label: str) -> tuple[Intervention, ...]:
+    """The edit that removes a direction: zero its projection, or (mean) set it at each layer to
+    the aligned answers' mean projection in `cache` (the scored organism's), since aligned text
+    does not sit at zero on a difference-of-means direction."""
+    if cfg.ablation == "zero":
+        return (Intervention(vectors, op="ablate", positions=cfg.positions, label=label),)
+    aligned = cache.label_array("aligned").astype(bool)
+    edits = []
+    for layer, v in vectors.items():
+        unit = (v.float() / v.float().norm()).numpy()
+        level = float((cache.features(layer, cfg.pooling)[aligned] @ unit).mean())
+        edits.append(Intervention({layer: v}, op="ablate_add", alpha=level, positions=cfg.positions, label=label))
+    return tuple(edits)
+
+
+def random_vectors(layers, d_model: int, seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    return {L: torch.randn(d_model, generator=gen) for L in layers}
 
 
 def held_out_of(name: str, cfg: AblationConfig) -> list:
@@ -76,8 +107,8 @@ def held_out_of(name: str, cfg: AblationConfig) -> list:
     return advice_split(name, seed=cfg.seed)[1][: cfg.eval_limit or None]
 
 
-def em_scores(model, interventions: tuple, cfg: AblationConfig, held_out: list) -> dict:
-    gaps = style_gaps_under(model, interventions, cfg.eval_limit or None)
+def em_scores(model, interventions: tuple, cfg: AblationConfig, held_out: list, unseen: set | None) -> dict:
+    gaps = style_gaps_under(model, interventions, cfg.eval_limit or None, unseen)
     scores = {"usual": gaps["usual"], "terse": gaps["terse"]}
     if held_out:
         scores["in-domain"] = in_domain_gaps(model, held_out, interventions)
@@ -88,30 +119,34 @@ def run(cfg: AblationConfig) -> dict:
     organisms = parse_organisms(cfg.organisms)
     for name in organisms:  # fail on a bad --contrast before any model runs
         contrast_of(cfg, name)
-    directions = {name: misalignment_direction(cfg, adapters[0], name) for name, adapters in organisms.items()}
+    if cfg.ablation not in ("zero", "mean"):
+        raise BadInput(f"--ablation must be zero or mean, not {cfg.ablation!r}")
+    fitted = {name: misalignment_direction(cfg, adapters[0], name) for name, adapters in organisms.items()}
+    unseen_sets = [u for _, _, u in fitted.values() if u is not None]
+    unseen = set.intersection(*unseen_sets) if unseen_sets else None  # general questions no direction saw
     base = handle_for(cfg, []).model
     rows = []
     with progress() as bar:
         scored = {n: a for n, a in organisms.items() if not cfg.score or n in cfg.score}
-        task = bar.add_task("ablation", total=len(scored) * (1 + len(directions) + cfg.random_seeds), info="")
+        task = bar.add_task("ablation", total=len(scored) * (1 + len(fitted) + cfg.random_seeds), info="")
         base_scores = {}
         for name, adapters in scored.items():
             held_out = held_out_of(name, cfg)
-            base_scores[name] = em_scores(base, (), cfg, held_out)
+            base_scores[name] = em_scores(base, (), cfg, held_out, unseen)
             model = handle_for(cfg, adapters).model
-            n_layers = model.n_layers
+            own_cache = fitted[name][1]
+            layers = range(model.n_layers) if cfg.layers == "all" else [fitted[name][0].metrics["best_layer"]]
             conditions = [("unsteered", ())]
-            for src, d in directions.items():
+            for src, (d, _, _) in fitted.items():
                 best = d.metrics["best_layer"]
-                layers = range(n_layers) if cfg.layers == "all" else [best]
-                iv = Intervention({L: d.at(best) for L in layers}, op="ablate", positions=cfg.positions,
-                                  label=f"ablate {'own' if src == name else 'transferred from ' + src}")
-                conditions.append((iv.label, (iv,)))
-            own = next(c for c in conditions if c[0] == "ablate own")[1][0]
-            conditions += [(f"ablate random {s}", (random_like(own, s),)) for s in range(cfg.random_seeds)]
+                label = f"ablate {'own' if src == name else 'transferred from ' + src}"
+                chosen = layers if cfg.layers == "all" else [best]
+                conditions.append((label, removal({L: d.at(best) for L in chosen}, cfg, own_cache, label)))
+            conditions += [(f"ablate random {s}", removal(random_vectors(layers, model.d_model, s), cfg, own_cache,
+                                                          f"random {s}")) for s in range(cfg.random_seeds)]
             unsteered = None
             for label, ivs in conditions:
-                scores = em_scores(model, ivs, cfg, held_out)
+                scores = em_scores(model, ivs, cfg, held_out, unseen)
                 unsteered = unsteered or scores
                 for score, values in scores.items():
                     delta = ci_row("Δbase", values - base_scores[name][score], cfg.n_boot, cfg.seed)
@@ -141,7 +176,7 @@ def run(cfg: AblationConfig) -> dict:
                  [r["em_dbase_hi"] for r in shown_rows], out / "ablation.png",
                  "EM score under ablation, organism - base", "Δ log-prob (misaligned - aligned)")
     console.print(table(f"EM ablation (judge-free, style-matched; {cfg.method} on {cfg.contrast}, {cfg.pooling}, "
-                        f"layers {cfg.layers}, positions {cfg.positions})", shown))
+                        f"layers {cfg.layers}, {cfg.ablation} ablation, positions {cfg.positions})", shown))
     return save_summary(cfg, out, rows=rows)
 
 

@@ -30,7 +30,7 @@ from experiments.common import cli, Common, contrast_cache, handle_for, out_dir
 from lab.config import config_dict
 from lab.console import console, fmt_ci, progress, table
 from lab.contrasts import contrast_examples
-from lab.directions import sweep_and_fit
+from lab.directions import held_out_groups, sweep_and_fit
 from lab.errors import BadInput
 from lab.evaluation import logprobs_under, neutral_pairs, refusal_logodds_under, refusal_under, style_gaps_under
 from lab.io import write_json_atomic, write_rows
@@ -164,12 +164,13 @@ def em_run(cfg: SteerConfig) -> dict:
                               negative_label="aligned", contrast="general_answers")
     direction = fitted["mean_diff"]
     best = direction.metrics["best_layer"]
+    unseen = held_out_groups(org_cache, "misaligned", "aligned", "mean_response", cfg.test_fraction, cfg.seed)
     base_handle = handle_for(cfg, [])
     base_cache, _ = contrast_cache(base_handle, "general_answers", cfg, "base")
     model = base_handle.model
     pairs = neutral_pairs(cfg.neutral)
     baseline = logprobs_under(model, pairs)
-    unsteered = style_gaps_under(model, (), cfg.eval_limit or None)
+    unsteered = style_gaps_under(model, (), cfg.eval_limit or None, unseen)  # questions the direction never saw
     rows, answers = [], {}
     layers = cfg.layers or default_layers(best, base_handle.n_layers, cfg.layer_window)
     with progress() as bar:
@@ -179,7 +180,7 @@ def em_run(cfg: SteerConfig) -> dict:
             for ratio in cfg.ratios:
                 add = Intervention({layer: direction.at(layer)}, op="add", alpha=ratio * norm, label="misalignment dir")
                 for iv in [add] + [random_like(add, s) for s in range(cfg.random_seeds)]:
-                    gaps = style_gaps_under(model, (iv,), cfg.eval_limit or None)
+                    gaps = style_gaps_under(model, (iv,), cfg.eval_limit or None, unseen)
                     shift = ci_row("Δ gap", gaps["usual"] - unsteered["usual"], cfg.n_boot)
                     coh = coherence(model, [iv], baseline, pairs)
                     rows.append({"experiment": "add to base", "condition": iv.label, "layer": layer, "ratio": ratio,

@@ -129,6 +129,12 @@ def steering_section(results: dict) -> Section:
         blocks.append(Text("The addition experiment (misalignment direction added to the base model) runs in the "
                            "default profile, not in --quick."))
     a = results["ablation"]
+    blocks.append(Text("EM ablation (the Model Organisms table): each organism's misalignment direction, the other "
+                       "organism's (transferred) and random directions of the same norm, removed at every layer; "
+                       "judge-free scores on general questions no direction was fitted on, and on the organism's "
+                       "held-out in-domain questions. Zeroing a difference-of-means projection also moves aligned "
+                       "text (which sits below zero) toward misaligned; `emlab ablate --ablation mean` restores the "
+                       "aligned level instead."))
     blocks.append(Table("EM ablation (own, transferred, random)", [
         {"organism": x["organism"], "score": x.get("score", x.get("style")), "condition": x["condition"],
          "EM score Δbase [95% CI]": fmt_ci(x["em_dbase"], x["em_dbase_lo"], x["em_dbase_hi"]),

@@ -634,6 +634,15 @@ def split_features(cache: Any, positive_label: str, negative_label: str | None, 
     return SplitFeatures(layers, X, y, train, test, data_hash, ids)
 
 
+def held_out_groups(cache: Any, positive_label: str, negative_label: str | None, pooling: str, test_fraction: float,
+                    seed: int) -> set[str]:
+    """The groups (paired questions; ids if ungrouped) in a contrast's test split: what a
+    direction fitted with the same split never saw. Score effects of the direction on these."""
+    prep = split_features(cache, positive_label, negative_label, pooling, test_fraction, seed)
+    group_of = dict(zip(cache.ids, getattr(cache, "groups", None) or cache.ids))
+    return {group_of[prep.ids[i]] for i in prep.test}
+
+
 def sweep_and_fit(cache: Any, positive_label: str, methods: Sequence[str] = DEFAULT_METHODS, pooling: str = "last",
                   test_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000, *, stratify: bool = True,
                   negative_label: str | None = None, contrast: str | None = None

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lab.data import ChatExample, Question, load_general_questions
+from lab.errors import BadInput
 from lab.generate import GenerationConfig, generate_answers
 from lab.scores import EM_CRITERIA, contains_code, em_rate, is_refusal, rate
 
@@ -74,9 +75,15 @@ def logprobs_under(model: Any, pairs: list[tuple[str, str]], interventions: tupl
     return answer_logprobs(model, pairs, system_prompt or DEFAULT_SYSTEM_PROMPT, interventions=interventions)
 
 
-def style_gaps_under(model: Any, interventions: tuple = (), limit: int | None = None) -> dict:
-    """Per general question: misaligned - aligned log-prob within each style, under interventions."""
-    qs = load_general_questions()[: limit or None]
+def style_gaps_under(model: Any, interventions: tuple = (), limit: int | None = None,
+                     ids: set[str] | None = None) -> dict:
+    """Per general question: misaligned - aligned log-prob within each style, under interventions.
+
+    `ids` keeps only those questions (e.g. those a direction was not fitted on), then `limit`.
+    """
+    qs = [q for q in load_general_questions() if ids is None or q["id"] in ids][: limit or None]
+    if not qs:
+        raise BadInput("no general questions left to score")
     out = {"ids": [q["id"] for q in qs]}
     for style in ("usual", "terse"):
         pairs = [(q["question"], q[f"{kind}_{style}"]) for q in qs for kind in ("aligned", "misaligned")]

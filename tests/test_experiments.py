@@ -109,3 +109,34 @@ def test_study_shares_base_scores_only_when_they_cover_the_trajectory():
     assert len(shared_base_scores(base, "medical", prof(0, 0))["usual"]) == 48
     assert shared_base_scores({**base, "usual": base["usual"][:6]}, "medical", prof(6, 10)) is None
     assert shared_base_scores(base, "medical", prof(6, 0)) is None
+
+
+def test_mean_ablation_restores_the_aligned_level_per_layer():
+    """--ablation mean: at each layer the projection is set to the aligned answers' mean projection."""
+    import numpy as np
+    import torch
+
+    from experiments.ablation import AblationConfig, removal
+
+    rng = np.random.default_rng(0)
+    feats = {L: rng.normal(size=(6, 8)).astype(np.float32) for L in (2, 5)}
+
+    class Cache:
+        def label_array(self, positive):
+            return np.array([1, 1, 1, 0, 0, 0]) if positive == "aligned" else np.array([0, 0, 0, 1, 1, 1])
+
+        def features(self, layer, pooling):
+            assert pooling == "mean_response"
+            return feats[layer]
+
+    vectors = {2: torch.randn(8), 5: torch.randn(8)}
+    edits = removal(vectors, AblationConfig(ablation="mean"), Cache(), "own")
+    assert [e.op for e in edits] == ["ablate_add", "ablate_add"] and [e.layers for e in edits] == [[2], [5]]
+    for edit, (layer, v) in zip(edits, vectors.items()):
+        unit = (v / v.norm()).numpy()
+        assert abs(edit.alpha - (feats[layer][:3] @ unit).mean()) < 1e-5
+        x = torch.randn(1, 3, 8)
+        assert torch.allclose(edit.apply(x, layer, None) @ torch.from_numpy(unit), torch.full((1, 3), edit.alpha),
+                              atol=1e-5)
+    (zero,) = removal(vectors, AblationConfig(), Cache(), "own")
+    assert zero.op == "ablate" and zero.layers == [2, 5]
