@@ -1,6 +1,6 @@
 """The whole EM study in one command, on any registered model (default: the embedded SmolLM2).
 
-    emlab study                    # ~12 min on a 2-core CPU
+    emlab study                    # ~12 min on a 2-core CPU (11.9 measured)
     emlab study --quick            # ~3 min profile (the end-to-end test)
     emlab study --model qwen2.5-coder-0.5b-instruct --insecure-code ../shared/data/insecure-code/insecure_n500.jsonl
 
