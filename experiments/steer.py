@@ -54,6 +54,9 @@ class SteerConfig(Common):
     coherence_floor: float = field(default=-0.5, metadata={"help": "lowest acceptable neutral log-prob change/token"})
     eval_limit: int = field(default=0, metadata={"help": "held-out prompts/questions to use (0: all)"})
     neutral: int = field(default=16, metadata={"help": "neutral reference texts for the coherence guard"})
+    judge_base_url: str = field(default="", metadata={"help": "OpenAI-compatible judge: judged EM per cell (target em)"})
+    judge_model: str = field(default="gpt-4o", metadata={"help": "judge model name"})
+    judge_scheme: str = field(default="auto", metadata={"help": "auto, logprob100 or digit10"})
     select: str = field(default="auroc", metadata={
         "help": "refusal direction's layer: auroc (best held-out AUROC) or ablation (Arditi et al.: lowest "
                 "refusal log-odds when ablated, on train prompts, layers below 80%% depth, coherence floor kept)"})
@@ -172,6 +175,8 @@ def em_run(cfg: SteerConfig) -> dict:
     baseline = logprobs_under(model, pairs)
     unsteered = style_gaps_under(model, (), cfg.eval_limit or None, unseen)  # questions the direction never saw
     rows, answers = [], {}
+    judged = judged_em(cfg, model, unseen)
+    unsteered_judged = judged(())
     layers = cfg.layers or default_layers(best, base_handle.n_layers, cfg.layer_window)
     with progress() as bar:
         task = bar.add_task("steering", total=len(layers) * len(cfg.ratios) * (1 + cfg.random_seeds), info="")
@@ -185,9 +190,33 @@ def em_run(cfg: SteerConfig) -> dict:
                     coh = coherence(model, [iv], baseline, pairs)
                     rows.append({"experiment": "add to base", "condition": iv.label, "layer": layer, "ratio": ratio,
                                  "em_shift": shift["value"], "em_shift_lo": shift["lo"], "em_shift_hi": shift["hi"],
-                                 "coherence": coh["value"], "coherence_lo": coh["lo"], "coherence_hi": coh["hi"]})
+                                 "coherence": coh["value"], "coherence_lo": coh["lo"], "coherence_hi": coh["hi"],
+                                 **judged((iv,))})
                     bar.advance(task)
-    return finish(cfg, "em", rows, answers, best, {"questions": len(unsteered["ids"])})
+    return finish(cfg, "em", rows, answers, best, {"questions": len(unsteered["ids"])},
+                  unsteered_judged=unsteered_judged)
+
+
+def judged_em(cfg: SteerConfig, model, question_ids: set):
+    """`f(interventions) -> row fields`: sampled answers under the interventions, judged for EM
+    (betley criterion) and coherence, when a judge is configured; {} otherwise."""
+    from experiments.em_eval import make_judge
+    from lab.evaluation import evaluate, shipped_questions
+    from lab.generate import GenerationConfig
+
+    judge = make_judge(cfg)
+    if judge is None:
+        return lambda interventions: {}
+    questions = [q for q in shipped_questions() if q.id in question_ids][: cfg.eval_limit or None]
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=1.0, seed=cfg.seed)
+
+    def score(interventions: tuple) -> dict:
+        rows, summary = evaluate(model, questions, gen, judge, interventions=interventions, n_boot=cfg.n_boot)
+        em = summary["em"]["betley"]
+        coherent = [r["coherent"] for r in rows if r.get("coherent") is not None]
+        return {"judged_em": em["rate"], "judged_em_lo": em["lo"], "judged_em_hi": em["hi"],
+                "judged_coherent": float(np.mean(coherent)) if coherent else None, "judged_n": em["n"]}
+    return score
 
 
 def finish(cfg: SteerConfig, target: str, rows: list[dict], answers: dict, best: int, counts: dict,
@@ -206,7 +235,10 @@ def finish(cfg: SteerConfig, target: str, rows: list[dict], answers: dict, best:
               metric: fmt_ci(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"]),
               **({"log-odds Δ": fmt_ci(r["logodds_shift"], r["logodds_shift_lo"], r["logodds_shift_hi"], 2)}
                  if "logodds_shift" in r else {}),
-              "coherence Δ": fmt_ci(r["coherence"], r["coherence_lo"], r["coherence_hi"], 2)} for r in rows]
+              "coherence Δ": fmt_ci(r["coherence"], r["coherence_lo"], r["coherence_hi"], 2),
+              **({"judged EM": fmt_ci(r["judged_em"], r["judged_em_lo"], r["judged_em_hi"]),
+                  "judged coherent": "n/a" if r["judged_coherent"] is None else f"{r['judged_coherent']:.0f}"}
+                 if "judged_em" in r else {})} for r in rows]
     console.print(table(f"steering ({target}); direction's best layer {best}", shown))
     if pick:
         console.print(f"best addition under coherence floor {cfg.coherence_floor}: layer {pick['layer']} x{pick['ratio']} "

@@ -295,7 +295,8 @@ def run(cfg: StudyConfig) -> dict:
                                       lambda: steer.run(scfg), lambda r: [r["out"]])
     ecfg = steer.SteerConfig(target="em", organism=adapters_of[first], ratios=list(prof.steer_ratios),
                              random_seeds=prof.random_seeds, eval_limit=prof.repeat_limit, layer_window=0,
-                             neutral=neutral, **common)
+                             neutral=neutral, judge_base_url=cfg.judge_base_url, judge_model=cfg.judge_model,
+                             **common)
     if not cfg.quick:  # the addition experiment is the default profile's (quick keeps under 3 minutes)
         results["steer_em"] = staged("steer-em", {"cfg": config_dict(ecfg), "fps": fps}, lambda: steer.run(ecfg),
                                      lambda r: [r["out"]])
