@@ -129,10 +129,11 @@ def run(cfg: AblationConfig) -> dict:
     with progress() as bar:
         scored = {n: a for n, a in organisms.items() if not cfg.score or n in cfg.score}
         task = bar.add_task("ablation", total=len(scored) * (1 + len(fitted) + cfg.random_seeds), info="")
+        base_general = em_scores(base, (), cfg, [], unseen)  # shared by every organism
         base_scores = {}
         for name, adapters in scored.items():
             held_out = held_out_of(name, cfg)
-            base_scores[name] = em_scores(base, (), cfg, held_out, unseen)
+            base_scores[name] = {**base_general, **({"in-domain": in_domain_gaps(base, held_out)} if held_out else {})}
             model = handle_for(cfg, adapters).model
             own_cache = fitted[name][1]
             layers = range(model.n_layers) if cfg.layers == "all" else [fitted[name][0].metrics["best_layer"]]
