@@ -48,4 +48,7 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
 
 
 def config_dict(cfg: Any) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    """The config as plain JSON values (exact: numbers stay numbers; see `lab.io.json_default`)."""
+    from lab.io import dumps
+
+    return json.loads(dumps(dataclasses.asdict(cfg)))

@@ -1,17 +1,43 @@
-"""Small file helpers shared by every stage: hashing and atomic publication."""
+"""Small file helpers shared by every stage: exact JSON, hashing and atomic publication."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Iterator
 
+import numpy as np
+
 CHUNK = 1 << 20
+
+
+def json_default(obj: Any) -> Any:
+    """`json.dumps(default=...)` that keeps numbers numbers and refuses what it cannot write exactly.
+
+    numpy scalars and arrays become the Python values they hold (`np.int64(3)` -> `3`,
+    `np.float32` -> float, `np.bool_` -> bool), paths become strings, dataclasses their
+    `to_json()` or fields. Anything else is an error: `default=str` would silently have
+    written `np.int64(3)` as `"3"`, a string every later comparison treats as text.
+    """
+    if isinstance(obj, (np.generic, np.ndarray)) and obj.dtype.kind in "biuf":
+        return obj.item() if obj.ndim == 0 else obj.tolist()
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        to_json = getattr(obj, "to_json", None)
+        return to_json() if callable(to_json) else dataclasses.asdict(obj)
+    raise TypeError(f"cannot write {type(obj).__module__}.{type(obj).__qualname__} as JSON exactly: {obj!r:.80}")
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """`json.dumps` with `json_default`: the one JSON writer every emlab file goes through."""
+    return json.dumps(obj, default=json_default, **kwargs)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -24,7 +50,7 @@ def sha256_file(path: str | Path) -> str:
 
 def sha256_json(obj: Any) -> str:
     """Hash of a JSON-serialisable object with sorted keys (stable across runs)."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    text = dumps(obj, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -55,7 +81,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    tmp.write_text(dumps(obj, indent=2, sort_keys=True))
     os.replace(tmp, path)
 
 
