@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import yaml
@@ -66,27 +66,41 @@ def _validate_messages(messages: Any, where: str) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def read_chat_jsonl(path: str | Path) -> list[ChatExample]:
-    """Read HF chat JSONL; every problem names `file:line`."""
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) of each non-blank line; a bad line is `file:line: why`.
+
+    Lines are decoded one at a time from bytes, so a file that is not UTF-8 names the line
+    it breaks on instead of raising a UnicodeDecodeError from deep inside the reader.
+    """
     path = Path(path)
     if not path.exists():
         raise BadInput(f"{path}: no such file")
-    examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise BadInput(f"{path}:{lineno}: not UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
-                obj = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise BadInput(f"{where}: malformed JSON ({exc.msg})") from None
-            if not isinstance(obj, dict) or "messages" not in obj:
-                raise BadInput(f"{where}: missing 'messages'")
-            messages = _validate_messages(obj["messages"], where)
-            meta = {k: v for k, v in obj.items() if k not in {"messages", "id", "label"}}
-            examples.append(ChatExample(messages, str(obj.get("id", f"{path.stem}-{lineno}")),
-                                        obj.get("label"), str(path), meta))
+                raise BadInput(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+
+
+def read_chat_jsonl(path: str | Path) -> list[ChatExample]:
+    """Read HF chat JSONL; every problem names `file:line`."""
+    path = Path(path)
+    examples = []
+    for lineno, obj in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(obj, dict) or "messages" not in obj:
+            raise BadInput(f"{where}: missing 'messages'")
+        messages = _validate_messages(obj["messages"], where)
+        meta = {k: v for k, v in obj.items() if k not in {"messages", "id", "label"}}
+        examples.append(ChatExample(messages, str(obj.get("id", f"{path.stem}-{lineno}")),
+                                    obj.get("label"), str(path), meta))
     if not examples:
         raise BadInput(f"{path}: empty dataset (no examples)")
     ids = [e.id for e in examples]
@@ -126,8 +140,14 @@ def read_questions_yaml(path: str | Path) -> list[Question]:
     path = Path(path)
     if not path.exists():
         raise BadInput(f"{path}: no such file")
+    data = path.read_bytes()
     try:
-        items = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise BadInput(f"{path}:{line}: not UTF-8") from None
+    try:
+        items = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise BadInput(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(items, list) or not items:
@@ -174,8 +194,7 @@ def dataset_path(filename: str) -> Path:
 
 
 def _read_jsonl(filename: str) -> list[dict]:
-    with open(dataset_path(filename), encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [obj for _, obj in iter_jsonl(dataset_path(filename))]
 
 
 def load_advice(domain: str, aligned: bool = False) -> list[ChatExample]:

@@ -40,6 +40,36 @@ def test_cli_bad_input_is_one_line_nonzero(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+LATIN1 = '{"messages": [{"role": "user", "content": "caf\xe9"}]}\n'.encode("latin-1")
+GOOD = b'{"messages": [{"role": "user", "content": "hi"}]}\n'
+
+
+def test_undecodable_jsonl_names_file_and_line(tmp_path):
+    p = tmp_path / "latin1.jsonl"
+    p.write_bytes(GOOD + GOOD.replace(b"hi", b"hey") + LATIN1)
+    with pytest.raises(BadInput, match=r"latin1\.jsonl:3: not UTF-8$"):
+        read_chat_jsonl(p)
+    y = tmp_path / "q.yaml"
+    y.write_bytes(b"- id: a\n  paraphrases:\n  - caf\xe9\n")
+    with pytest.raises(BadInput, match=r"q\.yaml:3: not UTF-8$"):
+        read_questions_yaml(y)
+
+
+@pytest.mark.parametrize("verb, file, data", [
+    (["cache", "build", "--data"], "bad.jsonl", GOOD + LATIN1),
+    (["eval", "--questions"], "bad.yaml", b"- id: a\n  paraphrases: [caf\xe9]\n"),
+])
+def test_cli_undecodable_input_is_one_line_nonzero(tmp_path, verb, file, data):
+    bad = tmp_path / file
+    bad.write_bytes(data)
+    out = subprocess.run([sys.executable, "-m", "experiments.cli", *verb, str(bad), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, cwd=REPO, env={**os.environ, "COLUMNS": "300"})
+    assert out.returncode == 1, out.stderr[-2000:]
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].endswith(f"{file}:2: not UTF-8")
+    assert "Traceback" not in out.stderr
+
+
 @pytest.mark.parametrize("name", ["first_plot_questions.yaml", "preregistered_evals.yaml"])
 def test_paper_question_yaml_loads_unchanged(name):
     path = SHARED / "data" / "em-questions" / name
