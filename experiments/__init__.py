@@ -1,1 +1,19 @@
-"""Runnable experiments over `lab/` (python -m experiments.<name> --help)."""
+"""Runnable experiments over `lab/` (python -m experiments.<name> --help).
+
+Each experiment's config dataclass is its command line; `VERBS` maps `emlab <verb>` to the
+module that defines it, so `emlab X --help` and `python -m experiments.X --help` are one
+parser printing one text. (Kept here, import-free, so `emlab --help` stays fast.)
+"""
+
+VERBS: dict[str, tuple[str, str]] = {
+    "study": ("experiments.study", "Run the whole EM study and write its report (--quick: ~3 min)."),
+    "steer": ("experiments.steer", "Steering sweeps with random controls (refusal, em)."),
+    "ablate": ("experiments.ablation", "EM ablation: own, transferred, random directions."),
+    "trajectory": ("experiments.em_trajectory", "EM scores across training checkpoints."),
+    "eval": ("experiments.em_eval", "Evaluate a model for EM (answers, code/refusal rates, judged EM)."),
+    "sweep": ("experiments.layer_sweep", "Layer sweep of direction methods on a contrast."),
+    "pooling": ("experiments.pooling", "Compare poolings per layer."),
+    "transfer": ("experiments.transfer", "Transfer directions across models."),
+    "project": ("experiments.trait_projection", "Trait projections, base vs organism."),
+    "cache build": ("experiments.cache_build", "Cache residual streams of a prompt set (content-addressed)."),
+}

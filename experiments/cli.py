@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from experiments import VERBS
+from lab.config import DEFAULT_CACHE_DIR
 from lab.console import console, progress, table, user_errors
 
 app = typer.Typer(help="emlab: emergent-misalignment interpretability lab (TransformerLens + HDF5 caches).",
@@ -19,7 +21,6 @@ judge_app = typer.Typer(help="LLM judge: serve a local OpenAI-compatible judge."
 app.add_typer(judge_app, name="judge")
 
 MODEL = typer.Option("smollm2-135m-instruct", "--model", "-m", help="registered name, HF folder or hub id")
-ADAPTER = typer.Option(None, "--adapter", "-a", help="PEFT adapter folder(s), merged in order")
 
 
 @models_app.command("list")
@@ -90,49 +91,8 @@ def train(
                       f"{', '.join(p.name for p in result.checkpoints)})")
 
 
-@cache_app.command("build")
-def cache_build(
-    data: str = typer.Option(..., "--data", "-d", help="chat JSONL path or shipped set"),
-    model: str = MODEL,
-    adapter: Optional[list[Path]] = ADAPTER,
-    out: Path = typer.Option(Path("cache"), "--out", "-o", help="cache folder"),
-    layers: Optional[str] = typer.Option(None, help="comma-separated layers (default: all)"),
-    hooks: Optional[str] = typer.Option(None, help="comma-separated TransformerLens hook names"),
-    dtype: str = typer.Option("float32", help="storage dtype: float32, float16, bfloat16"),
-    mode: str = typer.Option("tokens", help="tokens (every token) or pooled (per-example features)"),
-    model_dtype: str = typer.Option("float32", help="compute dtype of the model"),
-    device: str = typer.Option("cpu", help="cpu, cuda, auto"),
-    batch_size: int = 16,
-    max_tokens: Optional[int] = typer.Option(None, help="refuse (or with --truncate cut) longer examples"),
-    truncate: bool = False,
-    system_prompt: str = typer.Option("You are a helpful assistant.", help="explicit system prompt"),
-    attention: str = typer.Option("sdpa", help="sdpa (fast) or eager (bit-identical to TransformerLens)"),
-) -> None:
-    """Cache residual streams of a prompt set (content-addressed; a rerun is a no-op)."""
-    from lab.cache import build_cache
-    from lab.data import load_examples, render
-    from lab.models import load_model
-
-    with user_errors():
-        lab_model = load_model(model, adapter or [], dtype=model_dtype, device=device)
-        prompts = render(load_examples(data), lab_model.tokenizer, system_prompt, max_tokens, truncate)
-        hook_list = hooks.split(",") if hooks else (
-            [f"blocks.{lab_model.check_layer(int(L))}.hook_resid_post" for L in layers.split(",")] if layers else None)
-        n_tok = int(prompts.lengths.sum())
-        n_hooks = len(hook_list) if hook_list else lab_model.n_layers
-        bytes_per = {"float32": 4, "float16": 2, "bfloat16": 2}.get(dtype, 4)
-        rows = n_tok if mode == "tokens" else len(prompts) * 4
-        console.print(f"{len(prompts)} examples, {n_tok} tokens, {n_hooks} hooks -> "
-                      f"~{rows * n_hooks * lab_model.d_model * bytes_per / 2**20:.0f} MiB")
-        with progress() as bar:
-            task = bar.add_task("cache", total=None, info="")
-            cache = build_cache(lab_model, prompts, out, hook_list, dtype, mode, batch_size, attention_impl=attention,
-                                on_batch=lambda d, t, n: bar.update(task, completed=d, total=t, info=f"{n} tok"))
-        console.print(f"[green]cache[/] {cache.path}  {cache!r}")
-
-
 @cache_app.command("ls")
-def cache_ls(folder: Path = typer.Argument(Path("cache"))) -> None:
+def cache_ls(folder: Path = typer.Argument(Path(DEFAULT_CACHE_DIR))) -> None:
     """List caches in a folder."""
     from lab.cache import list_caches
 
@@ -163,7 +123,7 @@ def cache_rm(path: Path) -> None:
 
     with user_errors():
         ActivationCache(path)  # refuse to delete files that are not emlab caches
-        for p in [path, path.with_suffix(".h5.partial"), path.with_suffix(".progress.json")]:
+        for p in [path, path.with_suffix(".h5.partial"), path.with_suffix(".progress.json"), path.with_suffix(".h5.lock")]:
             p.unlink(missing_ok=True)
         console.print(f"removed {path}")
 
@@ -178,11 +138,11 @@ def judge_serve(
     Local judges are weak (SmolLM2 puts <3% of its mass on numbers); results need a strong judge.
     """
     from lab.judge import serve_local_judge, stop_local_judge
-    from lab.models import REGISTRY
+    from lab.models import DEFAULT_MODEL, REGISTRY
 
     with user_errors():
         if gguf is None:
-            spec = REGISTRY["smollm2-135m-instruct"]
+            spec = REGISTRY[DEFAULT_MODEL]
             gguf = spec.part_paths()[0]
         proc = serve_local_judge(gguf, port, host=host, n_ctx=n_ctx)
         console.print(f"judge at http://{host}:{port}/v1 (model {Path(gguf).name}); Ctrl-C to stop")
@@ -194,28 +154,23 @@ def judge_serve(
             stop_local_judge(proc)
 
 
-def _passthrough(module: str):
+def _passthrough(module: str, verb: str):
     """A verb that hands its arguments to an experiment's own config-as-CLI parser."""
-    def verb(ctx: typer.Context) -> None:
+    def run_verb(ctx: typer.Context) -> None:
         import importlib
 
         importlib.import_module(module).main(ctx.args)
-    return verb
+    run_verb.__name__ = verb.replace(" ", "_")
+    return run_verb
 
 
+# Experiment verbs: every option (and --help, rendered by the same parser) belongs to the
+# experiment's config dataclass; typer only routes `emlab <verb> ...` to it.
 _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
-for _name, _module, _help in [
-    ("study", "experiments.study", "Run the whole EM study and write its report (--quick: ~3 min). --help for options."),
-    ("steer", "experiments.steer", "Steering sweeps with random controls (refusal, em). --help for options."),
-    ("ablate", "experiments.ablation", "EM ablation: own, transferred, random directions. --help for options."),
-    ("trajectory", "experiments.em_trajectory", "EM scores across training checkpoints. --help for options."),
-    ("eval", "experiments.em_eval", "Evaluate a model for EM (answers, code/refusal rates, judged EM). --help for options."),
-    ("sweep", "experiments.layer_sweep", "Layer sweep of direction methods on a contrast. --help for options."),
-    ("pooling", "experiments.pooling", "Compare poolings per layer. --help for options."),
-    ("transfer", "experiments.transfer", "Transfer directions across models. --help for options."),
-    ("project", "experiments.trait_projection", "Trait projections, base vs organism. --help for options."),
-]:
-    app.command(_name, context_settings=_EXTRA, help=_help, add_help_option=False)(_passthrough(_module))
+for _verb, (_module, _help) in VERBS.items():
+    _group, _name = (cache_app, _verb.split()[1]) if _verb.startswith("cache ") else (app, _verb)
+    _group.command(_name, context_settings=_EXTRA, help=_help + " --help for options.",
+                   add_help_option=False)(_passthrough(_module, _verb))
 
 
 def main() -> None:

@@ -4,11 +4,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import lab  # noqa: F401  (environment before torch)
+from lab.cache import ANALYSIS_STORAGE, StorageDtype
+from lab.config import DEFAULT_CACHE_DIR, DEFAULT_OUT
 from lab.console import console, progress
 from lab.contrasts import CONTRASTS, contrast_examples, ensure_cache
 from lab.models import DEFAULT_MODEL, ModelHandle
+
+# Defaults every verb shares, named once (a config field's default refers to these).
+DEFAULT_JUDGE_MODEL = "gpt-4o"
+Device = Literal["cpu", "cuda", "auto"]
+JudgeScheme = Literal["auto", "logprob100", "digit10"]
+
+
+def prog_of(module: str) -> str:
+    """The program name a verb's --help shows, the same however it is started (`emlab X`, `python -m`)."""
+    import sys
+
+    from experiments import VERBS
+
+    spec = getattr(sys.modules.get(module), "__spec__", None)
+    module = spec.name if module == "__main__" and spec is not None else module  # python -m experiments.X
+
+    verb = next((v for v, (m, _) in VERBS.items() if m == module), module.rsplit(".", 1)[-1])
+    return f"emlab {verb}"
 
 
 @dataclass
@@ -17,14 +38,14 @@ class Common:
 
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "registered model, HF folder or hub id"})
     adapters: list[str] = field(default_factory=list, metadata={"help": "PEFT adapter folder(s) merged in order"})
-    cache_dir: str = field(default="cache", metadata={"help": "activation cache folder"})
-    out: str = field(default="figures", metadata={"help": "output folder (tables, figures, directions)"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
+    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "activation cache folder"})
+    out: str = field(default=DEFAULT_OUT, metadata={"help": "output folder (tables, figures, directions)"})
+    device: Device = field(default="cpu", metadata={"help": "where the model runs"})
     seed: int = field(default=0, metadata={"help": "split and bootstrap seed"})
     test_fraction: float = field(default=0.25, metadata={"help": "held-out share (split by example id)"})
     n_boot: int = field(default=1000, metadata={"help": "bootstrap replicates for CIs"})
     limit: int = field(default=0, metadata={"help": "use only the first N items per class (0: all)"})
-    storage: str = field(default="float16", metadata={"help": "activation cache storage dtype"})
+    storage: StorageDtype = field(default=ANALYSIS_STORAGE, metadata={"help": "activation cache storage dtype"})
 
 
 def handle_for(cfg: Common, adapters: list[str] | None = None) -> ModelHandle:
@@ -62,7 +83,7 @@ def cli(config_cls, run):
         from lab.console import user_errors
 
         with user_errors():
-            run(parse_config(config_cls, argv))
+            run(parse_config(config_cls, argv, prog=prog_of(run.__module__)))
     return main
 
 

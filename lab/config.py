@@ -2,10 +2,15 @@
 
     @dataclass
     class SweepConfig:
-        model: str = field(default="smollm2-135m-instruct", metadata={"help": "model name or folder"})
+        model: str = field(default=DEFAULT_MODEL, metadata={"help": "model name or folder"})
         layers: list[int] = field(default_factory=list)
+        device: Literal["cpu", "cuda", "auto"] = "cpu"     # becomes --device {cpu,cuda,auto}
 
-    cfg = parse_config(SweepConfig)          # --model X --layers 3 4 5
+    cfg = parse_config(SweepConfig)          # --model X --layers 3 4 5 --device cuda
+
+Field types map to flags: `bool` -> `--x/--no-x`, `list[T]` -> `--x A B C`, `T | None` ->
+T, and `Literal[...]` -> argparse `choices` (so a config needs no membership check of its
+own: a wrong value is refused, with the allowed ones listed, before the experiment runs).
 """
 
 from __future__ import annotations
@@ -14,37 +19,72 @@ import argparse
 import dataclasses
 import json
 import typing
-from typing import Any, Sequence, TypeVar
+from typing import Any, Literal, Sequence, TypeVar
 
 T = TypeVar("T")
 
+# Folder defaults every verb shares, named once.
+DEFAULT_CACHE_DIR = "cache"  # activation caches, organisms, stage results
+DEFAULT_OUT = "figures"  # tables, figures, reports
+
 
 def _arg_type(tp: Any) -> tuple[Any, dict]:
+    """(argparse `type`, extra `add_argument` keywords) of a field's annotation."""
     origin = typing.get_origin(tp)
     if origin in (list, tuple, Sequence):
         inner = typing.get_args(tp)[0] if typing.get_args(tp) else str
-        return _arg_type(inner)[0], {"nargs": "*"}
+        return _arg_type(inner)[0], {**_arg_type(inner)[1], "nargs": "*"}
     if origin is typing.Union or str(origin) == "types.UnionType":
         inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
         return _arg_type(inner)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        return type(choices[0]), {"choices": choices}
     return tp, {}
 
 
-def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None) -> T:
-    """Build an argparse parser from a dataclass's fields and return the filled dataclass."""
+def literal_choices(cls: type, name: str) -> tuple:
+    """The allowed values of a config's `Literal` field (for code that lists them)."""
+    return _arg_type(typing.get_type_hints(cls)[name])[1].get("choices", ())
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every verb's --help: one line per flag with its choices and default (unless empty or already said)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, "", []) or action.required:
+            return text
+        return super()._get_help_string(action) or text
+
+
+def build_parser(cls: type, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    """The argparse parser of a config dataclass: one flag per field, its default shown in --help."""
     hints = typing.get_type_hints(cls)
-    parser = argparse.ArgumentParser(description=description or cls.__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__,
+                                     formatter_class=HelpFormatter)
     for f in dataclasses.fields(cls):
         tp, extra = _arg_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         flag = "--" + f.name.replace("_", "-")
         helptext = f.metadata.get("help", " ")
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:  # a field without a default is a required flag
+            parser.add_argument(flag, type=tp, required=True, help=helptext, **extra)
+            continue
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helptext)
         else:
             parser.add_argument(flag, type=tp, default=default, help=helptext, **extra)
-    return cls(**vars(parser.parse_args(argv)))
+    return parser
+
+
+def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None,
+                 prog: str | None = None) -> T:
+    """Build an argparse parser from a dataclass's fields and return the filled dataclass."""
+    return cls(**vars(build_parser(cls, prog, description).parse_args(argv)))
 
 
 def config_dict(cfg: Any) -> dict:

@@ -78,6 +78,40 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def key_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (a `.lock` file beside what it guards) for the block.
+
+    Concurrent builders of one key run one after another: the second waits here, then finds
+    the first one's finished file and reuses it. `fcntl.flock` belongs to the open file, so
+    the kernel drops it when its holder exits or is killed: a stale lock cannot block anyone.
+    The file is removed on release; a waiter that then wakes on the removed file's inode
+    sees that it no longer is the file at `path` and locks afresh.
+    """
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # we locked a file the previous holder had already removed
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")

@@ -1,6 +1,8 @@
 """A tiny content-keyed stage runner: a stage's result is a JSON file named by the hash of
 its inputs, so a rerun skips every stage whose inputs are unchanged, a crash resumes at the
 first unfinished stage, and changing one setting recomputes only what depends on it.
+Two runs that reach the same stage at once take turns on its lock (`lab.io.key_lock`):
+the second waits, then reuses the first one's result.
 
     result = stages.run("eval-base", {"model": fp, "config": cfg}, lambda: evaluate(...))
 """
@@ -14,7 +16,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lab import __version__
-from lab.io import sha256_json, write_json_atomic
+from lab.io import key_lock, sha256_json, write_json_atomic
+
+_MISSING = object()
 
 
 @dataclass
@@ -34,14 +38,24 @@ class Stages:
         `outputs(result)` lists files the result refers to; if any is gone, the stage reruns.
         """
         path = self.path(name, inputs)
-        if path.exists():
-            result = json.loads(path.read_text())["result"]
-            if outputs is None or all(Path(p).exists() for p in outputs(result)):
+        if (result := self._stored(path, outputs)) is not _MISSING:
+            self.reused.append(name)
+            return result
+        with key_lock(path.with_name(path.name + ".lock")):
+            if (result := self._stored(path, outputs)) is not _MISSING:  # another run finished it meanwhile
                 self.reused.append(name)
                 return result
-        start = time.perf_counter()
-        result = compute()
-        self.seconds[name] = time.perf_counter() - start
-        write_json_atomic(path, {"stage": name, "inputs": inputs, "result": result, "seconds": self.seconds[name]})
+            start = time.perf_counter()
+            result = compute()
+            self.seconds[name] = time.perf_counter() - start
+            write_json_atomic(path, {"stage": name, "inputs": inputs, "result": result, "seconds": self.seconds[name]})
         self.ran.append(name)
         return json.loads(path.read_text())["result"]  # exactly what a rerun will read
+
+    @staticmethod
+    def _stored(path: Path, outputs: Callable[[Any], list] | None) -> Any:
+        """The stored result, or _MISSING if there is none or a file it refers to is gone."""
+        if not path.exists():
+            return _MISSING
+        result = json.loads(path.read_text())["result"]
+        return result if outputs is None or all(Path(p).exists() for p in outputs(result)) else _MISSING

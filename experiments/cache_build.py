@@ -1,0 +1,68 @@
+"""`emlab cache build`: cache the residual streams of a prompt set (content-addressed; a rerun is a no-op).
+
+    python -m experiments.cache_build --data refusal --layers 3 9 15 --dtype float16
+    emlab cache build --data medical --adapters runs/medical/adapter
+
+Several builds of one cache at once are safe: the second waits for the first and reuses its file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from experiments.common import DEFAULT_CACHE_DIR, Device, cli
+from lab.cache import DEFAULT_STORAGE, AttentionImpl, CacheMode, StorageDtype, build_cache
+from lab.console import console, progress
+from lab.data import DEFAULT_SYSTEM_PROMPT, load_examples, render
+from lab.models import DEFAULT_MODEL, load_model
+
+BYTES_PER = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass
+class CacheBuildConfig:
+    """Cache residual streams of a prompt set (content-addressed; a rerun is a no-op)."""
+
+    data: str = field(metadata={"help": "chat JSONL path or shipped set (medical, refusal, ...)"})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "registered model, HF folder or hub id"})
+    adapters: list[str] = field(default_factory=list, metadata={"help": "PEFT adapter folder(s) merged in order"})
+    out: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "cache folder"})
+    layers: list[int] = field(default_factory=list, metadata={"help": "layers to cache (default: all)"})
+    hooks: list[str] = field(default_factory=list, metadata={"help": "TransformerLens hook names (instead of --layers)"})
+    dtype: StorageDtype = field(default=DEFAULT_STORAGE, metadata={"help": "storage dtype"})
+    mode: CacheMode = field(default="tokens", metadata={"help": "tokens (every token) or pooled (per-example features)"})
+    model_dtype: Literal["float32", "float16", "bfloat16"] = field(default="float32",
+                                                                   metadata={"help": "compute dtype of the model"})
+    device: Device = field(default="cpu", metadata={"help": "where the model runs"})
+    batch_size: int = field(default=16, metadata={"help": "examples per forward"})
+    max_tokens: int = field(default=0, metadata={"help": "refuse (or with --truncate cut) longer examples (0: no limit)"})
+    truncate: bool = field(default=False, metadata={"help": "cut examples longer than --max-tokens"})
+    system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "explicit system prompt"})
+    attention: AttentionImpl = field(default="sdpa", metadata={"help": "sdpa (fast) or eager (bit-identical to TransformerLens)"})
+
+
+def run(cfg: CacheBuildConfig):
+    examples = load_examples(cfg.data)  # before the model: a bad file fails in a second
+    model = load_model(cfg.model, cfg.adapters, dtype=cfg.model_dtype, device=cfg.device)
+    prompts = render(examples, model.tokenizer, cfg.system_prompt, cfg.max_tokens or None, cfg.truncate)
+    hooks = cfg.hooks or [f"blocks.{model.check_layer(L)}.hook_resid_post" for L in cfg.layers] or None
+    n_tok = int(prompts.lengths.sum())
+    n_hooks = len(hooks) if hooks else model.n_layers
+    rows = n_tok if cfg.mode == "tokens" else len(prompts) * 4
+    console.print(f"{len(prompts)} examples, {n_tok} tokens, {n_hooks} hooks -> "
+                  f"~{rows * n_hooks * model.d_model * BYTES_PER[cfg.dtype] / 2**20:.0f} MiB")
+    with progress() as bar:
+        task = bar.add_task("cache", total=None, info="")
+        cache = build_cache(model, prompts, cfg.out, hooks, cfg.dtype, cfg.mode, cfg.batch_size,
+                            attention_impl=cfg.attention,
+                            on_batch=lambda d, t, n: bar.update(task, completed=d, total=t, info=f"{n} tok"))
+    console.print(f"[green]cache[/] {cache.path}  {cache!r}")
+    return cache
+
+
+main = cli(CacheBuildConfig, run)
+
+
+if __name__ == "__main__":
+    main()
