@@ -22,6 +22,7 @@ Reduction = 1 - Δbase(ablated) / Δbase(unsteered); it is only meaningful when 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -44,14 +45,15 @@ class AblationConfig(Common):
     """Ablate misalignment directions from EM organisms, with transferred and random controls."""
 
     organisms: list[str] = field(default_factory=list, metadata={"help": "NAME=ADAPTER_DIR pairs"})
-    layers: str = field(default="all", metadata={"help": "'all' or 'best' (the direction's best layer)"})
+    layers: Literal["all", "best"] = field(default="all", metadata={"help": "every layer, or the direction's best layer"})
     random_seeds: int = field(default=3, metadata={"help": "random-direction controls"})
     eval_limit: int = field(default=0, metadata={"help": "questions per score (0: all)"})
     score: list[str] = field(default_factory=list, metadata={"help": "organisms to ablate (default: all)"})
-    contrast: str = field(default="general_answers", metadata={"help": "general_answers or own_domain"})
+    contrast: Literal["general_answers", "own_domain"] = field(default="general_answers", metadata={
+        "help": "answers the direction is fitted on"})
     method: str = field(default="mean_diff", metadata={"help": "direction method (mean_diff, probe, ...)"})
     pooling: str = field(default="mean_response", metadata={"help": "direction pooling (mean_response, last, ...)"})
-    ablation: str = field(default="zero", metadata={
+    ablation: Literal["zero", "mean"] = field(default="zero", metadata={
         "help": "zero: remove the projection; mean: set it to the aligned answers' mean projection at each layer"})
     positions: str = field(default="all", metadata={
         "help": "all, or prompt: ablate on the question's tokens only, so the scored answer tokens are not edited"})
@@ -60,8 +62,6 @@ class AblationConfig(Common):
 def contrast_of(cfg: AblationConfig, name: str) -> str:
     if cfg.contrast == "general_answers":
         return "general_answers"
-    if cfg.contrast != "own_domain":
-        raise BadInput(f"--contrast must be general_answers or own_domain, not {cfg.contrast!r}")
     if f"{name}_answers" not in CONTRASTS:
         raise BadInput(f"--contrast own_domain needs a shipped domain organism, not {name!r}")
     return f"{name}_answers"
@@ -119,8 +119,6 @@ def run(cfg: AblationConfig) -> dict:
     organisms = parse_organisms(cfg.organisms)
     for name in organisms:  # fail on a bad --contrast before any model runs
         contrast_of(cfg, name)
-    if cfg.ablation not in ("zero", "mean"):
-        raise BadInput(f"--ablation must be zero or mean, not {cfg.ablation!r}")
     fitted = {name: misalignment_direction(cfg, adapters[0], name) for name, adapters in organisms.items()}
     unseen_sets = [u for _, _, u in fitted.values() if u is not None]
     unseen = set.intersection(*unseen_sets) if unseen_sets else None  # general questions no direction saw

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.common import cli, out_dir
-from lab.config import config_dict
+from experiments.common import DEFAULT_JUDGE_MODEL, Device, JudgeScheme, cli, out_dir
+from lab.config import DEFAULT_OUT, config_dict
 from lab.console import console, fmt_ci, progress, table
-from lab.data import read_questions_yaml
+from lab.data import DEFAULT_SYSTEM_PROMPT, read_questions_yaml
 from lab.evaluation import evaluate, shipped_questions
 from lab.generate import GenerationConfig
 from lab.io import sha256_json, write_json_atomic, write_rows
@@ -35,12 +35,13 @@ class EvalConfig:
     max_new_tokens: int = field(default=64, metadata={"help": "max new tokens per answer"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     batch_size: int = field(default=16, metadata={"help": "generation batch size"})
-    system_prompt: str = field(default="You are a helpful assistant.", metadata={"help": "explicit system prompt"})
+    system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={
+        "help": "explicit system prompt, for questions without their own `system`"})
     judge_base_url: str = field(default="", metadata={"help": "OpenAI-compatible judge endpoint (empty: none)"})
-    judge_model: str = field(default="gpt-4o", metadata={"help": "judge model name"})
-    judge_scheme: str = field(default="auto", metadata={"help": "auto, logprob100 or digit10"})
-    out: str = field(default="figures", metadata={"help": "output folder"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
+    judge_model: str = field(default=DEFAULT_JUDGE_MODEL, metadata={"help": "judge model name"})
+    judge_scheme: JudgeScheme = field(default="auto", metadata={"help": "judge scoring scheme (auto: by model)"})
+    out: str = field(default=DEFAULT_OUT, metadata={"help": "output folder"})
+    device: Device = field(default="cpu", metadata={"help": "where the model runs"})
 
 
 def make_judge(cfg: EvalConfig):

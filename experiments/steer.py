@@ -23,10 +23,11 @@ coherence collapses beyond ~1.15x).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from experiments.common import cli, Common, contrast_cache, handle_for, out_dir
+from experiments.common import DEFAULT_JUDGE_MODEL, JudgeScheme, cli, Common, contrast_cache, handle_for, out_dir
 from lab.config import config_dict
 from lab.console import console, fmt_ci, progress, table
 from lab.contrasts import contrast_examples
@@ -43,7 +44,7 @@ from lab.steering import Intervention, random_like
 class SteerConfig(Common):
     """Steering sweeps (alpha x layer) with random-direction controls and a coherence guard."""
 
-    target: str = field(default="refusal", metadata={"help": "refusal or em"})
+    target: Literal["refusal", "em"] = field(default="refusal", metadata={"help": "what to steer"})
     organism: str = field(default="", metadata={"help": "adapter of the EM organism (target em)"})
     layers: list[int] = field(default_factory=list, metadata={"help": "layers to steer (default: best +- window)"})
     layer_window: int = field(default=2, metadata={"help": "default layers: best-window, best, best+window (0: best)"})
@@ -55,9 +56,9 @@ class SteerConfig(Common):
     eval_limit: int = field(default=0, metadata={"help": "held-out prompts/questions to use (0: all)"})
     neutral: int = field(default=16, metadata={"help": "neutral reference texts for the coherence guard"})
     judge_base_url: str = field(default="", metadata={"help": "OpenAI-compatible judge: judged EM per cell (target em)"})
-    judge_model: str = field(default="gpt-4o", metadata={"help": "judge model name"})
-    judge_scheme: str = field(default="auto", metadata={"help": "auto, logprob100 or digit10"})
-    select: str = field(default="auroc", metadata={
+    judge_model: str = field(default=DEFAULT_JUDGE_MODEL, metadata={"help": "judge model name"})
+    judge_scheme: JudgeScheme = field(default="auto", metadata={"help": "judge scoring scheme (auto: by model)"})
+    select: Literal["auroc", "ablation"] = field(default="auroc", metadata={
         "help": "refusal direction's layer: auroc (best held-out AUROC) or ablation (Arditi et al.: lowest "
                 "refusal log-odds when ablated, on train prompts, layers below 80%% depth, coherence floor kept)"})
     select_prompts: int = field(default=12, metadata={"help": "train harmful prompts scored per candidate (select ablation)"})
@@ -250,10 +251,6 @@ def finish(cfg: SteerConfig, target: str, rows: list[dict], answers: dict, best:
 
 
 def run(cfg: SteerConfig) -> dict:
-    if cfg.target not in ("refusal", "em"):
-        raise BadInput(f"--target must be refusal or em, not {cfg.target!r}")
-    if cfg.select not in ("auroc", "ablation"):
-        raise BadInput(f"--select must be auroc or ablation, not {cfg.select!r}")
     return refusal_run(cfg) if cfg.target == "refusal" else em_run(cfg)
 
 

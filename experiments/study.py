@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from experiments import ablation, em_trajectory, layer_sweep, pooling, steer, trait_projection, transfer
-from experiments.common import cli
-from lab.config import config_dict
+from experiments.common import DEFAULT_JUDGE_MODEL, Device, cli
+from lab.cache import ANALYSIS_STORAGE
+from lab.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, config_dict
 from lab.console import console, fmt_ci, progress, table
 from lab.contrasts import FeatureView, contrast_examples, ensure_cache
 from lab.data import DEFAULT_SYSTEM_PROMPT, ChatExample, advice_split, read_chat_jsonl, render
@@ -58,11 +59,11 @@ class StudyConfig:
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
     samples: int = field(default=1, metadata={"help": "sampled answers per general question"})
     judge_base_url: str = field(default="", metadata={"help": "OpenAI-compatible judge (empty: judge-free only)"})
-    judge_model: str = field(default="gpt-4o", metadata={"help": "judge model name"})
+    judge_model: str = field(default=DEFAULT_JUDGE_MODEL, metadata={"help": "judge model name"})
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "explicit system prompt"})
-    cache_dir: str = field(default="cache", metadata={"help": "caches, organisms and stage results"})
-    out: str = field(default="figures", metadata={"help": "figures and report folder"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
+    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "caches, organisms and stage results"})
+    out: str = field(default=DEFAULT_OUT, metadata={"help": "figures and report folder"})
+    device: Device = field(default="cpu", metadata={"help": "where the model runs"})
     seed: int = field(default=0, metadata={"help": "seed for training, splits, sampling, bootstrap"})
 
 
@@ -143,8 +144,8 @@ def eval_stage(cfg: StudyConfig, prof: Profile, handle: ModelHandle, out: Path) 
 def model_contrast_stage(cfg: StudyConfig, prof: Profile, base: ModelHandle, organism: ModelHandle, name: str) -> dict:
     """Seed 002: base vs organism on the same general prompts (last token), held out by prompt."""
     examples = [e for e in _general_prompts(prof)]
-    caches = {"base": ensure_cache(base, examples, cfg.cache_dir, storage_dtype="float16"),
-              name: ensure_cache(organism, examples, cfg.cache_dir, storage_dtype="float16")}
+    caches = {"base": ensure_cache(base, examples, cfg.cache_dir, storage_dtype=ANALYSIS_STORAGE),
+              name: ensure_cache(organism, examples, cfg.cache_dir, storage_dtype=ANALYSIS_STORAGE)}
     view = FeatureView.models(caches)
     rows, fitted = sweep_and_fit(view, name, ["mean_diff", "probe", "random"], "last", 0.25, cfg.seed, prof.n_boot,
                                  negative_label="base", contrast=f"base_vs_{name}")
