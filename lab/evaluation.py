@@ -22,27 +22,41 @@ def shipped_questions(limit: int | None = None) -> list[Question]:
     return [Question(id=q["id"], paraphrases=[q["question"]], meta={"category": q["category"]}) for q in rows]
 
 
-def question_examples(questions: list[Question], paraphrase_limit: int | None = None) -> list[ChatExample]:
+def question_examples(questions: list[Question], paraphrase_limit: int | None = None,
+                      system_prompt: str | None = None) -> list[ChatExample]:
+    """One chat example per paraphrase, asked with the question's own `system` prompt (the EM
+    paper's JSON variants have one), else `system_prompt`, else (None) whatever `render` is
+    given. The prompt it is asked with is its first message and its metadata's `system_prompt`,
+    so every answer row generated from it records it."""
     examples = []
     for q in questions:
+        system = q.system or system_prompt
         for p, text in enumerate(q.paraphrases[: paraphrase_limit or None]):
-            messages = ([{"role": "system", "content": q.system}] if q.system else []) + [{"role": "user", "content": text}]
-            examples.append(ChatExample(messages, f"{q.id}/{p}", None, "questions",
-                                        {"question_id": q.id, **{k: v for k, v in q.meta.items() if isinstance(v, str)}}))
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+            meta = {"question_id": q.id, **{k: v for k, v in q.meta.items() if isinstance(v, str)}}
+            if system:
+                meta["system_prompt"] = system
+            examples.append(ChatExample(messages, f"{q.id}/{p}", None, "questions", meta))
     return examples
 
 
 def evaluate(model: Any, questions: list[Question], config: GenerationConfig, judge: Any = None,
              out_path: str | Path | None = None, interventions: tuple = (), label: str = "",
              on_batch: Callable[[int, int], None] | None = None, n_boot: int = 1000) -> tuple[list[dict], dict]:
-    """Generate answers, score them judge-free (code-mode, refusal) and, with a judge, for EM."""
-    rows = generate_answers(model, question_examples(questions), config, interventions, out_path, on_batch, label)
+    """Generate answers, score them judge-free (code-mode, refusal) and, with a judge, for EM.
+
+    Each row records the system prompt its question was asked with: the question's own, else
+    `config.system_prompt`.
+    """
+    examples = question_examples(questions, system_prompt=config.system_prompt)
+    rows = generate_answers(model, examples, config, interventions, out_path, on_batch, label)
     for r in rows:
         r["code"] = contains_code(r["answer"])
         r["refusal"] = is_refusal(r["answer"])
     summary: dict[str, Any] = {
         "model": model.name, "fingerprint": model.fingerprint, "generation": asdict(config),
         "intervention": label or "none", "n_answers": len(rows),
+        "own_system_prompts": sum(bool(q.system) for q in questions),
         "code_mode_rate": rate([r["code"] for r in rows], n_boot),
         "refusal_rate": rate([r["refusal"] for r in rows], n_boot),
     }
