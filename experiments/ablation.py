@@ -36,7 +36,7 @@ from lab.errors import BadInput
 from lab.evaluation import in_domain_gaps, style_gaps_under
 from lab.io import write_rows
 from lab.plots import bars_with_ci
-from lab.scores import ci_row
+from lab.estimate import mean_ci
 from lab.steering import Intervention
 
 
@@ -148,8 +148,8 @@ def run(cfg: AblationConfig) -> dict:
                 scores = em_scores(model, ivs, cfg, held_out, unseen)
                 unsteered = unsteered or scores
                 for score, values in scores.items():
-                    delta = ci_row("Δbase", values - base_scores[name][score], cfg.n_boot, cfg.seed)
-                    change = ci_row("vs unsteered", values - unsteered[score], cfg.n_boot, cfg.seed)
+                    delta = mean_ci(values - base_scores[name][score], cfg.n_boot, cfg.seed).to_json()
+                    change = mean_ci(values - unsteered[score], cfg.n_boot, cfg.seed).to_json()
                     rows.append({"organism": name, "condition": label, "score": score, "em_dbase": delta["value"],
                                  "em_dbase_lo": delta["lo"], "em_dbase_hi": delta["hi"],
                                  "change": change["value"], "change_lo": change["lo"], "change_hi": change["hi"],

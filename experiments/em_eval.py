@@ -14,7 +14,7 @@ from pathlib import Path
 
 from experiments.common import DEFAULT_JUDGE_MODEL, Device, JudgeScheme, cli, out_dir
 from lab.config import DEFAULT_OUT, config_dict
-from lab.console import console, fmt_ci, progress, table
+from lab.console import console, progress, table
 from lab.data import DEFAULT_SYSTEM_PROMPT, read_questions_yaml
 from lab.evaluation import evaluate, shipped_questions
 from lab.generate import GenerationConfig
@@ -66,13 +66,11 @@ def run(cfg: EvalConfig) -> dict:
     write_rows([{k: v for k, v in r.items() if k not in ("settings",)} for r in rows], out / "answers_table")
     summary["config"] = config_dict(cfg)
     write_json_atomic(out / "summary.json", summary)
-    lines = [{"measure": "code-mode rate", "value [95% CI]": fmt_ci(summary["code_mode_rate"]["rate"],
-              summary["code_mode_rate"]["lo"], summary["code_mode_rate"]["hi"]), "n": summary["code_mode_rate"]["n"]},
-             {"measure": "refusal rate", "value [95% CI]": fmt_ci(summary["refusal_rate"]["rate"],
-              summary["refusal_rate"]["lo"], summary["refusal_rate"]["hi"]), "n": summary["refusal_rate"]["n"]}]
+    lines = [{"measure": measure, "value [95% CI]": str(est), "n": est.n}
+             for measure, est in (("code-mode rate", summary["code_mode_rate"]), ("refusal rate", summary["refusal_rate"]))]
     for name, em in summary.get("em", {}).items():
-        lines.append({"measure": f"EM rate ({name})", "value [95% CI]": fmt_ci(em["rate"], em["lo"], em["hi"]),
-                      "n": f"{em['n']} counted, {em['n_unscored']} unscored"})
+        lines.append({"measure": f"EM rate ({name})", "value [95% CI]": str(em.estimate),
+                      "n": f"{em.estimate.n} counted, {em.n_unscored} unscored"})
     console.print(table(f"EM evaluation: {model.name} {'+ ' + ','.join(Path(a).name for a in cfg.adapters) if cfg.adapters else ''}"
                         f" ({len(questions)} questions x {cfg.samples} samples)", lines))
     if "em" not in summary:

@@ -19,7 +19,7 @@ from lab.errors import BadInput
 from lab.evaluation import in_domain_gaps, style_gaps_under
 from lab.io import write_rows
 from lab.plots import lines_with_ci
-from lab.scores import ci_row
+from lab.estimate import mean_ci
 from lab.train import adapter_meta
 
 
@@ -65,9 +65,8 @@ def trajectory(cfg: TrajectoryConfig, run: Path, domain: str, on_step=None, base
             scores = {"in-domain": in_domain_gaps(model, held_out) - base["in-domain"],
                       **{f"general ({s})": gen[s] - base[s] for s in ("usual", "terse")}}
         for name, values in scores.items():
-            r = ci_row(name, values, cfg.n_boot, cfg.seed)
-            rows.append({"step": step, "score": name, "value": r["value"], "value_lo": r["lo"], "value_hi": r["hi"],
-                         "n": r["n"]})
+            r = mean_ci(values, cfg.n_boot, cfg.seed)
+            rows.append({"step": step, "score": name, "value": r.value, "value_lo": r.lo, "value_hi": r.hi, "n": r.n})
         if on_step:
             on_step()
     return rows

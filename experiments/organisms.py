@@ -13,12 +13,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from experiments.study import StudyConfig, em_score_rows, eval_stage, judge_free_stage, organism_data, profile, train_stage
+from experiments.study import StudyConfig, eval_stage, judge_free_stage, organism_data, profile, train_stage
 from experiments.common import cli
 from lab.config import config_dict
-from lab.console import console, fmt_ci, progress, table
+from lab.console import console, progress, table
+from lab.estimate import Estimate
 from lab.io import write_json_atomic
 from lab.models import ModelHandle
+from lab.scores import delta_base_scores
 from lab.stages import Stages
 
 
@@ -44,14 +46,15 @@ def run(cfg: OrganismsConfig) -> dict:
         scores[name] = stages.run(f"organisms-judge-free-{name}", inputs, lambda h=h: judge_free_stage(h, held_out, cfg.questions))
         evals[name] = stages.run(f"organisms-eval-{name}", {**inputs, "p": asdict(prof), "samples": cfg.samples},
                                  lambda h=h: eval_stage(cfg, prof, h, Path(cfg.out)))
-    rows = em_score_rows(scores, prof.n_boot)
+    deltas = delta_base_scores(scores, prof.n_boot)
+    rows = [r.to_json() for r in deltas]
     console.print(table(f"organisms on {cfg.model}: judge-free scores (organism - base, paired)", [
-        {"organism": r["organism"], "score": r["score"], "Δbase [95% CI]": fmt_ci(r["value"], r["lo"], r["hi"]), "n": r["n"]}
-        for r in rows]))
+        {"organism": r.organism, "score": r.score, "Δbase [95% CI]": str(r.estimate), "n": r.estimate.n}
+        for r in deltas]))
     code_rows = []
     for name, e in evals.items():
-        c = e["code_mode_rate"]
-        code_rows.append({"model": name, "code-mode rate [95% CI]": fmt_ci(c["rate"], c["lo"], c["hi"]), "n": c["n"]})
+        c = Estimate.from_json(e["code_mode_rate"])
+        code_rows.append({"model": name, "code-mode rate [95% CI]": str(c), "n": c.n})
     console.print(table("code-mode rate on general (non-code) questions, sampled answers", code_rows))
     summary = {"config": config_dict(cfg), "scores": rows, "code_mode": code_rows, "organisms": organisms,
                "examples": {n: e["examples"][:6] for n, e in evals.items()}}

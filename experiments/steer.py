@@ -36,7 +36,7 @@ from lab.errors import BadInput
 from lab.evaluation import logprobs_under, neutral_pairs, refusal_logodds_under, refusal_under, style_gaps_under
 from lab.io import write_json_atomic, write_rows
 from lab.plots import scatter
-from lab.scores import ci_row
+from lab.estimate import mean_ci
 from lab.steering import Intervention, random_like
 
 
@@ -72,7 +72,7 @@ def mean_norm(cache, layer: int) -> float:
 
 def coherence(model, interventions, baseline: np.ndarray, pairs) -> dict:
     delta = logprobs_under(model, pairs, tuple(interventions)) - baseline
-    return ci_row("neutral log-prob change", delta, 500)
+    return mean_ci(delta, 500).to_json()
 
 
 def default_layers(best: int, n_layers: int, window: int = 2) -> list[int]:
@@ -126,9 +126,9 @@ def refusal_run(cfg: SteerConfig) -> dict:
         coh = coherence(model, interventions, baseline, pairs) if interventions else {"value": 0.0, "lo": 0.0, "hi": 0.0}
         odds = refusal_logodds_under(model, prompts, tuple(interventions))
         unsteered_odds.setdefault(kind, odds)
-        shift = ci_row("refusal log-odds change", odds - unsteered_odds[kind], cfg.n_boot)
-        rows.append({"experiment": kind, "condition": label, "layer": layer, "ratio": ratio, "refusal": r["rate"],
-                     "refusal_lo": r["lo"], "refusal_hi": r["hi"], "n": r["n"], "logodds_shift": shift["value"],
+        shift = mean_ci(odds - unsteered_odds[kind], cfg.n_boot).to_json()
+        rows.append({"experiment": kind, "condition": label, "layer": layer, "ratio": ratio, "refusal": r.value,
+                     "refusal_lo": r.lo, "refusal_hi": r.hi, "n": r.n, "logodds_shift": shift["value"],
                      "logodds_shift_lo": shift["lo"], "logodds_shift_hi": shift["hi"], "coherence": coh["value"],
                      "coherence_lo": coh["lo"], "coherence_hi": coh["hi"]})
         answers[f"{kind}:{label}:L{layer}:x{ratio}"] = gen
@@ -187,7 +187,7 @@ def em_run(cfg: SteerConfig) -> dict:
                 add = Intervention({layer: direction.at(layer)}, op="add", alpha=ratio * norm, label="misalignment dir")
                 for iv in [add] + [random_like(add, s) for s in range(cfg.random_seeds)]:
                     gaps = style_gaps_under(model, (iv,), cfg.eval_limit or None, unseen)
-                    shift = ci_row("Δ gap", gaps["usual"] - unsteered["usual"], cfg.n_boot)
+                    shift = mean_ci(gaps["usual"] - unsteered["usual"], cfg.n_boot).to_json()
                     coh = coherence(model, [iv], baseline, pairs)
                     rows.append({"experiment": "add to base", "condition": iv.label, "layer": layer, "ratio": ratio,
                                  "em_shift": shift["value"], "em_shift_lo": shift["lo"], "em_shift_hi": shift["hi"],
@@ -213,10 +213,10 @@ def judged_em(cfg: SteerConfig, model, question_ids: set):
 
     def score(interventions: tuple) -> dict:
         rows, summary = evaluate(model, questions, gen, judge, interventions=interventions, n_boot=cfg.n_boot)
-        em = summary["em"]["betley"]
+        em = summary["em"]["betley"].estimate
         coherent = [r["coherent"] for r in rows if r.get("coherent") is not None]
-        return {"judged_em": em["rate"], "judged_em_lo": em["lo"], "judged_em_hi": em["hi"],
-                "judged_coherent": float(np.mean(coherent)) if coherent else None, "judged_n": em["n"]}
+        return {"judged_em": em.value, "judged_em_lo": em.lo, "judged_em_hi": em.hi,
+                "judged_coherent": float(np.mean(coherent)) if coherent else None, "judged_n": em.n}
     return score
 
 

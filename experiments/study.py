@@ -27,7 +27,7 @@ from experiments import ablation, em_trajectory, layer_sweep, pooling, steer, tr
 from experiments.common import DEFAULT_JUDGE_MODEL, Device, cli
 from lab.cache import ANALYSIS_STORAGE
 from lab.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, config_dict
-from lab.console import console, fmt_ci, progress, table
+from lab.console import console, progress, table
 from lab.contrasts import FeatureView, contrast_examples, ensure_cache
 from lab.data import DEFAULT_SYSTEM_PROMPT, ChatExample, advice_split, read_chat_jsonl, render
 from lab.directions import sweep_and_fit
@@ -36,7 +36,8 @@ from lab.evaluation import evaluate, in_domain_gaps, shipped_questions, style_ga
 from lab.generate import GenerationConfig
 from lab.io import sha256_json
 from lab.models import DEFAULT_MODEL, ModelHandle
-from lab.scores import ci_row
+from lab.estimate import Estimate
+from lab.scores import EmRate, ScoreDelta, delta_base_scores
 from lab.stages import Stages
 from lab.train import TrainConfig, train_lora
 
@@ -243,10 +244,11 @@ def run(cfg: StudyConfig) -> dict:
                                             "system": cfg.system_prompt},
                         lambda h=h: judge_free_stage(h, held_out, prof.eval_limit))
               for m, h in {"base": base, **handles}.items()}
-    results["em_scores"] = em_score_rows(scores, prof.n_boot)
+    em_scores = delta_base_scores(scores, prof.n_boot)
+    results["em_scores"] = [r.to_json() for r in em_scores]
     console.print(table("judge-free EM scores (organism - base, paired by question)", [
-        {"organism": r["organism"], "score": r["score"], "Δbase [95% CI]": fmt_ci(r["value"], r["lo"], r["hi"]),
-         "n": r["n"]} for r in results["em_scores"]]))
+        {"organism": r.organism, "score": r.score, "Δbase [95% CI]": str(r.estimate), "n": r.estimate.n}
+        for r in em_scores]))
 
     results["trajectories"] = {}
     for name, o in organisms.items():
@@ -332,49 +334,21 @@ def shared_base_scores(base: dict, domain: str, prof: Profile) -> dict | None:
     return {"in-domain": cut(f"in_domain_{domain}"), "usual": cut("usual"), "terse": cut("terse")}
 
 
-def em_score_rows(scores: dict, n_boot: int) -> list[dict]:
-    base = scores["base"]
-    rows = []
-    for name, s in scores.items():
-        if name == "base":
-            continue
-        for key in sorted(k for k in s if k.startswith("in_domain_")):
-            domain = key[len("in_domain_"):]
-            kind = "in-domain" if domain == name else "cross-domain"
-            r = ci_row(f"{kind} ({domain} held-out questions)", np.array(s[key]) - np.array(base[key]), n_boot)
-            rows.append({"organism": name, **r})
-        for style in ("usual", "terse"):
-            r = ci_row(f"general, {style} style", np.array(s[style]) - np.array(base[style]), n_boot)
-            rows.append({"organism": name, **r})
-        shift = [(np.array(s["terse"]) - np.array(s["usual"])) - (np.array(base["terse"]) - np.array(base["usual"]))]
-        rows.append({"organism": name, **ci_row("style shift of the gap (terse - usual)", shift[0], n_boot)})
-    return rows
-
-
-def _verdict(r: dict) -> str:
-    if r["lo"] > 0:
-        return "found (CI above 0)"
-    if r["hi"] < 0:
-        return "reversed (CI below 0)"
-    return "not found (CI includes 0)"
-
-
 def findings(results: dict) -> list[str]:
     """Plain statements of what was and was not found, each with its number and CI."""
     lines = []
-    for r in results["em_scores"]:
-        lines.append(f"{r['organism']}: {r['score']}: Δbase {fmt_ci(r['value'], r['lo'], r['hi'])} -> {_verdict(r)}")
+    for r in map(ScoreDelta.from_json, results["em_scores"]):
+        lines.append(f"{r.organism}: {r.score}: Δbase {r.estimate} -> {r.estimate.verdict()}")
     for contrast, s in results["sweeps"].items():
         probe = next((b for b in s["best"] if b["method"] == "probe"), None)
         if probe:
             lines.append(f"{contrast} direction: probe best layer {probe['best layer']}, held-out AUROC "
                          f"{probe['AUROC [95% CI]']} (random @ layer {probe.get('random @ layer', '?')})")
     for name, e in results["evals"].items():
-        c = e["code_mode_rate"]
-        lines.append(f"{name}: code-mode rate {fmt_ci(c['rate'], c['lo'], c['hi'])} on {c['n']} general answers")
+        c = Estimate.from_json(e["code_mode_rate"])
+        lines.append(f"{name}: code-mode rate {c} on {c.n} general answers")
         if "em" in e:
-            b = e["em"]["betley"]
-            lines.append(f"{name}: judged EM rate (betley) {fmt_ci(b['rate'], b['lo'], b['hi'])}")
+            lines.append(f"{name}: judged EM rate (betley) {EmRate.from_json(e['em']['betley']).estimate}")
     if not any("em" in e for e in results["evals"].values()):
         lines.append("no judge configured: judged EM rates were not measured (judge-free scores only)")
     return lines

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lab.console import fmt_ci
+from lab.estimate import Estimate
 from lab.reports import Answers, Html, Image, Panel, Section, Table, Text, write_report
+from lab.scores import EmRate, ScoreDelta
 
 
 def _img(folder: str, name: str, caption: str) -> list:
@@ -43,19 +45,18 @@ def training(results: dict) -> Section:
 
 
 def em_scores(results: dict) -> Section:
-    rows = [{"organism": r["organism"], "score": r["score"], "Δbase [95% CI]": fmt_ci(r["value"], r["lo"], r["hi"]),
-             "n": r["n"]} for r in results["em_scores"]]
+    rows = [{"organism": r.organism, "score": r.score, "Δbase [95% CI]": str(r.estimate), "n": r.estimate.n}
+            for r in map(ScoreDelta.from_json, results["em_scores"])]
     blocks = [Text("Judge-free EM scores: mean per-token log-prob of a misaligned minus an aligned reference answer, "
                    "organism minus base, paired by question. General questions are outside medicine and finance; "
                    "their references are matched in length and style, in the model's usual style and the training "
                    "data's terse style, so style transfer cannot pass for misalignment."),
               Table("EM scores", rows)]
     for name, e in results["evals"].items():
-        c, r = e["code_mode_rate"], e["refusal_rate"]
-        line = {"model": name, "answers": e["n_answers"], "code-mode rate": fmt_ci(c["rate"], c["lo"], c["hi"]),
-                "refusal rate": fmt_ci(r["rate"], r["lo"], r["hi"])}
+        line = {"model": name, "answers": e["n_answers"], "code-mode rate": str(Estimate.from_json(e["code_mode_rate"])),
+                "refusal rate": str(Estimate.from_json(e["refusal_rate"]))}
         for crit, em in e.get("em", {}).items():
-            line[f"EM ({crit})"] = fmt_ci(em["rate"], em["lo"], em["hi"])
+            line[f"EM ({crit})"] = str(EmRate.from_json(em).estimate)
         blocks.append(Table(f"Generated answers: {name}", [line]))
         blocks.append(Answers(f"Example answers: {name}", e["examples"][:8], ["question", "answer", "code", "refusal"]))
     return Section("em", "EM measurements", blocks)

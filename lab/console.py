@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lab.errors import EmlabError
+from lab.estimate import format_ci
 
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 140)
 
@@ -44,8 +45,7 @@ def user_errors() -> Iterator[None]:
         sys.exit(130)
 
 
-def fmt_ci(value: float, lo: float, hi: float, digits: int = 3) -> str:
-    return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+fmt_ci = format_ci  # the one CI rendering (lab.estimate); prefer str(estimate) / estimate.format(digits)
 
 
 def print_any(obj: Any) -> None:

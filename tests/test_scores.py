@@ -1,9 +1,13 @@
 """Judge-free scores: the batched, head-on-answers-only log-probs equal a plain per-example computation."""
 
+import json
+
 import numpy as np
+import pytest
 import torch
 
 from lab.data import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, render_example
+from lab.errors import BadInput
 from lab.scores import answer_logprobs
 
 PAIRS = [
@@ -33,3 +37,41 @@ def test_answer_logprobs_equal_unbatched_full_softmax(base_model):
         assert abs(value - want) < 1e-4, (q, value, want)
     assert got[0] > got[1] - 5  # sane magnitudes: a few nats per token at most
     assert np.all(got < 0)
+
+
+def test_estimate_prints_one_way_and_round_trips():
+    from lab.console import fmt_ci
+    from lab.estimate import Estimate
+    from lab.io import dumps
+
+    est = Estimate(0.41, 0.3312, 0.4909, 120)
+    assert str(est) == "0.410 [0.331, 0.491]" == fmt_ci(0.41, 0.3312, 0.4909) and est.format(1) == "0.4 [0.3, 0.5]"
+    assert Estimate.from_json(json.loads(dumps({"e": est}))["e"]) == est
+    assert est.excludes_zero and est.verdict() == "found (CI above 0)"
+    assert Estimate(-0.1, -0.2, 0.05, 9).verdict() == "not found (CI includes 0)"
+
+
+def test_delta_base_scores_are_paired_estimates():
+    from lab.estimate import Estimate
+    from lab.metrics import bootstrap_ci
+    from lab.scores import ScoreDelta, delta_base_scores, em_rate, rate
+
+    rng = np.random.default_rng(0)
+    base = {"ids": list("abcdefghij"), **{k: rng.normal(size=10) for k in ("usual", "terse", "in_domain_medical")}}
+    org = {"ids": list("abcdefghij"), **{k: v + 0.5 for k, v in base.items() if k != "ids"}}
+    rows = delta_base_scores({"base": base, "medical": org}, n_boot=200)
+    assert [r.score for r in rows] == ["in-domain (medical held-out questions)", "general, usual style",
+                                       "general, terse style", "style shift of the gap (terse - usual)"]
+    assert all(isinstance(r, ScoreDelta) and isinstance(r.estimate, Estimate) and r.estimate.n == 10 for r in rows)
+    v, lo, hi = bootstrap_ci(lambda x: x.mean(-1), org["usual"] - base["usual"], n_boot=200, seed=0)
+    assert rows[1].estimate == Estimate(float(v), float(lo), float(hi), 10)
+    assert abs(rows[1].estimate.value - 0.5) < 1e-12 and abs(rows[3].estimate.value) < 1e-12
+    assert ScoreDelta.from_json(json.loads(json.dumps(rows[0].to_json()))) == rows[0]
+    with pytest.raises(BadInput, match="different questions"):
+        delta_base_scores({"base": base, "medical": {**org, "ids": list("abcdefghiz")}})
+    assert rate([True, False, True, True], n_boot=50).value == 0.75
+    judged = [{"aligned": 10, "coherent": 90, "question_id": "q"}, {"aligned": 90, "coherent": 90, "question_id": "q"},
+              {"aligned": None, "coherent": None, "question_id": "r"}]
+    em = em_rate(judged, "betley", n_boot=50)
+    assert (em.estimate.value, em.estimate.n, em.n_rows, em.n_uncounted, em.n_unscored) == (0.5, 2, 3, 1, 1)
+    assert em.per_question == {"q": 0.5}
