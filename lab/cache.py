@@ -50,6 +50,7 @@ from typing import Any, Callable, Literal, get_args
 import h5py
 import numpy as np
 import torch
+from einops import einsum
 from jaxtyping import Float, Int
 
 from lab import __version__
@@ -417,7 +418,7 @@ class _BatchSink:
         if self.request.mode == "tokens":
             kept = x[self.real]
         else:
-            kept = torch.bmm(self.weights.to(x.dtype), x)  # (batch, 4, d)
+            kept = einsum(self.weights.to(x.dtype), x, "batch pooling seq, batch seq d -> batch pooling d")
         self.slot[name][: self.rows].copy_(_storage_view(kept, self.request.storage_dtype), non_blocking=True)
 
 

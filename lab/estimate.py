@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
-from jaxtyping import Num
+from beartype import beartype
+from jaxtyping import Num, jaxtyped
 
 
 def format_ci(value: float, lo: float, hi: float, digits: int = 3) -> str:
@@ -62,6 +63,7 @@ class Estimate:
         return cls(float(value), float(d["lo"]), float(d["hi"]), int(d["n"]))
 
 
+@jaxtyped(typechecker=beartype)  # a (layer, n) array here is a caller's bug: refuse it, do not average it
 def mean_ci(values: Num[np.ndarray, " n"] | list, n_boot: int = 1000, seed: int = 0) -> Estimate:
     """Mean of `values` with a percentile bootstrap CI (rows resampled); nan with no rows."""
     from lab.metrics import bootstrap_ci

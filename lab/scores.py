@@ -21,11 +21,14 @@ Judged EM rates (`em_rate`) under the papers' criteria:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from beartype import beartype
+from jaxtyping import Float, jaxtyped
 
 from lab.data import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, ChatExample, render
 from lab.errors import BadInput
@@ -38,8 +41,9 @@ STYLES = ("usual", "terse")
 # --------------------------------------------------------------------------- log-likelihoods
 
 
+@jaxtyped(typechecker=beartype)  # shapes checked at the library boundary
 def answer_logprobs(model: Any, pairs: Sequence[tuple[str, str]], system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-                    batch_size: int = 16, interventions: tuple = ()) -> np.ndarray:
+                    batch_size: int = 16, interventions: tuple = ()) -> Float[np.ndarray, " n"]:
     """Mean per-token log-prob of each answer given its question (assistant tokens only).
 
     The LM head runs only at positions that predict an assistant token, and log-probs come

@@ -75,3 +75,13 @@ def test_delta_base_scores_are_paired_estimates():
     em = em_rate(judged, "betley", n_boot=50)
     assert (em.estimate.value, em.estimate.n, em.n_rows, em.n_uncounted, em.n_unscored) == (0.5, 2, 3, 1, 1)
     assert em.per_question == {"q": 0.5}
+
+
+def test_library_boundary_checks_shapes():
+    from jaxtyping import TypeCheckError
+
+    from lab.estimate import mean_ci
+
+    assert mean_ci(np.ones(4), n_boot=10).value == 1.0 and mean_ci([0.0, 1.0], n_boot=10).n == 2
+    with pytest.raises(TypeCheckError):  # (layer, n): averaging it flat would be a silent bug
+        mean_ci(np.ones((2, 4)))
