@@ -13,6 +13,7 @@ from typing import Literal
 
 from experiments.common import DEFAULT_CACHE_DIR, Device, cli
 from lab.cache import DEFAULT_STORAGE, AttentionImpl, CacheMode, StorageDtype, build_cache
+from lab.config import Config
 from lab.console import console, progress
 from lab.data import DEFAULT_SYSTEM_PROMPT, load_examples, render
 from lab.models import DEFAULT_MODEL, load_model
@@ -21,7 +22,7 @@ BYTES_PER = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 @dataclass
-class CacheBuildConfig:
+class CacheBuildConfig(Config):
     """Cache residual streams of a prompt set (content-addressed; a rerun is a no-op)."""
 
     data: str = field(metadata={"help": "chat JSONL path or shipped set (medical, refusal, ...)"})

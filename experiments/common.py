@@ -8,7 +8,7 @@ from typing import Literal
 
 import lab  # noqa: F401  (environment before torch)
 from lab.cache import ANALYSIS_STORAGE, StorageDtype
-from lab.config import DEFAULT_CACHE_DIR, DEFAULT_OUT
+from lab.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, Config
 from lab.console import console, progress
 from lab.contrasts import CONTRASTS, contrast_examples, ensure_cache
 from lab.models import DEFAULT_MODEL, ModelHandle
@@ -33,7 +33,7 @@ def prog_of(module: str) -> str:
 
 
 @dataclass
-class Common:
+class Common(Config):
     """Options shared by the analysis experiments."""
 
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "registered model, HF folder or hub id"})

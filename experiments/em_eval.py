@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.common import DEFAULT_JUDGE_MODEL, Device, JudgeScheme, cli, out_dir
-from lab.config import DEFAULT_OUT, config_dict
+from lab.config import DEFAULT_OUT, Config, config_dict
 from lab.console import console, progress, table
 from lab.data import DEFAULT_SYSTEM_PROMPT, read_questions_yaml
 from lab.evaluation import evaluate, shipped_questions
@@ -23,7 +23,7 @@ from lab.models import DEFAULT_MODEL, load_model
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Config):
     """Evaluate a model for emergent misalignment."""
 
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "registered model, HF folder or hub id"})

@@ -26,7 +26,7 @@ import numpy as np
 from experiments import ablation, em_trajectory, layer_sweep, pooling, steer, trait_projection, transfer
 from experiments.common import DEFAULT_JUDGE_MODEL, Device, cli
 from lab.cache import ANALYSIS_STORAGE
-from lab.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, config_dict
+from lab.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, Config, config_dict
 from lab.console import console, progress, table
 from lab.contrasts import FeatureView, contrast_examples, ensure_cache
 from lab.data import DEFAULT_SYSTEM_PROMPT, ChatExample, advice_split, read_chat_jsonl, render
@@ -46,7 +46,7 @@ FORWARD_TOK_S = {"smollm2-135m-instruct": 500, "qwen2.5-coder-0.5b-instruct": 15
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(Config):
     """Run the whole emergent-misalignment study and write its report."""
 
     name: str = field(default="default", metadata={"help": "study name (figures/<name>/)"})

@@ -1,7 +1,7 @@
 """One config dataclass per experiment, which is also its command line (SAELens style).
 
     @dataclass
-    class SweepConfig:
+    class SweepConfig(Config):
         model: str = field(default=DEFAULT_MODEL, metadata={"help": "model name or folder"})
         layers: list[int] = field(default_factory=list)
         device: Literal["cpu", "cuda", "auto"] = "cpu"     # becomes --device {cpu,cuda,auto}
@@ -9,8 +9,9 @@
     cfg = parse_config(SweepConfig)          # --model X --layers 3 4 5 --device cuda
 
 Field types map to flags: `bool` -> `--x/--no-x`, `list[T]` -> `--x A B C`, `T | None` ->
-T, and `Literal[...]` -> argparse `choices` (so a config needs no membership check of its
-own: a wrong value is refused, with the allowed ones listed, before the experiment runs).
+T, and `Literal[...]` -> argparse `choices`; a config that subclasses `Config` also checks
+them when built in Python. So a config needs no membership check of its own: a wrong value
+is refused, with the allowed ones listed, before the experiment runs.
 """
 
 from __future__ import annotations
@@ -56,6 +57,28 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in text or action.default in (None, "", []) or action.required:
             return text
         return super()._get_help_string(action) or text
+
+
+class Config:
+    """Base of every verb's config dataclass: `Literal` fields are checked on construction too,
+    so a config built in Python (or by the study) refuses a bad value like its command line does."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+
+def check_choices(cfg: Any) -> None:
+    """Raise `BadInput` (one line naming the flag) if a `Literal` field holds another value."""
+    from lab.errors import BadInput
+
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        choices = _arg_type(hints[f.name])[1].get("choices")
+        value = getattr(cfg, f.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if choices and any(v not in choices for v in values):
+            flag = "--" + f.name.replace("_", "-")
+            raise BadInput(f"{flag} must be one of {', '.join(map(str, choices))}, not {value!r}")
 
 
 def build_parser(cls: type, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:

@@ -53,3 +53,12 @@ def test_literal_fields_are_choices(monkeypatch):
     out = subprocess.run([sys.executable, "-m", "experiments.cli", "steer", "--target", "nonsense"],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2 and "invalid choice: 'nonsense' (choose from 'refusal', 'em')" in out.stderr
+
+
+def test_configs_built_in_python_check_their_choices():
+    from experiments.cache_build import CacheBuildConfig
+    from lab.errors import BadInput
+
+    with pytest.raises(BadInput, match=r"^--dtype must be one of float32, float16, bfloat16, not 'float8'$"):
+        CacheBuildConfig(data="refusal", dtype="float8")
+    assert CacheBuildConfig(data="refusal", dtype="bfloat16").dtype == "bfloat16"
