@@ -1,38 +1,6 @@
-"""HDF5 activation cache: residual streams per layer and token, content-addressed and resumable.
+"""Writing a cache: batched forwards, a background writer, per-batch commits, resume, a per-key lock.
 
-A cache holds, for one (model fingerprint, prompt set, hook list, storage dtype, mode),
-the activations of every real token (no padding) of every example, or, in `pooled` mode,
-only the pooled per-example features. Everything downstream (directions, sweeps, pooling
-comparisons, transfer, reports) reads it instead of rerunning the model.
-
-File format (`<cache_dir>/<key[:20]>.h5`, format version 2)::
-
-    attrs      format="emlab-activation-cache", version, key, complete, model_fingerprint,
-               model_name, prompt_hash, system_prompt, hooks (JSON), storage_dtype, mode,
-               d_model, n_layers, n_examples, n_tokens, attention, emlab_version
-    tokens     (n_tokens,) int32     token ids, examples laid out in batch-plan order
-    roles      (n_tokens,) int8      0 template glue, 1 system, 2 user, 3 assistant
-    starts     (n_examples,) int64   first row of example i (examples in prompt-set order)
-    lengths    (n_examples,) int64   its number of tokens
-    prompt_len (n_examples,) int64   tokens up to the generation prompt; last prompt token
-                                     is row starts[i] + prompt_len[i] - 1
-    ids, labels, sources, meta       per-example strings (meta is JSON)
-    acts/<hook>            (n_tokens, d_model)   mode "tokens"
-    pooled/<hook>          (n_examples, 4, d_model) mode "pooled": last, mean_prompt,
-                           mean_response, first_k; row pooled_rows[i] holds example i
-
-Storage dtypes: float32, float16, and bfloat16 kept as its raw 16 bits in uint16 datasets
-(HDF5 has no bf16 type) with `attrs["storage_dtype"] = "bfloat16"`; readers convert back.
-No compression: gzip writes at ~0.03 GB/s, far below the forward pass.
-
-Writing runs batched forwards (left padding, attention mask, real position ids), stops
-after the deepest requested layer, and hands host copies to a background writer thread
-through a bounded queue (memory stays flat however many tokens). Progress is committed per
-batch: the file is flushed, then a sidecar JSON records the committed batch count. A killed
-build resumes from there; the finished file is renamed into place atomically, so readers
-never see a partial cache. Builders of one key take turns on a per-key lock file
-(`<key>.h5.lock`, `lab.io.key_lock`): a second builder waits for the first and reuses its
-file, and a killed builder's lock dies with it.
+See `lab.cache` for the file format.
 """
 
 from __future__ import annotations
@@ -42,71 +10,22 @@ import json
 import os
 import queue
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, get_args
+from typing import Any, Callable
 
 import h5py
 import numpy as np
 import torch
 from einops import einsum
-from jaxtyping import Float, Int
 
 from lab import __version__
+from lab.cache.format import (DEFAULT_FIRST_K, DEFAULT_STORAGE, FORMAT, STORAGE_DTYPES, STORED_POOLINGS, VERSION,
+                              AttentionImpl, CacheMode, CacheRequest, StorageDtype, cache_key, cache_path)
+from lab.cache.read import ActivationCache
 from lab.data import ROLE_CODE, PromptSet
 from lab.errors import BadInput, CacheError
 from lab.hooks import attention, capture, left_pad, parse_hook, run_until_stop, validate_hooks
-from lab.io import key_lock, sha256_json
-
-FORMAT = "emlab-activation-cache"
-VERSION = 2
-StorageDtype = Literal["float32", "float16", "bfloat16"]
-CacheMode = Literal["tokens", "pooled"]
-AttentionImpl = Literal["sdpa", "eager"]
-STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
-assert tuple(STORAGE_DTYPES) == get_args(StorageDtype)
-MODES: tuple[str, ...] = get_args(CacheMode)
-DEFAULT_STORAGE: StorageDtype = "float32"  # exact: what `emlab cache build` writes unless told
-ANALYSIS_STORAGE: StorageDtype = "float16"  # what experiments cache (half the disk; AUROCs unchanged)
-STORED_POOLINGS = ("last", "mean_prompt", "mean_response", "first_k")
-POOLINGS = STORED_POOLINGS + ("all",)
-DEFAULT_FIRST_K = 8
-
-
-@dataclass(frozen=True)
-class CacheRequest:
-    """What to cache; together with the model fingerprint and prompt hash it forms the key."""
-
-    hooks: tuple[str, ...]
-    storage_dtype: StorageDtype = DEFAULT_STORAGE
-    mode: CacheMode = "tokens"
-    attention: AttentionImpl = "sdpa"
-    first_k: int = DEFAULT_FIRST_K
-
-    def __post_init__(self):
-        if self.storage_dtype not in STORAGE_DTYPES:
-            raise BadInput(f"storage dtype must be one of {', '.join(STORAGE_DTYPES)}, not {self.storage_dtype!r}")
-        if self.mode not in MODES:
-            raise BadInput(f"cache mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-
-
-def cache_key(model_fingerprint: str, prompts: PromptSet, request: CacheRequest) -> str:
-    return sha256_json({
-        "model": model_fingerprint,
-        "prompts": prompts.content_hash,
-        "hooks": list(request.hooks),
-        "storage": request.storage_dtype,
-        "mode": request.mode,
-        "attention": request.attention,
-        "first_k": request.first_k if request.mode == "pooled" else None,
-        "format": VERSION,
-    })
-
-
-def cache_path(cache_dir: str | Path, key: str) -> Path:
-    return Path(cache_dir) / f"{key[:20]}.h5"
-
+from lab.io import key_lock
 
 # --------------------------------------------------------------------------- batching
 
@@ -125,11 +44,6 @@ def batch_plan(lengths: np.ndarray, batch_size: int, max_batch_tokens: int) -> l
         batches.append(np.array(current))
     return batches
 
-
-def _from_storage(arr: np.ndarray, storage_dtype: str) -> np.ndarray:
-    if storage_dtype == "bfloat16":
-        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16).float().numpy()
-    return arr.astype(np.float32, copy=False)
 
 
 def pool_weights(roles: torch.Tensor, mask: torch.Tensor, prompt_end: torch.Tensor, first_k: int) -> torch.Tensor:
@@ -431,195 +345,3 @@ def _forward(model: Any, ids, mask, positions, request: CacheRequest, points, fa
             _, cache = model.bridge.run_with_cache(ids, attention_mask=mask, names_filter=list(request.hooks))
             for h in request.hooks:
                 sink(h, cache[h])
-
-
-# --------------------------------------------------------------------------- reading
-
-
-class ActivationCache:
-    """Read-only view of a finished cache file.
-
-    Reading never loads the model, and `features` reads one hook at a time in bounded
-    blocks, so other layers are never pulled into memory.
-
-        cache = ActivationCache("cache/ab12....h5")
-        X = cache.features(14, "last")                  # (n_examples, d_model)
-        X, ex = cache.features(14, "all")               # every token, with example index
-        y = cache.labels
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise CacheError(f"{self.path}: no such cache file")
-        try:
-            with h5py.File(self.path, "r") as h5:
-                attrs = dict(h5.attrs)
-                if attrs.get("format") != FORMAT:
-                    raise CacheError(f"{self.path} is not an emlab activation cache (format attribute missing)")
-                if int(attrs.get("version", -1)) != VERSION:
-                    raise CacheError(f"{self.path}: cache format version {attrs.get('version')} (expected {VERSION})")
-                if not attrs.get("complete"):
-                    raise CacheError(f"{self.path}: incomplete cache (an interrupted build)")
-                self.starts, self.lengths = h5["starts"][:], h5["lengths"][:]
-                self.prompt_len = h5["prompt_len"][:]
-                self.ids = [s.decode() if isinstance(s, bytes) else s for s in h5["ids"][:]]
-                self.labels = [s.decode() if isinstance(s, bytes) else s for s in h5["labels"][:]]
-                self.meta = [json.loads(s) for s in h5["meta"].asstr()[:]]
-        except OSError as exc:
-            raise CacheError(f"{self.path}: unreadable HDF5 file ({str(exc).splitlines()[0][:120]})") from None
-        self.attrs = attrs
-        self.hooks: list[str] = json.loads(attrs["hooks"])
-        self.storage_dtype: str = attrs["storage_dtype"]
-        self.mode: str = attrs["mode"]
-        self.d_model, self.n_layers = int(attrs["d_model"]), int(attrs["n_layers"])
-        self.model_fingerprint: str = attrs["model_fingerprint"]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __repr__(self) -> str:
-        return (f"ActivationCache({self.path.name}: {self.attrs['model_name']}, {len(self)} examples, "
-                f"{self.attrs['n_tokens']} tokens, {len(self.hooks)} hooks, {self.storage_dtype}, {self.mode})")
-
-    def hook_name(self, layer_or_hook: int | str) -> str:
-        hook = f"blocks.{layer_or_hook}.hook_resid_post" if isinstance(layer_or_hook, int) else layer_or_hook
-        if hook not in self.hooks:
-            raise BadInput(f"{hook!r} is not in this cache (it holds {self.hooks[0]} .. {self.hooks[-1]})")
-        return hook
-
-    @property
-    def layers(self) -> list[int]:
-        return [p.layer for h in self.hooks if (p := parse_hook(h, self.n_layers)) and p.kind == "post"]
-
-    @property
-    def groups(self) -> list[str] | None:
-        """Pair/group ids from example metadata (answer contrasts), or None."""
-        groups = [m.get("group") for m in self.meta]
-        return groups if all(g is not None for g in groups) else None
-
-    def label_array(self, positive: str) -> Int[np.ndarray, " n"]:
-        """Binary labels: 1 where the example's label equals `positive`."""
-        y = np.array([lab == positive for lab in self.labels], dtype=np.int64)
-        return y
-
-    def tokens(self, example: int) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and role codes of one example."""
-        s, n = int(self.starts[example]), int(self.lengths[example])
-        with h5py.File(self.path, "r") as h5:
-            return h5["tokens"][s: s + n], h5["roles"][s: s + n]
-
-    def token_acts(self, layer_or_hook: int | str, example: int) -> Float[np.ndarray, "seq d"]:
-        """All token activations of one example at one hook (tokens mode)."""
-        hook = self.hook_name(layer_or_hook)
-        self._need_tokens("token_acts")
-        s, n = int(self.starts[example]), int(self.lengths[example])
-        with h5py.File(self.path, "r") as h5:
-            return _from_storage(h5[f"acts/{hook}"][s: s + n], self.storage_dtype)
-
-    def _need_tokens(self, what: str) -> None:
-        if self.mode != "tokens":
-            raise BadInput(f"{what} needs a per-token cache; this one stores pooled features only")
-
-    def features(self, layer_or_hook: int | str, pooling: str = "last", examples: np.ndarray | None = None,
-                 k: int = DEFAULT_FIRST_K, exclude_bos: bool = True):
-        """Per-example features at one hook.
-
-        pooling: `last` (last prompt token), `mean_prompt` (user tokens), `mean_response`
-        (assistant tokens), `first_k` (first k assistant tokens), or `all` (every token;
-        returns `(features, example_index)`). Position 0 is excluded unless
-        `exclude_bos=False`. Returns float32 numpy arrays, rows in `examples` order.
-        """
-        if pooling not in POOLINGS:
-            raise BadInput(f"unknown pooling {pooling!r} (one of {', '.join(POOLINGS)})")
-        hook = self.hook_name(layer_or_hook)
-        sel = np.arange(len(self)) if examples is None else np.asarray(examples, dtype=np.int64)
-        if self.mode == "pooled":
-            if pooling == "all" or (pooling == "first_k" and k != self.attrs["first_k"]) or not exclude_bos:
-                raise BadInput(f"this pooled cache has {', '.join(STORED_POOLINGS)} "
-                               f"(first_k with k={self.attrs['first_k']}, BOS excluded) only")
-            with h5py.File(self.path, "r") as h5:
-                rows = h5["pooled_rows"][:][sel]
-                order = np.argsort(rows)
-                data = _from_storage(h5[f"pooled/{hook}"][rows[order].tolist(), STORED_POOLINGS.index(pooling)],
-                                     self.storage_dtype)
-            out = np.empty_like(data)
-            out[order] = data
-            return _checked(out, self.d_model)
-        return self._pool_tokens(hook, pooling, sel, k, exclude_bos)
-
-    def _row_weights(self, pooling: str, roles: np.ndarray, pos: np.ndarray, k: int, exclude_bos: bool) -> np.ndarray:
-        keep = pos > 0 if exclude_bos else np.ones_like(pos, dtype=bool)
-        if pooling == "mean_prompt":
-            return keep & (roles == ROLE_CODE["user"])
-        if pooling in ("mean_response", "first_k"):
-            return keep & (roles == ROLE_CODE["assistant"])
-        return keep
-
-    def _pool_tokens(self, hook: str, pooling: str, sel: np.ndarray, k: int, exclude_bos: bool):
-        rows_budget = 1 << 15  # rows read per block: bounded memory whatever the cache size
-        out = np.zeros((len(sel), self.d_model), dtype=np.float32)
-        all_feats, all_index = [], []
-        by_start = np.argsort(self.starts[sel], kind="stable")
-        with h5py.File(self.path, "r") as h5:
-            dset, roles_all = h5[f"acts/{hook}"], h5["roles"]
-            if pooling == "last":
-                rows = self.starts[sel] + self.prompt_len[sel] - 1
-                order = np.argsort(rows)
-                data = _from_storage(dset[rows[order].tolist()], self.storage_dtype)
-                out[order] = data
-                return _checked(out, self.d_model)
-            i = 0
-            while i < len(by_start):
-                j = i
-                first = int(self.starts[sel[by_start[i]]])
-                while j < len(by_start) and (self.starts[sel[by_start[j]]] + self.lengths[sel[by_start[j]]] - first <= rows_budget or j == i):
-                    j += 1
-                block_ex = sel[by_start[i:j]]
-                last = int(max(self.starts[block_ex] + self.lengths[block_ex]))
-                block = _from_storage(dset[first:last], self.storage_dtype)
-                roles = roles_all[first:last]
-                for n, ex in zip(by_start[i:j], block_ex):
-                    s, length = int(self.starts[ex]) - first, int(self.lengths[ex])
-                    pos = np.arange(length)
-                    w = self._row_weights(pooling, roles[s: s + length], pos, k, exclude_bos)
-                    if pooling == "first_k":
-                        w &= np.cumsum(w) <= k
-                    x = block[s: s + length]
-                    if pooling == "all":
-                        all_feats.append(x[w])
-                        all_index.append(np.full(int(w.sum()), n, dtype=np.int64))
-                    elif w.any():
-                        out[n] = x[w].mean(0)
-                i = j
-        if pooling == "all":
-            feats, index = np.concatenate(all_feats), np.concatenate(all_index)
-            order = np.argsort(index, kind="stable")
-            return _checked(feats[order], self.d_model), index[order]
-        return _checked(out, self.d_model)
-
-    def stack(self, pooling: str = "last", layers: list[int] | None = None, examples=None, k: int = DEFAULT_FIRST_K
-              ) -> Float[np.ndarray, "layer n d"]:
-        """Features of several layers stacked (layer, example, d_model), for all-layer maths."""
-        layers = self.layers if layers is None else layers
-        return np.stack([self.features(L, pooling, examples, k) for L in layers])
-
-
-def _checked(x: np.ndarray, d_model: int) -> np.ndarray:
-    if x.ndim != 2 or x.shape[1] != d_model:
-        raise CacheError(f"feature matrix has shape {x.shape}, expected (n, {d_model})")
-    return x
-
-
-def list_caches(cache_dir: str | Path) -> list[dict]:
-    rows = []
-    for path in sorted(Path(cache_dir).glob("*.h5")):
-        try:
-            c = ActivationCache(path)
-            rows.append({"path": str(path), "model": c.attrs["model_name"], "examples": len(c),
-                         "tokens": int(c.attrs["n_tokens"]), "hooks": len(c.hooks), "dtype": c.storage_dtype,
-                         "mode": c.mode, "size_mb": path.stat().st_size / 2**20,
-                         "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))})
-        except CacheError as exc:
-            rows.append({"path": str(path), "error": str(exc)})
-    return rows
