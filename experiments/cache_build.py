@@ -11,15 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from experiments.common import DEFAULT_CACHE_DIR, Device, cli
-from lab.cache import DEFAULT_STORAGE, AttentionImpl, CacheMode, StorageDtype, build_cache
+from lab.cache import DEFAULT_STORAGE, STORAGE_DTYPES, AttentionImpl, CacheMode, StorageDtype, build_cache
 from lab.config import Config
 from lab.console import console, progress
 from lab.data import DEFAULT_SYSTEM_PROMPT, load_examples, render
 from lab.models import DEFAULT_MODEL, load_model
-
-BYTES_PER = {"float32": 4, "float16": 2, "bfloat16": 2}
-
 
 @dataclass
 class CacheBuildConfig(Config):
@@ -52,7 +51,7 @@ def run(cfg: CacheBuildConfig):
     n_hooks = len(hooks) if hooks else model.n_layers
     rows = n_tok if cfg.mode == "tokens" else len(prompts) * 4
     console.print(f"{len(prompts)} examples, {n_tok} tokens, {n_hooks} hooks -> "
-                  f"~{rows * n_hooks * model.d_model * BYTES_PER[cfg.dtype] / 2**20:.0f} MiB")
+                  f"~{rows * n_hooks * model.d_model * np.dtype(STORAGE_DTYPES[cfg.dtype]).itemsize / 2**20:.0f} MiB")
     with progress() as bar:
         task = bar.add_task("cache", total=None, info="")
         cache = build_cache(model, prompts, cfg.out, hooks, cfg.dtype, cfg.mode, cfg.batch_size,
