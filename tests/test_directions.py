@@ -17,7 +17,6 @@ cosine of 0.99 with v (checked over 20 seeds before fixing them here):
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -30,10 +29,10 @@ from lab.directions import (
     HOOK_TEMPLATE,
     METHODS,
     Direction,
-    fit_all,
+    FitRecord,
+    fit_contrast,
+    fit_methods,
     split_examples,
-    sweep,
-    sweep_and_fit,
 )
 from lab.errors import BadInput, IncompatibleError, IntegrityError
 from lab.metrics import (
@@ -250,10 +249,10 @@ def test_bad_inputs_raise_bad_input(method, case):
         METHODS[method](X, y)
 
 
-def test_fit_all_rejects_unknown_method():
+def test_fit_methods_rejects_unknown_method():
     X, y, _ = planted(n=40, d=8, shift=1.0, seed=0)
     with pytest.raises(BadInput, match="unknown direction method"):
-        fit_all(X, y, ["mean_diff", "lda"])
+        fit_methods(X, y, ["mean_diff", "lda"])
 
 
 # --------------------------------------------------------------------------- Direction
@@ -261,9 +260,11 @@ def test_fit_all_rejects_unknown_method():
 
 def make_direction(**overrides) -> Direction:
     vectors = torch.nn.functional.normalize(torch.randn(3, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
-    fields = dict(n_layers=12, d_model=16, model_fingerprint="sha256:abc", hook=HOOK_TEMPLATE, pooling="mean_response",
-                  method="probe", data_hash="d" * 64, contrast="misaligned_vs_aligned",
-                  metrics={"test_auroc": [0.5, 0.9125, 0.75], "best_layer": 7, "note": "x", "nested": {"a": [1, 2]}})
+    record = FitRecord(method="probe", pooling="mean_response", contrast="misaligned_vs_aligned", data_hash="d" * 64,
+                       positive_label="misaligned", negative_label="aligned", layers=(3, 7, 11),
+                       heldout_auroc=(0.5, 0.9125, 0.75), best_layer=7, split_seed=0, test_fraction=0.25,
+                       train_ids=("a", "b"), test_ids=("c",))
+    fields = dict(n_layers=12, d_model=16, model_fingerprint="sha256:abc", hook=HOOK_TEMPLATE, record=record)
     fields.update(overrides)
     return Direction(vectors, [3, 7, 11], **fields)
 
@@ -275,7 +276,7 @@ def test_direction_save_load_round_trip(tmp_path):
     assert torch.equal(loaded.vectors, direction.vectors)
     assert loaded.vectors.dtype == torch.float32
     for name in ("layers", "n_layers", "d_model", "model_fingerprint", "hook", "pooling", "method", "data_hash",
-                 "contrast", "metrics"):
+                 "contrast", "record"):
         assert getattr(loaded, name) == getattr(direction, name), name
     assert [p.name for p in path.parent.iterdir()] == ["refusal.safetensors"]  # no temp file left
 
@@ -349,6 +350,7 @@ class FakeCache:
         self.d_model = X.shape[-1]
         self.model_fingerprint = "fake-model"
         self.attrs = {"key": "fake-cache"}
+        self.groups = None
 
     def label_array(self, positive: str) -> np.ndarray:
         return np.array([lab == positive for lab in self.labels], dtype=np.int64)
@@ -379,7 +381,7 @@ def fake_cache(seed: int = 0, n: int = 400, d: int = 64, n_layers: int = 8) -> F
 
 def test_sweep_finds_planted_layers_and_random_is_chance():
     cache = fake_cache()
-    rows = sweep(cache, "misaligned", n_boot=200)
+    rows = fit_contrast(cache, "misaligned", n_boot=200).rows
     assert len(rows) == len(METHODS) * cache.n_layers
     keys = {"method", "layer", "pooling", "auroc", "auroc_lo", "auroc_hi", "acc", "acc_lo", "acc_hi", "sep_sd",
             "sep_sd_lo", "sep_sd_hi", "sep_raw", "n_train", "n_test"}
@@ -401,36 +403,36 @@ def test_sweep_finds_planted_layers_and_random_is_chance():
     assert abs(np.mean(random_aurocs) - 0.5) < 0.1
 
 
-def test_sweep_and_fit_directions_carry_provenance(tmp_path):
+def test_fit_contrast_directions_carry_provenance(tmp_path):
     cache = fake_cache(seed=1)
-    rows, directions = sweep_and_fit(cache, "misaligned", methods=("mean_diff", "probe"), n_boot=100,
-                                     contrast="em")
+    fit = fit_contrast(cache, "misaligned", methods=("mean_diff", "probe"), n_boot=100, contrast="em")
+    rows, directions = fit.rows, fit.directions
     assert set(directions) == {"mean_diff", "probe"}
     d = directions["probe"]
     assert d.vectors.shape == (8, 64) and d.layers == list(range(8))
     assert (d.method, d.contrast, d.model_fingerprint, d.hook) == ("probe", "em", "fake-model", HOOK_TEMPLATE)
-    assert d.metrics["best_layer"] in PLANTED_LAYERS
-    assert d.metrics["test_auroc"] == [r["auroc"] for r in rows if r["method"] == "probe"]
+    assert d.record.best_layer in PLANTED_LAYERS
+    assert list(d.record.heldout_auroc) == [r["auroc"] for r in rows if r["method"] == "probe"]
     assert len(d.data_hash) == 64
     loaded = Direction.load(d.save(tmp_path / "em.safetensors"))
-    assert loaded.metrics == json.loads(json.dumps(d.metrics)) and torch.equal(loaded.vectors, d.vectors)
+    assert loaded.record == d.record and torch.equal(loaded.vectors, d.vectors)
     # the saved direction separates held-out data on the planted layer
-    X = cache.features(d.metrics["best_layer"])
-    assert auroc(loaded.project(X, d.metrics["best_layer"]), cache.label_array("misaligned")) > 0.95
+    X = cache.features(d.record.best_layer)
+    assert auroc(loaded.project(X, d.record.best_layer), cache.label_array("misaligned")) > 0.95
 
 
 def test_sweep_rejects_bad_labels():
     cache = fake_cache()
     with pytest.raises(BadInput, match="no example is labelled"):
-        sweep(cache, "refusal", n_boot=10)
+        fit_contrast(cache, "refusal", n_boot=10)
     few = fake_cache()
     few.labels = ["misaligned" if i < 5 else "aligned" for i in range(400)]
     with pytest.raises(BadInput, match="too few examples"):
-        sweep(few, "misaligned", n_boot=10)
+        fit_contrast(few, "misaligned", n_boot=10)
     every = fake_cache()
     every.labels = ["misaligned"] * 400
     with pytest.raises(BadInput, match="second class"):
-        sweep(every, "misaligned", n_boot=10)
+        fit_contrast(every, "misaligned", n_boot=10)
 
 
 def test_sweep_negative_label_leaves_other_examples_out():
@@ -438,9 +440,9 @@ def test_sweep_negative_label_leaves_other_examples_out():
     # relabel a quarter of the controls: with negative_label they must be dropped
     cache.labels = ["incoherent" if lab == "aligned" and i % 4 == 0 else lab for i, lab in enumerate(cache.labels)]
     n_kept = sum(lab in ("misaligned", "aligned") for lab in cache.labels)
-    rows = sweep(cache, "misaligned", methods=("mean_diff",), n_boot=50, negative_label="aligned")
+    rows = fit_contrast(cache, "misaligned", methods=("mean_diff",), n_boot=50, negative_label="aligned").rows
     assert {r["n_train"] + r["n_test"] for r in rows} == {n_kept} and n_kept < 400
-    everything = sweep(cache, "misaligned", methods=("mean_diff",), n_boot=50)
+    everything = fit_contrast(cache, "misaligned", methods=("mean_diff",), n_boot=50).rows
     assert {r["n_train"] + r["n_test"] for r in everything} == {400}
     with pytest.raises(BadInput, match="second class"):
-        sweep(cache, "misaligned", n_boot=10, negative_label="refusal")
+        fit_contrast(cache, "misaligned", n_boot=10, negative_label="refusal")
