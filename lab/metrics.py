@@ -51,7 +51,7 @@ def _broadcast(scores, y) -> tuple[np.ndarray, np.ndarray]:
 
 def _broadcast_torch(scores: torch.Tensor, y) -> tuple[torch.Tensor, torch.Tensor]:
     scores = scores.to(torch.float64)
-    y = torch.as_tensor(y, device=scores.device)
+    y = _on(y, scores.device)
     if y.numel() and not bool(((y == 0) | (y == 1)).all()):
         raise BadInput(f"labels must be 0/1, got values {torch.unique(y)[:5].tolist()}")
     if scores.shape[-1:] != y.shape[-1:]:
@@ -240,6 +240,11 @@ def bootstrap_ci(fn: Callable[..., np.ndarray], *arrays: np.ndarray, n_boot: int
 # --------------------------------------------------------------------------- torch backend
 
 
+def _on(x, device: torch.device) -> torch.Tensor:
+    """x as a tensor on `device` (numpy goes through the CPU, never the default device)."""
+    return (x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))).to(device)
+
+
 def _dense_ranks_torch(scores: torch.Tensor) -> torch.Tensor:
     """`dense_ranks` on the tensor's device (int64)."""
     if not scores.is_floating_point():
@@ -255,7 +260,7 @@ def _dense_ranks_torch(scores: torch.Tensor) -> torch.Tensor:
 def _auroc_torch(scores: torch.Tensor, y) -> torch.Tensor:
     """`auroc` on the tensor's device: the same two sorts of 2*rank + label."""
     ranks = _dense_ranks_torch(scores)
-    y = torch.as_tensor(y, device=ranks.device)
+    y = _on(y, ranks.device)
     if y.numel() and not bool(((y == 0) | (y == 1)).all()):
         raise BadInput(f"labels must be 0/1, got values {torch.unique(y)[:5].tolist()}")
     if ranks.shape[-1:] != y.shape[-1:]:
@@ -294,7 +299,7 @@ def _nanquantile_torch(x: torch.Tensor, qs: tuple[float, ...]) -> list[torch.Ten
 def _bootstrap_ci_torch(fn, arrays, n_boot: int, seed: int, alpha: float, strata):
     """`bootstrap_ci` for tensors: host-drawn indices, gathers and metric on the tensors' device."""
     device = arrays[0].device
-    arrays = tuple(torch.as_tensor(a, device=device) for a in arrays)
+    arrays = tuple(_on(a, device) for a in arrays)
     n = arrays[0].shape[-1]
     if any(a.shape[-1] != n for a in arrays):
         raise BadInput(f"arrays disagree on the number of rows: {[tuple(a.shape) for a in arrays]}")

@@ -446,3 +446,129 @@ def test_sweep_negative_label_leaves_other_examples_out():
     assert {r["n_train"] + r["n_test"] for r in everything} == {400}
     with pytest.raises(BadInput, match="second class"):
         fit_contrast(cache, "misaligned", n_boot=10, negative_label="refusal")
+
+
+# --------------------------------------------------------------------------- solvers at scale, devices
+
+
+@pytest.mark.parametrize("n,d", [(160, 300), (900, 40)])  # n < d and n > d
+def test_lbfgs_probe_agrees_with_sklearn_and_newton(n, d):
+    """The large-problem solver (L-BFGS, float32 products) matches sklearn per layer in both regimes."""
+    rng = np.random.default_rng(11)
+    scales = rng.uniform(0.3, 3.0, size=d)
+    X = np.stack([planted(n=n, d=d, shift=0.8 + 0.5 * i, seed=20 + i)[0] * scales for i in range(3)])
+    y = planted(n=n, d=d, shift=0.0, seed=0)[1]
+    order = np.random.default_rng(8).permutation(n)
+    train, test = order[: 3 * n // 4], order[3 * n // 4:]
+    ours = METHODS["probe"](X[:, train], y[train], solver="lbfgs").numpy()
+    exact = METHODS["probe"](X[:, train], y[train], solver="newton").numpy()
+    for layer in range(X.shape[0]):
+        scaler = StandardScaler().fit(X[layer, train])
+        clf = LogisticRegression(C=1.0, max_iter=10000, tol=1e-10).fit(scaler.transform(X[layer, train]), y[train])
+        sk_auroc = roc_auc_score(y[test], clf.decision_function(scaler.transform(X[layer, test])))
+        assert abs(auroc(X[layer, test] @ ours[layer], y[test]) - sk_auroc) <= 0.01
+        assert cosine(ours[layer], clf.coef_[0] / scaler.scale_) > 0.999
+        assert cosine(ours[layer], exact[layer]) > 0.999
+
+
+def test_probe_auto_solver_switches_to_lbfgs_for_large_problems(monkeypatch):
+    from lab.directions import logistic
+
+    X, y, _ = planted(n=400, d=32, shift=2.5, seed=3)
+    calls = []
+    real = logistic._lbfgs
+    monkeypatch.setattr(logistic, "_lbfgs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    exact = METHODS["probe"](X, y).numpy()
+    assert calls == []                       # min(n, d) = 32: exact Newton
+    monkeypatch.setattr(logistic, "NEWTON_MAX_SIZE", 16)
+    direction = METHODS["probe"](X, y).numpy()
+    assert calls == [1] and cosine(direction, exact) > 0.999
+
+
+def test_no_tensor_is_built_off_the_features_device():
+    """The device rule: with every factory defaulting to the "meta" device, a tensor created
+    without the input's device lands there and breaks the result (the bug that made the
+    probe fail on CUDA features). CPU inputs must give the same CPU results as usual."""
+    X, y, _ = planted(n=300, d=24, shift=2.0, seed=4)
+    Xt, yt = torch.from_numpy(np.stack([X, X * 2])), torch.from_numpy(y)
+    expected = {m: METHODS[m](Xt, yt) for m in METHODS}
+    cache = fake_cache(seed=2, n=200, d=16)
+    rows = fit_contrast(cache, "misaligned", n_boot=20).rows
+    with torch.device("meta"):
+        for m in METHODS:
+            got = METHODS[m](Xt, yt)
+            assert got.device.type == "cpu", m
+            torch.testing.assert_close(got, expected[m])
+        for solver in ("newton", "lbfgs"):
+            assert METHODS["probe"](Xt, yt, solver=solver).device.type == "cpu"
+        assert fit_contrast(cache, "misaligned", n_boot=20).rows == rows
+
+
+def test_pca_subspace_iteration_matches_eigh(monkeypatch):
+    from lab.directions import solvers
+
+    X, y, _ = planted(n=500, d=64, shift=3.0, seed=5, other_sd=(0.5, 1.2))
+    layers = np.stack([X, X[:, ::-1].copy()])
+    exact = METHODS["pca"](layers, y)
+    monkeypatch.setattr(solvers, "EIGH_MAX_SIZE", 8)
+    iterative = METHODS["pca"](layers, y)
+    for a, b in zip(exact, iterative):
+        assert cosine(a, b) > 0.9999
+
+
+def test_fit_returns_its_split_and_scores_other_directions():
+    cache = fake_cache(seed=3)
+    cache.groups = [f"g{i // 2}" for i in range(len(cache.ids))]  # pairs share a side
+    fit = fit_contrast(cache, "misaligned", methods=("mean_diff", "random"), n_boot=50, contrast="em")
+    split = fit.split
+    d = fit.directions["mean_diff"]
+    assert d.record.test_ids == split.test_ids and d.record.train_ids == split.train_ids
+    assert set(split.test_ids).isdisjoint(split.train_ids) and len(split.test_ids) + len(split.train_ids) == 400
+    held = split.held_out_groups()
+    assert held == {cache.groups[cache.ids.index(i)] for i in split.test_ids}
+    assert held.isdisjoint({cache.groups[cache.ids.index(i)] for i in split.train_ids})
+    # re-scoring the fit's own vectors on its split reproduces its rows
+    again = fit.score({m: x.vectors for m, x in fit.directions.items()})
+    assert again == fit.rows
+    assert fit.features.shape == (8, 400, 64)
+
+
+def test_version1_direction_files_still_load(tmp_path):
+    from safetensors.torch import save_file
+
+    vectors = torch.nn.functional.normalize(torch.randn(2, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    meta = {"format": "emlab-direction", "version": "1", "layers": "[4, 5]", "n_layers": "6", "d_model": "8",
+            "model_fingerprint": "fp", "hook": HOOK_TEMPLATE, "pooling": "last", "method": "mean_diff",
+            "data_hash": "h", "contrast": "refusal",
+            "metrics": '{"best_layer": 5, "test_auroc": [0.6, 0.9], "split_seed": 3, "test_fraction": 0.25, '
+                       '"positive_label": "harmful", "negative_label": "benign", "n_train": 30, "n_test": 10}'}
+    save_file({"vectors": vectors}, str(tmp_path / "old.safetensors"), metadata=meta)
+    d = Direction.load(tmp_path / "old.safetensors")
+    assert (d.method, d.pooling, d.contrast, d.record.best_layer, d.record.split_seed) == ("mean_diff", "last",
+                                                                                          "refusal", 5, 3)
+    assert d.record.heldout_auroc == (0.6, 0.9) and d.record.negative_label == "benign"
+    resaved = Direction.load(d.save(tmp_path / "new.safetensors"))
+    assert resaved.record == d.record and torch.equal(resaved.vectors, d.vectors)
+
+
+def test_metrics_torch_backend_equals_numpy():
+    rng = np.random.default_rng(9)
+    scores = np.round(rng.normal(size=(3, 4, 60)), 1)  # ties
+    y = (rng.random(60) < 0.4).astype(np.int64)
+    ts, ty = torch.from_numpy(scores), torch.from_numpy(y)
+    np.testing.assert_allclose(auroc(ts, ty).numpy(), auroc(scores, y), atol=1e-12)
+    np.testing.assert_array_equal(dense_ranks(ts).numpy(), dense_ranks(scores))
+    for a, b in zip(separation(ts, ty), separation(scores, y)):
+        np.testing.assert_allclose(a.numpy(), b, atol=1e-12)
+    np.testing.assert_allclose(midpoint_threshold(ts, ty).numpy(), midpoint_threshold(scores, y), atol=1e-12)
+    for fn, args, targs in ((auroc, (dense_ranks(scores), y), (dense_ranks(ts), ty)),
+                            (lambda p, t: separation(p, t)[0], (scores, y), (ts, ty))):
+        ref = bootstrap_ci(fn, *args, n_boot=300, seed=4, strata=y)
+        got = bootstrap_ci(fn, *targs, n_boot=300, seed=4, strata=y)
+        for a, b in zip(got, ref):
+            assert isinstance(a, torch.Tensor)
+            np.testing.assert_allclose(a.numpy(), b, atol=1e-12)
+    single = np.array([0.1, 0.4, 0.4, 0.9])
+    assert float(auroc(torch.from_numpy(single), torch.tensor([0, 1, 0, 1]))) == auroc(single, np.array([0, 1, 0, 1]))
+    with pytest.raises(BadInput):
+        auroc(torch.arange(4.0), torch.ones(4, dtype=torch.int64))

@@ -24,6 +24,7 @@ from jaxtyping import Float
 from lab.directions.record import HOOK_TEMPLATE, Direction, FitRecord
 from lab.directions.solvers import DEFAULT_METHODS, fit_methods
 from lab.directions.splits import CacheLike, Split, split_contrast
+from lab.directions.validation import tensor
 from lab.errors import BadInput
 from lab.metrics import auroc, bootstrap_ci, dense_ranks, midpoint_threshold, separation
 
@@ -70,10 +71,10 @@ def fit_contrast(cache: CacheLike, positive_label: str, methods: Sequence[str] =
     split = split_contrast(cache, positive_label, negative_label, pooling, test_fraction, seed, stratify)
     layers = list(cache.layers)
     examples = None if negative_label is None else split.rows
-    X = torch.as_tensor(np.asarray(cache.stack(pooling, layers=layers, examples=examples), dtype=np.float32))
+    X = torch.from_numpy(np.asarray(cache.stack(pooling, layers=layers, examples=examples), dtype=np.float32))
     X = X.to(device or "cpu")
     train, test, y = split.train, split.test, split.y
-    fitted = fit_methods(X[:, train], torch.as_tensor(y[train], device=X.device), methods, seed)
+    fitted = fit_methods(X[:, train], torch.from_numpy(y[train]).to(X.device), methods, seed)
     rows = evaluate(fitted, X[:, train], y[train], X[:, test], y[test], layers, pooling, n_boot, seed)
     directions = {}
     for m, V in fitted.items():
@@ -100,12 +101,12 @@ def evaluate(vectors: dict[str, Float[torch.Tensor, "layer d"]], X_train, y_trai
     between rows are not bootstrap noise. On a CPU the statistics run in numpy (faster
     there), on a GPU in torch; both give the same numbers.
     """
-    Xte = torch.as_tensor(X_test)
+    Xte = tensor(X_test)
     dev = Xte.device
     names = list(vectors)
     d = Xte.shape[-1]
-    V = torch.stack([torch.as_tensor(vectors[m]).to(dev).reshape(len(layers), -1).to(torch.float64) for m in names])
-    Xtr = torch.as_tensor(X_train).to(dev).reshape(len(layers), -1, d).to(torch.float64)
+    V = torch.stack([tensor(vectors[m]).to(dev).reshape(len(layers), -1).to(torch.float64) for m in names])
+    Xtr = tensor(X_train).to(dev).reshape(len(layers), -1, d).to(torch.float64)
     Xte = Xte.reshape(len(layers), -1, d).to(torch.float64)
     ytr, yte = np.asarray(y_train).astype(np.int64), np.asarray(y_test).astype(np.int64)
     if yte.min() == yte.max():
@@ -115,7 +116,7 @@ def evaluate(vectors: dict[str, Float[torch.Tensor, "layer d"]], X_train, y_trai
     if dev.type == "cpu":
         P_train, P_test, ytr_, yte_ = P_train.numpy(), P_test.numpy(), ytr, yte
     else:
-        ytr_, yte_ = torch.as_tensor(ytr, device=dev), torch.as_tensor(yte, device=dev)
+        ytr_, yte_ = torch.from_numpy(ytr).to(dev), torch.from_numpy(yte).to(dev)
     threshold = midpoint_threshold(P_train, ytr_)
     hit = (P_test > threshold[..., None]) == (yte_ == 1)
     correct = hit.astype(np.float64) if isinstance(hit, np.ndarray) else hit.to(torch.float64)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from lab.directions.validation import tensor
 from lab.errors import BadInput, IncompatibleError, IntegrityError
 
 HOOK_TEMPLATE = "blocks.{L}.hook_resid_post"
@@ -105,7 +106,7 @@ class Direction:
     record: FitRecord | None = None
 
     def __post_init__(self):
-        self.vectors = torch.as_tensor(self.vectors).detach().to("cpu", torch.float32).contiguous()
+        self.vectors = tensor(self.vectors).detach().to("cpu", torch.float32).contiguous()
         if self.vectors.ndim != 2:
             raise BadInput(f"direction vectors must be (layers, d_model), got {tuple(self.vectors.shape)}")
         self.layers = [int(L) for L in self.layers]

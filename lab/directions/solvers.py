@@ -164,7 +164,7 @@ def _top_eigenvalue(apply: Callable[[torch.Tensor], torch.Tensor], shape: tuple[
     The start is drawn on the CPU (one generator, the same numbers on every device) and moved.
     """
     g = torch.Generator().manual_seed(seed)
-    v = torch.randn(*shape, generator=g, dtype=torch.float64).to(device)
+    v = torch.randn(*shape, generator=g, dtype=torch.float64, device="cpu").to(device)
     for _ in range(iters):
         v = apply(v)
         v = v / v.norm(dim=-1, keepdim=True).clamp(min=1e-300)
@@ -182,7 +182,7 @@ def random(X: Features, y: Labels, *, seed: int = 0) -> Float[torch.Tensor, "*la
     Xt, _, batched = validate(X, y)
     g = torch.Generator().manual_seed(seed)
     # one (d,) draw per layer: torch's (L, d) draw is ordered differently from L (d,) draws
-    V = torch.stack([torch.randn(Xt.shape[2], generator=g, dtype=torch.float64) for _ in range(Xt.shape[0])])
+    V = torch.stack([torch.randn(Xt.shape[2], generator=g, dtype=torch.float64, device="cpu") for _ in range(Xt.shape[0])])
     return finish(V.to(Xt.device), batched, "random")
 
 

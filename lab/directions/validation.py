@@ -21,6 +21,12 @@ Features = Float[np.ndarray, "*layer n d"] | Float[torch.Tensor, "*layer n d"]
 Labels = Int[np.ndarray, " n"] | Int[torch.Tensor, " n"]
 
 
+def tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A tensor stays where it is; anything else becomes a CPU tensor (never the default
+    device: `torch.as_tensor` would move even a tensor to a `torch.device(...)` context's)."""
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+
+
 def validate(X: Features, y: Labels, min_per_class: int = MIN_PER_CLASS
              ) -> tuple[Float[torch.Tensor, "layer n d"], Float[torch.Tensor, " n"], bool]:
     """Check features and labels; return float64 tensors (layer, n, d), (n,) and whether X was 3-D.
@@ -30,8 +36,8 @@ def validate(X: Features, y: Labels, min_per_class: int = MIN_PER_CLASS
     a single class, fewer than `min_per_class` examples in a class, and NaN/inf features
     (named by layer and example, so a bad cache row is easy to find).
     """
-    Xt = torch.as_tensor(X)
-    yt = torch.as_tensor(y, device=Xt.device)
+    Xt = tensor(X)
+    yt = tensor(y).to(Xt.device)
     if Xt.ndim not in (2, 3):
         raise BadInput(f"features must be (n, d) or (layers, n, d), got shape {tuple(Xt.shape)}")
     if yt.ndim != 1:
