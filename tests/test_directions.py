@@ -572,3 +572,17 @@ def test_metrics_torch_backend_equals_numpy():
     assert float(auroc(torch.from_numpy(single), torch.tensor([0, 1, 0, 1]))) == auroc(single, np.array([0, 1, 0, 1]))
     with pytest.raises(BadInput):
         auroc(torch.arange(4.0), torch.ones(4, dtype=torch.int64))
+
+
+def test_sweep_statistics_torch_backend_equals_numpy(monkeypatch):
+    """The GPU path of the held-out statistics (torch), run on the CPU, gives the numpy rows."""
+    from lab.directions import fit as fit_module
+
+    cache = fake_cache(seed=4, n=200, d=32)
+    ref = fit_contrast(cache, "misaligned", n_boot=200).rows
+    monkeypatch.setattr(fit_module, "NUMPY_STATS_ON", ())
+    got = fit_contrast(cache, "misaligned", n_boot=200).rows
+    for a, b in zip(got, ref):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], abs=1e-9), k

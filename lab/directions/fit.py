@@ -28,6 +28,7 @@ from lab.directions.validation import tensor
 from lab.errors import BadInput
 from lab.metrics import auroc, bootstrap_ci, dense_ranks, midpoint_threshold, separation
 
+NUMPY_STATS_ON = ("cpu",)   # device types whose statistics run in numpy (faster there); others in torch
 Row = dict[str, Any]   # a table row (written with lab.io.write_rows): method, layer, pooling, auroc, auroc_lo, ...
 
 
@@ -113,7 +114,7 @@ def evaluate(vectors: dict[str, Float[torch.Tensor, "layer d"]], X_train, y_trai
         raise BadInput("the test split holds one class only; AUROC is undefined")
     P_train = torch.bmm(V.transpose(0, 1), Xtr.transpose(1, 2)).transpose(0, 1)   # (method, layer, n_train)
     P_test = torch.bmm(V.transpose(0, 1), Xte.transpose(1, 2)).transpose(0, 1)
-    if dev.type == "cpu":
+    if dev.type in NUMPY_STATS_ON:
         P_train, P_test, ytr_, yte_ = P_train.numpy(), P_test.numpy(), ytr, yte
     else:
         ytr_, yte_ = torch.from_numpy(ytr).to(dev), torch.from_numpy(yte).to(dev)
