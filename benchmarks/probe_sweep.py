@@ -80,7 +80,7 @@ def timed(fn, sync) -> tuple[float, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"], help="cuda is skipped where absent")
+    parser.add_argument("--devices", nargs="+", default=["cuda", "cpu"], help="cuda is skipped where absent")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--skip", nargs="*", default=[], help="cells to leave out, e.g. sweep@cpu@7b sklearn@7b")
     args = parser.parse_args()

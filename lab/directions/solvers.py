@@ -27,7 +27,17 @@ import torch
 from jaxtyping import Float
 
 from lab.directions.logistic import Solver, logistic_fit
-from lab.directions.validation import Features, Labels, class_means, finish, toward_class1, unit, validate
+from lab.directions.validation import (
+    Features,
+    Labels,
+    class_means,
+    finish,
+    rows_times,
+    times_rows,
+    toward_class1,
+    unit,
+    validate,
+)
 from lab.errors import BadInput
 
 EIGH_MAX_SIZE = 1024  # pca: exact eigendecomposition while min(n, d) is at most this
@@ -61,7 +71,7 @@ def probe(X: Features, y: Labels, *, seed: int = 0, C: float = 1.0, solver: Solv
     return finish(w / sigma.squeeze(1), batched, "probe")
 
 
-def pca(X: Features, y: Labels, *, seed: int = 0, iters: int = 100) -> Float[torch.Tensor, "*layer d"]:
+def pca(X: Features, y: Labels, *, seed: int = 0, iters: int = 50) -> Float[torch.Tensor, "*layer d"]:
     """First principal component of the data centred at the midpoint of the two class means.
 
     Our examples are unpaired (no trait/control twin per prompt), so instead of PCA on
@@ -85,7 +95,7 @@ def pca(X: Features, y: Labels, *, seed: int = 0, iters: int = 100) -> Float[tor
         V = _top_eigenvector(Zc, m1 - m0, iters)
     elif n < d:
         _, vecs = torch.linalg.eigh(Zc @ Zc.transpose(1, 2))
-        V = torch.einsum("lnd,ln->ld", Zc, vecs[..., -1])
+        V = rows_times(vecs[..., -1], Zc)
     else:
         _, vecs = torch.linalg.eigh(Zc.transpose(1, 2) @ Zc)
         V = vecs[..., -1]
@@ -108,8 +118,8 @@ def _top_eigenvector(Zc: Float[torch.Tensor, "layer n d"], start: Float[torch.Te
     basis = torch.stack([torch.cos((k + 1) * (grid + 0.5) * torch.pi / d) for k in range(block - 1)], dim=-1)
     Q = torch.cat([start.unsqueeze(-1), basis.expand(L, d, block - 1)], dim=-1)
     Q, _ = torch.linalg.qr(Q)
-    for _ in range(iters):
-        Q, _ = torch.linalg.qr(Zc.transpose(1, 2) @ (Zc @ Q))
+    for _ in range(iters):  # Zc^T (Zc Q), the outer product written as (P^T Zc)^T: BLAS's fast layout
+        Q, _ = torch.linalg.qr(torch.bmm((Zc @ Q).transpose(1, 2), Zc).transpose(1, 2))
     P = Zc @ Q
     _, vecs = torch.linalg.eigh(P.transpose(1, 2) @ P)
     return torch.einsum("ldk,lk->ld", Q, vecs[..., -1])
@@ -140,10 +150,10 @@ def gradient(X: Features, y: Labels, *, seed: int = 0, steps: int = 300) -> Floa
     K = A @ A.transpose(1, 2) if dual else None
 
     def margins(coef: torch.Tensor) -> torch.Tensor:        # A theta, theta = A^T coef if dual
-        return torch.einsum("lij,lj->li", K, coef) if dual else torch.einsum("lnd,ld->ln", A, coef)
+        return rows_times(coef, K) if dual else times_rows(A, coef)   # K is symmetric
 
     def to_coef(r: torch.Tensor) -> torch.Tensor:           # A^T r in coefficient space
-        return r if dual else torch.einsum("lnd,ln->ld", A, r)
+        return r if dual else rows_times(r, A)
 
     lam = _top_eigenvalue(lambda v: to_coef(margins(v)) / n, (L, n if dual else d + 1), seed, dev)
     lr = (1.0 / (0.25 * lam * 1.1)).unsqueeze(-1)  # 10% margin: power iteration undershoots
@@ -152,7 +162,7 @@ def gradient(X: Features, y: Labels, *, seed: int = 0, steps: int = 300) -> Floa
         look = coef + (k - 1) / (k + 2) * (coef - prev)
         residual = (torch.sigmoid(margins(look)) - yt) / n
         prev, coef = coef, look - lr * to_coef(residual)
-    theta = torch.einsum("lnd,ln->ld", A, coef) if dual else coef
+    theta = rows_times(coef, A) if dual else coef
     V = unit(theta[:, :-1], "gradient")
     return finish(toward_class1(V, Xt, yt), batched, "gradient")
 

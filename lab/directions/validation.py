@@ -64,6 +64,17 @@ def validate(X: Features, y: Labels, min_per_class: int = MIN_PER_CLASS
     return Xt, yt.to(torch.float64), batched
 
 
+def rows_times(r: Float[torch.Tensor, "layer n"], Z: Float[torch.Tensor, "layer n d"]) -> Float[torch.Tensor, "layer d"]:
+    """Z^T r per layer, as a batched row-vector product: BLAS's fast layout (the einsum
+    "lnd,ln->ld" runs ~20x slower on a CPU)."""
+    return torch.bmm(r.unsqueeze(1), Z).squeeze(1)
+
+
+def times_rows(Z: Float[torch.Tensor, "layer n d"], v: Float[torch.Tensor, "layer d"]) -> Float[torch.Tensor, "layer n"]:
+    """Z v per layer, as the row-vector product v^T Z^T (a plain batched mat-vec is ~4x slower on a CPU)."""
+    return torch.bmm(v.unsqueeze(1), Z.transpose(1, 2)).squeeze(1)
+
+
 def unit(V: Float[torch.Tensor, "layer d"], method: str) -> Float[torch.Tensor, "layer d"]:
     """Rows scaled to norm 1; `BadInput` naming the layer if a row is zero (no direction)."""
     norms = V.norm(dim=-1, keepdim=True)
@@ -77,9 +88,10 @@ def unit(V: Float[torch.Tensor, "layer d"], method: str) -> Float[torch.Tensor, 
 def class_means(X: Float[torch.Tensor, "layer n d"], y: Float[torch.Tensor, " n"]
                 ) -> tuple[Float[torch.Tensor, "layer d"], Float[torch.Tensor, "layer d"]]:
     """Per-layer means of class 0 and class 1."""
+    L = X.shape[0]
     w1 = y / y.sum()
     w0 = (1 - y) / (1 - y).sum()
-    return torch.einsum("lnd,n->ld", X, w0), torch.einsum("lnd,n->ld", X, w1)
+    return rows_times(w0.expand(L, -1), X), rows_times(w1.expand(L, -1), X)
 
 
 def toward_class1(V: Float[torch.Tensor, "layer d"], X: Float[torch.Tensor, "layer n d"],
