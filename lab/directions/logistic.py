@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Float
 
 from lab.directions.validation import rows_times, times_rows
+from lab.errors import BadInput
 
 Solver = Literal["auto", "newton", "lbfgs"]
 NEWTON_MAX_SIZE = 128   # exact Newton while min(n, d) is at most this (its cubic cost is small there)
@@ -51,7 +52,7 @@ def logistic_fit(Z: Float[torch.Tensor, "layer n d"], y: Float[torch.Tensor, " n
         return _newton(Z, y, C, max_iter or 50, 1e-10 if tol is None else tol)
     if solver == "lbfgs":
         return _lbfgs(Z, y, C, max_iter or 1000, 1e-6 if tol is None else tol)
-    raise ValueError(f"unknown solver {solver!r}")
+    raise BadInput(f"unknown probe solver {solver!r} (auto, newton or lbfgs)")
 
 
 def _steps(like: torch.Tensor, largest: int = 0, count: int = 12) -> torch.Tensor:
