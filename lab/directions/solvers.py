@@ -192,7 +192,8 @@ def random(X: Features, y: Labels, *, seed: int = 0) -> Float[torch.Tensor, "*la
     Xt, _, batched = validate(X, y)
     g = torch.Generator().manual_seed(seed)
     # one (d,) draw per layer: torch's (L, d) draw is ordered differently from L (d,) draws
-    V = torch.stack([torch.randn(Xt.shape[2], generator=g, dtype=torch.float64, device="cpu") for _ in range(Xt.shape[0])])
+    V = torch.stack([torch.randn(Xt.shape[2], generator=g, dtype=torch.float64, device="cpu")
+                     for _ in range(Xt.shape[0])])
     return finish(V.to(Xt.device), batched, "random")
 
 

@@ -64,13 +64,15 @@ def validate(X: Features, y: Labels, min_per_class: int = MIN_PER_CLASS
     return Xt, yt.to(torch.float64), batched
 
 
-def rows_times(r: Float[torch.Tensor, "layer n"], Z: Float[torch.Tensor, "layer n d"]) -> Float[torch.Tensor, "layer d"]:
+def rows_times(r: Float[torch.Tensor, "layer n"], Z: Float[torch.Tensor, "layer n d"]
+               ) -> Float[torch.Tensor, "layer d"]:
     """Z^T r per layer, as a batched row-vector product: BLAS's fast layout (the einsum
     "lnd,ln->ld" runs ~20x slower on a CPU)."""
     return torch.bmm(r.unsqueeze(1), Z).squeeze(1)
 
 
-def times_rows(Z: Float[torch.Tensor, "layer n d"], v: Float[torch.Tensor, "layer d"]) -> Float[torch.Tensor, "layer n"]:
+def times_rows(Z: Float[torch.Tensor, "layer n d"], v: Float[torch.Tensor, "layer d"]
+               ) -> Float[torch.Tensor, "layer n"]:
     """Z v per layer, as the row-vector product v^T Z^T (a plain batched mat-vec is ~4x slower on a CPU)."""
     return torch.bmm(v.unsqueeze(1), Z.transpose(1, 2)).squeeze(1)
 
