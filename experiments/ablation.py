@@ -31,7 +31,7 @@ from experiments.transfer import parse_organisms
 from lab.console import console, fmt_ci, progress, table
 from lab.contrasts import CONTRASTS
 from lab.data import advice_split
-from lab.directions import held_out_groups, sweep_and_fit
+from lab.directions import fit_contrast
 from lab.errors import BadInput
 from lab.evaluation import in_domain_gaps, style_gaps_under
 from lab.io import write_rows
@@ -73,11 +73,10 @@ def misalignment_direction(cfg: AblationConfig, adapter: str, name: str):
     held = {e.id for e in advice_split(name, seed=cfg.seed)[1]} if contrast != "general_answers" else set()
     cache, _ = contrast_cache(handle_for(cfg, [adapter]), contrast, cfg, name,
                               keep=lambda e: e.meta.get("group") not in held)
-    _, fitted = sweep_and_fit(cache, "misaligned", [cfg.method], cfg.pooling, cfg.test_fraction, cfg.seed, 200,
-                              negative_label="aligned", contrast=contrast)
-    unseen = (held_out_groups(cache, "misaligned", "aligned", cfg.pooling, cfg.test_fraction, cfg.seed)
-              if contrast == "general_answers" else None)
-    return fitted[cfg.method], cache, unseen
+    fit = fit_contrast(cache, "misaligned", [cfg.method], cfg.pooling, cfg.test_fraction, cfg.seed, 200,
+                       negative_label="aligned", contrast=contrast)
+    unseen = fit.split.held_out_groups() if contrast == "general_answers" else None
+    return fit.directions[cfg.method], cache, unseen
 
 
 def removal(vectors: dict, cfg: AblationConfig, cache, label: str) -> tuple[Intervention, ...]:
@@ -134,10 +133,10 @@ def run(cfg: AblationConfig) -> dict:
             base_scores[name] = {**base_general, **({"in-domain": in_domain_gaps(base, held_out)} if held_out else {})}
             model = handle_for(cfg, adapters).model
             own_cache = fitted[name][1]
-            layers = range(model.n_layers) if cfg.layers == "all" else [fitted[name][0].metrics["best_layer"]]
+            layers = range(model.n_layers) if cfg.layers == "all" else [fitted[name][0].record.best_layer]
             conditions = [("unsteered", ())]
             for src, (d, _, _) in fitted.items():
-                best = d.metrics["best_layer"]
+                best = d.record.best_layer
                 label = f"ablate {'own' if src == name else 'transferred from ' + src}"
                 chosen = layers if cfg.layers == "all" else [best]
                 conditions.append((label, removal({L: d.at(best) for L in chosen}, cfg, own_cache, label)))

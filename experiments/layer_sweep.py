@@ -13,7 +13,7 @@ import numpy as np
 from experiments.common import cli, Common, contrast_cache, handle_for, out_dir, say
 from lab.config import config_dict
 from lab.console import console, fmt_ci, table
-from lab.directions import DEFAULT_METHODS, sweep_and_fit
+from lab.directions import DEFAULT_METHODS, fit_contrast
 from lab.io import write_json_atomic, write_rows
 from lab.plots import lines_with_ci
 
@@ -72,19 +72,18 @@ def run(cfg: LayerSweepConfig) -> dict:
     handle = handle_for(cfg)
     cache, contrast = contrast_cache(handle, cfg.contrast, cfg)
     pooling = cfg.pooling or contrast.pooling
-    rows, directions = sweep_and_fit(cache, contrast.positive, cfg.methods, pooling, cfg.test_fraction, cfg.seed,
-                                     cfg.n_boot, negative_label=contrast.negative, contrast=contrast.name)
+    fit = fit_contrast(cache, contrast.positive, cfg.methods, pooling, cfg.test_fraction, cfg.seed,
+                       cfg.n_boot, negative_label=contrast.negative, contrast=contrast.name)
+    rows, directions = fit.rows, fit.directions
     out = out_dir(cfg, f"layer_sweep/{contrast.name}-{pooling}")
     check = {}
     if cfg.sklearn_check and "probe" in cfg.methods:
-        from lab.directions import split_features
-
-        prep = split_features(cache, contrast.positive, contrast.negative, pooling, cfg.test_fraction, cfg.seed, True)
-        ref = sklearn_probe_auroc(prep.X, prep.y, prep.train, prep.test)
+        split = fit.split
+        ref = sklearn_probe_auroc(fit.features.cpu().numpy(), split.y, split.train, split.test)
         ours = [r["auroc"] for r in rows if r["method"] == "probe"]
         for r in rows:
             if r["method"] == "probe":
-                r["sklearn_auroc"] = ref[prep.layers.index(r["layer"])]
+                r["sklearn_auroc"] = ref[fit.layers.index(r["layer"])]
         check = {"max_abs_auroc_diff_vs_sklearn": float(np.max(np.abs(np.array(ours) - np.array(ref))))}
     write_rows(rows, out / "rows")
     for method, direction in directions.items():

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, out_dir
 from lab.console import console, fmt_ci, table
-from lab.directions import sweep
+from lab.directions import fit_contrast
 from lab.errors import BadInput
 from lab.io import write_rows
 from lab.plots import lines_with_ci
@@ -37,8 +37,8 @@ def run(cfg: PoolingConfig) -> dict:
     rows, degenerate = [], {}
     for pooling in poolings:
         try:
-            found = sweep(cache, contrast.positive, cfg.methods + ["random"], pooling, cfg.test_fraction, cfg.seed,
-                          cfg.n_boot, negative_label=contrast.negative)
+            found = fit_contrast(cache, contrast.positive, cfg.methods + ["random"], pooling, cfg.test_fraction,
+                                 cfg.seed, cfg.n_boot, negative_label=contrast.negative).rows
         except BadInput as exc:  # e.g. the last prompt token of paired answers: identical features
             degenerate[pooling] = str(exc)
             continue

@@ -31,7 +31,7 @@ from experiments.common import DEFAULT_JUDGE_MODEL, JudgeScheme, cli, Common, co
 from lab.config import config_dict
 from lab.console import console, fmt_ci, progress, table
 from lab.contrasts import contrast_examples
-from lab.directions import held_out_groups, sweep_and_fit
+from lab.directions import fit_contrast
 from lab.errors import BadInput
 from lab.evaluation import logprobs_under, neutral_pairs, refusal_logodds_under, refusal_under, style_gaps_under
 from lab.io import write_json_atomic, write_rows
@@ -103,14 +103,11 @@ def select_by_ablation(model, direction, prompts, n_layers: int, baseline, pairs
 def refusal_run(cfg: SteerConfig) -> dict:
     handle = handle_for(cfg, [])
     cache, contrast = contrast_cache(handle, "refusal", cfg, "base")
-    _, fitted = sweep_and_fit(cache, "harmful", ["mean_diff"], "last", cfg.test_fraction, cfg.seed, 200,
-                              negative_label="benign", contrast="refusal")
-    direction = fitted["mean_diff"]
-    best = direction.metrics["best_layer"]
-    from lab.directions import split_features
-
-    prep = split_features(cache, "harmful", "benign", "last", cfg.test_fraction, cfg.seed, True)
-    test_ids = {prep.ids[i] for i in prep.test}
+    fit = fit_contrast(cache, "harmful", ["mean_diff"], "last", cfg.test_fraction, cfg.seed, 200,
+                       negative_label="benign", contrast="refusal")
+    direction = fit.directions["mean_diff"]
+    best = direction.record.best_layer
+    test_ids = set(fit.split.test_ids)
     examples = [e for e in contrast_examples("refusal") if e.id in test_ids]
     harmful = [e for e in examples if e.label == "harmful"][: cfg.eval_limit or None]
     benign = [e for e in examples if e.label == "benign"][: cfg.eval_limit or None]
@@ -135,7 +132,7 @@ def refusal_run(cfg: SteerConfig) -> dict:
 
     selection = []
     if cfg.select == "ablation":
-        train_ids = {prep.ids[i] for i in prep.train}
+        train_ids = set(fit.split.train_ids)
         val = [e for e in contrast_examples("refusal") if e.id in train_ids and e.label == "harmful"][: cfg.select_prompts]
         best, selection = select_by_ablation(model, direction, val, handle.n_layers, baseline, pairs, cfg.coherence_floor)
     v = direction.at(best)
@@ -164,11 +161,11 @@ def em_run(cfg: SteerConfig) -> dict:
     if not cfg.organism:
         raise BadInput("--organism ADAPTER is required for --target em")
     org_cache, _ = contrast_cache(handle_for(cfg, [cfg.organism]), "general_answers", cfg, "organism")
-    _, fitted = sweep_and_fit(org_cache, "misaligned", ["mean_diff"], "mean_response", cfg.test_fraction, cfg.seed, 200,
-                              negative_label="aligned", contrast="general_answers")
-    direction = fitted["mean_diff"]
-    best = direction.metrics["best_layer"]
-    unseen = held_out_groups(org_cache, "misaligned", "aligned", "mean_response", cfg.test_fraction, cfg.seed)
+    fit = fit_contrast(org_cache, "misaligned", ["mean_diff"], "mean_response", cfg.test_fraction, cfg.seed, 200,
+                       negative_label="aligned", contrast="general_answers")
+    direction = fit.directions["mean_diff"]
+    best = direction.record.best_layer
+    unseen = fit.split.held_out_groups()
     base_handle = handle_for(cfg, [])
     base_cache, _ = contrast_cache(base_handle, "general_answers", cfg, "base")
     model = base_handle.model

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, out_dir
 from lab.console import console, fmt_ci, table
-from lab.directions import sweep_and_fit
+from lab.directions import fit_contrast
 from lab.errors import BadInput
 from lab.io import write_rows
 from lab.metrics import bootstrap_ci
@@ -39,22 +38,17 @@ def run(cfg: TraitProjectionConfig) -> dict:
         raise BadInput("--organism ADAPTER_DIR is required")
     base_cache, contrast = contrast_cache(handle_for(cfg, []), cfg.contrast, cfg, "base")
     org_cache, _ = contrast_cache(handle_for(cfg, [cfg.organism]), cfg.contrast, cfg, "organism")
-    _, directions = sweep_and_fit(base_cache, contrast.positive, [cfg.method], contrast.pooling, cfg.test_fraction,
-                                  cfg.seed, 200, negative_label=contrast.negative, contrast=contrast.name)
-    direction = directions[cfg.method]
-    layer = direction.metrics["best_layer"]
-    test_ids = set(direction.metrics.get("test_ids", []))
-    from lab.directions import split_features
-
-    prep = split_features(base_cache, contrast.positive, contrast.negative, contrast.pooling, cfg.test_fraction, cfg.seed, True)
-    test = prep.test if not test_ids else np.array([i for i, x in enumerate(base_cache.ids) if x in test_ids])
+    fit = fit_contrast(base_cache, contrast.positive, [cfg.method], contrast.pooling, cfg.test_fraction,
+                       cfg.seed, 200, negative_label=contrast.negative, contrast=contrast.name)
+    direction = fit.directions[cfg.method]
+    layer = direction.record.best_layer
+    split = fit.split
     rows = []
     proj = {}
     for name, cache in (("base", base_cache), ("organism", org_cache)):
         proj[name] = direction.project(cache.features(layer, contrast.pooling), layer)
-    y = prep.y
     for cls, label in ((1, contrast.positive), (0, contrast.negative)):
-        idx = test[y[test] == cls]
+        idx = split.rows[split.test[split.y[split.test] == cls]]  # cache rows of the held-out examples
         b, o = proj["base"][idx], proj["organism"][idx]
         for name, values in (("base", b), ("organism", o), ("organism - base", o - b)):
             v, lo, hi = bootstrap_ci(_mean, values, n_boot=cfg.n_boot, seed=cfg.seed)

@@ -18,7 +18,7 @@ import torch
 
 from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, out_dir
 from lab.console import console, fmt_ci, table
-from lab.directions import split_features, evaluate_directions, fit_all
+from lab.directions import fit_contrast
 from lab.errors import BadInput
 from lab.io import write_rows
 from lab.plots import heatmap
@@ -47,21 +47,17 @@ def run(cfg: TransferConfig) -> dict:
     models = {"base": [], **parse_organisms(cfg.organisms)}
     if len(models) < 2:
         raise BadInput("transfer needs at least one organism (--organisms NAME=ADAPTER_DIR)")
-    prepared, vectors = {}, {}
+    fits, vectors = {}, {}
     for name, adapters in models.items():
         cache, contrast = contrast_cache(handle_for(cfg, adapters), cfg.contrast, cfg, name)
-        prep = split_features(cache, contrast.positive, contrast.negative, contrast.pooling, cfg.test_fraction, cfg.seed, True)
-        prepared[name] = prep
-        fitted = fit_all(prep.X[:, prep.train], prep.y[prep.train], [cfg.method, "random"], cfg.seed)
-        vectors[name] = fitted
-    layers = prepared["base"].layers
+        fits[name] = fit_contrast(cache, contrast.positive, [cfg.method, "random"], contrast.pooling, cfg.test_fraction,
+                                  cfg.seed, cfg.n_boot, negative_label=contrast.negative, contrast=contrast.name)
+        vectors[name] = {m: d.vectors for m, d in fits[name].directions.items()}
+    layers = fits["base"].layers
     rows = []
     for src in models:
         for dst in models:
-            p = prepared[dst]
-            evaluated = evaluate_directions({"transferred": vectors[src][cfg.method], "random": vectors[src]["random"]},
-                                            p.X[:, p.train], p.y[p.train], p.X[:, p.test], p.y[p.test], layers,
-                                            contrast.pooling, cfg.n_boot, cfg.seed)
+            evaluated = fits[dst].score({"transferred": vectors[src][cfg.method], "random": vectors[src]["random"]})
             cos = torch.nn.functional.cosine_similarity(vectors[src][cfg.method], vectors[dst][cfg.method], dim=-1)
             for r in evaluated:
                 rows.append({"source": src, "target": dst, **r, "cosine_to_target_own": float(cos[layers.index(r["layer"])])})

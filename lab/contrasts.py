@@ -91,7 +91,7 @@ def ensure_cache(handle: Any, examples: list[ChatExample], cache_dir: str | Path
 
 
 class FeatureView:
-    """Cache-like view (the interface `lab.directions.sweep` reads) over one or more caches.
+    """A `lab.directions.CacheLike` view over one or more caches.
 
     `FeatureView.models(base_cache, organism_cache)` labels each cache's copy of the same
     prompts by model, grouped by prompt id (seed 002's base-vs-EM contrast).

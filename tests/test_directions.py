@@ -17,7 +17,6 @@ cosine of 0.99 with v (checked over 20 seeds before fixing them here):
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -30,10 +29,10 @@ from lab.directions import (
     HOOK_TEMPLATE,
     METHODS,
     Direction,
-    fit_all,
+    FitRecord,
+    fit_contrast,
+    fit_methods,
     split_examples,
-    sweep,
-    sweep_and_fit,
 )
 from lab.errors import BadInput, IncompatibleError, IntegrityError
 from lab.metrics import (
@@ -250,10 +249,10 @@ def test_bad_inputs_raise_bad_input(method, case):
         METHODS[method](X, y)
 
 
-def test_fit_all_rejects_unknown_method():
+def test_fit_methods_rejects_unknown_method():
     X, y, _ = planted(n=40, d=8, shift=1.0, seed=0)
     with pytest.raises(BadInput, match="unknown direction method"):
-        fit_all(X, y, ["mean_diff", "lda"])
+        fit_methods(X, y, ["mean_diff", "lda"])
 
 
 # --------------------------------------------------------------------------- Direction
@@ -261,9 +260,11 @@ def test_fit_all_rejects_unknown_method():
 
 def make_direction(**overrides) -> Direction:
     vectors = torch.nn.functional.normalize(torch.randn(3, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
-    fields = dict(n_layers=12, d_model=16, model_fingerprint="sha256:abc", hook=HOOK_TEMPLATE, pooling="mean_response",
-                  method="probe", data_hash="d" * 64, contrast="misaligned_vs_aligned",
-                  metrics={"test_auroc": [0.5, 0.9125, 0.75], "best_layer": 7, "note": "x", "nested": {"a": [1, 2]}})
+    record = FitRecord(method="probe", pooling="mean_response", contrast="misaligned_vs_aligned", data_hash="d" * 64,
+                       positive_label="misaligned", negative_label="aligned", layers=(3, 7, 11),
+                       heldout_auroc=(0.5, 0.9125, 0.75), best_layer=7, split_seed=0, test_fraction=0.25,
+                       train_ids=("a", "b"), test_ids=("c",))
+    fields = dict(n_layers=12, d_model=16, model_fingerprint="sha256:abc", hook=HOOK_TEMPLATE, record=record)
     fields.update(overrides)
     return Direction(vectors, [3, 7, 11], **fields)
 
@@ -275,7 +276,7 @@ def test_direction_save_load_round_trip(tmp_path):
     assert torch.equal(loaded.vectors, direction.vectors)
     assert loaded.vectors.dtype == torch.float32
     for name in ("layers", "n_layers", "d_model", "model_fingerprint", "hook", "pooling", "method", "data_hash",
-                 "contrast", "metrics"):
+                 "contrast", "record"):
         assert getattr(loaded, name) == getattr(direction, name), name
     assert [p.name for p in path.parent.iterdir()] == ["refusal.safetensors"]  # no temp file left
 
@@ -349,6 +350,7 @@ class FakeCache:
         self.d_model = X.shape[-1]
         self.model_fingerprint = "fake-model"
         self.attrs = {"key": "fake-cache"}
+        self.groups = None
 
     def label_array(self, positive: str) -> np.ndarray:
         return np.array([lab == positive for lab in self.labels], dtype=np.int64)
@@ -379,7 +381,7 @@ def fake_cache(seed: int = 0, n: int = 400, d: int = 64, n_layers: int = 8) -> F
 
 def test_sweep_finds_planted_layers_and_random_is_chance():
     cache = fake_cache()
-    rows = sweep(cache, "misaligned", n_boot=200)
+    rows = fit_contrast(cache, "misaligned", n_boot=200).rows
     assert len(rows) == len(METHODS) * cache.n_layers
     keys = {"method", "layer", "pooling", "auroc", "auroc_lo", "auroc_hi", "acc", "acc_lo", "acc_hi", "sep_sd",
             "sep_sd_lo", "sep_sd_hi", "sep_raw", "n_train", "n_test"}
@@ -401,36 +403,36 @@ def test_sweep_finds_planted_layers_and_random_is_chance():
     assert abs(np.mean(random_aurocs) - 0.5) < 0.1
 
 
-def test_sweep_and_fit_directions_carry_provenance(tmp_path):
+def test_fit_contrast_directions_carry_provenance(tmp_path):
     cache = fake_cache(seed=1)
-    rows, directions = sweep_and_fit(cache, "misaligned", methods=("mean_diff", "probe"), n_boot=100,
-                                     contrast="em")
+    fit = fit_contrast(cache, "misaligned", methods=("mean_diff", "probe"), n_boot=100, contrast="em")
+    rows, directions = fit.rows, fit.directions
     assert set(directions) == {"mean_diff", "probe"}
     d = directions["probe"]
     assert d.vectors.shape == (8, 64) and d.layers == list(range(8))
     assert (d.method, d.contrast, d.model_fingerprint, d.hook) == ("probe", "em", "fake-model", HOOK_TEMPLATE)
-    assert d.metrics["best_layer"] in PLANTED_LAYERS
-    assert d.metrics["test_auroc"] == [r["auroc"] for r in rows if r["method"] == "probe"]
+    assert d.record.best_layer in PLANTED_LAYERS
+    assert list(d.record.heldout_auroc) == [r["auroc"] for r in rows if r["method"] == "probe"]
     assert len(d.data_hash) == 64
     loaded = Direction.load(d.save(tmp_path / "em.safetensors"))
-    assert loaded.metrics == json.loads(json.dumps(d.metrics)) and torch.equal(loaded.vectors, d.vectors)
+    assert loaded.record == d.record and torch.equal(loaded.vectors, d.vectors)
     # the saved direction separates held-out data on the planted layer
-    X = cache.features(d.metrics["best_layer"])
-    assert auroc(loaded.project(X, d.metrics["best_layer"]), cache.label_array("misaligned")) > 0.95
+    X = cache.features(d.record.best_layer)
+    assert auroc(loaded.project(X, d.record.best_layer), cache.label_array("misaligned")) > 0.95
 
 
 def test_sweep_rejects_bad_labels():
     cache = fake_cache()
     with pytest.raises(BadInput, match="no example is labelled"):
-        sweep(cache, "refusal", n_boot=10)
+        fit_contrast(cache, "refusal", n_boot=10)
     few = fake_cache()
     few.labels = ["misaligned" if i < 5 else "aligned" for i in range(400)]
     with pytest.raises(BadInput, match="too few examples"):
-        sweep(few, "misaligned", n_boot=10)
+        fit_contrast(few, "misaligned", n_boot=10)
     every = fake_cache()
     every.labels = ["misaligned"] * 400
     with pytest.raises(BadInput, match="second class"):
-        sweep(every, "misaligned", n_boot=10)
+        fit_contrast(every, "misaligned", n_boot=10)
 
 
 def test_sweep_negative_label_leaves_other_examples_out():
@@ -438,9 +440,149 @@ def test_sweep_negative_label_leaves_other_examples_out():
     # relabel a quarter of the controls: with negative_label they must be dropped
     cache.labels = ["incoherent" if lab == "aligned" and i % 4 == 0 else lab for i, lab in enumerate(cache.labels)]
     n_kept = sum(lab in ("misaligned", "aligned") for lab in cache.labels)
-    rows = sweep(cache, "misaligned", methods=("mean_diff",), n_boot=50, negative_label="aligned")
+    rows = fit_contrast(cache, "misaligned", methods=("mean_diff",), n_boot=50, negative_label="aligned").rows
     assert {r["n_train"] + r["n_test"] for r in rows} == {n_kept} and n_kept < 400
-    everything = sweep(cache, "misaligned", methods=("mean_diff",), n_boot=50)
+    everything = fit_contrast(cache, "misaligned", methods=("mean_diff",), n_boot=50).rows
     assert {r["n_train"] + r["n_test"] for r in everything} == {400}
     with pytest.raises(BadInput, match="second class"):
-        sweep(cache, "misaligned", n_boot=10, negative_label="refusal")
+        fit_contrast(cache, "misaligned", n_boot=10, negative_label="refusal")
+
+
+# --------------------------------------------------------------------------- solvers at scale, devices
+
+
+@pytest.mark.parametrize("n,d", [(160, 300), (900, 40)])  # n < d and n > d
+def test_lbfgs_probe_agrees_with_sklearn_and_newton(n, d):
+    """The large-problem solver (L-BFGS, float32 products) matches sklearn per layer in both regimes."""
+    rng = np.random.default_rng(11)
+    scales = rng.uniform(0.3, 3.0, size=d)
+    X = np.stack([planted(n=n, d=d, shift=0.8 + 0.5 * i, seed=20 + i)[0] * scales for i in range(3)])
+    y = planted(n=n, d=d, shift=0.0, seed=0)[1]
+    order = np.random.default_rng(8).permutation(n)
+    train, test = order[: 3 * n // 4], order[3 * n // 4:]
+    ours = METHODS["probe"](X[:, train], y[train], solver="lbfgs").numpy()
+    exact = METHODS["probe"](X[:, train], y[train], solver="newton").numpy()
+    for layer in range(X.shape[0]):
+        scaler = StandardScaler().fit(X[layer, train])
+        clf = LogisticRegression(C=1.0, max_iter=10000, tol=1e-10).fit(scaler.transform(X[layer, train]), y[train])
+        sk_auroc = roc_auc_score(y[test], clf.decision_function(scaler.transform(X[layer, test])))
+        assert abs(auroc(X[layer, test] @ ours[layer], y[test]) - sk_auroc) <= 0.01
+        assert cosine(ours[layer], clf.coef_[0] / scaler.scale_) > 0.999
+        assert cosine(ours[layer], exact[layer]) > 0.999
+
+
+def test_probe_auto_solver_switches_to_lbfgs_for_large_problems(monkeypatch):
+    from lab.directions import logistic
+
+    X, y, _ = planted(n=400, d=32, shift=2.5, seed=3)
+    calls = []
+    real = logistic._lbfgs
+    monkeypatch.setattr(logistic, "_lbfgs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    exact = METHODS["probe"](X, y).numpy()
+    assert calls == []                       # min(n, d) = 32: exact Newton
+    monkeypatch.setattr(logistic, "NEWTON_MAX_SIZE", 16)
+    direction = METHODS["probe"](X, y).numpy()
+    assert calls == [1] and cosine(direction, exact) > 0.999
+
+
+def test_no_tensor_is_built_off_the_features_device():
+    """The device rule: with every factory defaulting to the "meta" device, a tensor created
+    without the input's device lands there and breaks the result (the bug that made the
+    probe fail on CUDA features). CPU inputs must give the same CPU results as usual."""
+    X, y, _ = planted(n=300, d=24, shift=2.0, seed=4)
+    Xt, yt = torch.from_numpy(np.stack([X, X * 2])), torch.from_numpy(y)
+    expected = {m: METHODS[m](Xt, yt) for m in METHODS}
+    cache = fake_cache(seed=2, n=200, d=16)
+    rows = fit_contrast(cache, "misaligned", n_boot=20).rows
+    with torch.device("meta"):
+        for m in METHODS:
+            got = METHODS[m](Xt, yt)
+            assert got.device.type == "cpu", m
+            torch.testing.assert_close(got, expected[m])
+        for solver in ("newton", "lbfgs"):
+            assert METHODS["probe"](Xt, yt, solver=solver).device.type == "cpu"
+        assert fit_contrast(cache, "misaligned", n_boot=20).rows == rows
+
+
+def test_pca_subspace_iteration_matches_eigh(monkeypatch):
+    from lab.directions import solvers
+
+    X, y, _ = planted(n=500, d=64, shift=3.0, seed=5, other_sd=(0.5, 1.2))
+    layers = np.stack([X, X[:, ::-1].copy()])
+    exact = METHODS["pca"](layers, y)
+    monkeypatch.setattr(solvers, "EIGH_MAX_SIZE", 8)
+    iterative = METHODS["pca"](layers, y)
+    for a, b in zip(exact, iterative):
+        assert cosine(a, b) > 0.9999
+
+
+def test_fit_returns_its_split_and_scores_other_directions():
+    cache = fake_cache(seed=3)
+    cache.groups = [f"g{i // 2}" for i in range(len(cache.ids))]  # pairs share a side
+    fit = fit_contrast(cache, "misaligned", methods=("mean_diff", "random"), n_boot=50, contrast="em")
+    split = fit.split
+    d = fit.directions["mean_diff"]
+    assert d.record.test_ids == split.test_ids and d.record.train_ids == split.train_ids
+    assert set(split.test_ids).isdisjoint(split.train_ids) and len(split.test_ids) + len(split.train_ids) == 400
+    held = split.held_out_groups()
+    assert held == {cache.groups[cache.ids.index(i)] for i in split.test_ids}
+    assert held.isdisjoint({cache.groups[cache.ids.index(i)] for i in split.train_ids})
+    # re-scoring the fit's own vectors on its split reproduces its rows
+    again = fit.score({m: x.vectors for m, x in fit.directions.items()})
+    assert again == fit.rows
+    assert fit.features.shape == (8, 400, 64)
+
+
+def test_version1_direction_files_still_load(tmp_path):
+    from safetensors.torch import save_file
+
+    vectors = torch.nn.functional.normalize(torch.randn(2, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    meta = {"format": "emlab-direction", "version": "1", "layers": "[4, 5]", "n_layers": "6", "d_model": "8",
+            "model_fingerprint": "fp", "hook": HOOK_TEMPLATE, "pooling": "last", "method": "mean_diff",
+            "data_hash": "h", "contrast": "refusal",
+            "metrics": '{"best_layer": 5, "test_auroc": [0.6, 0.9], "split_seed": 3, "test_fraction": 0.25, '
+                       '"positive_label": "harmful", "negative_label": "benign", "n_train": 30, "n_test": 10}'}
+    save_file({"vectors": vectors}, str(tmp_path / "old.safetensors"), metadata=meta)
+    d = Direction.load(tmp_path / "old.safetensors")
+    assert (d.method, d.pooling, d.contrast, d.record.best_layer, d.record.split_seed) == ("mean_diff", "last",
+                                                                                          "refusal", 5, 3)
+    assert d.record.heldout_auroc == (0.6, 0.9) and d.record.negative_label == "benign"
+    resaved = Direction.load(d.save(tmp_path / "new.safetensors"))
+    assert resaved.record == d.record and torch.equal(resaved.vectors, d.vectors)
+
+
+def test_metrics_torch_backend_equals_numpy():
+    rng = np.random.default_rng(9)
+    scores = np.round(rng.normal(size=(3, 4, 60)), 1)  # ties
+    y = (rng.random(60) < 0.4).astype(np.int64)
+    ts, ty = torch.from_numpy(scores), torch.from_numpy(y)
+    np.testing.assert_allclose(auroc(ts, ty).numpy(), auroc(scores, y), atol=1e-12)
+    np.testing.assert_array_equal(dense_ranks(ts).numpy(), dense_ranks(scores))
+    for a, b in zip(separation(ts, ty), separation(scores, y)):
+        np.testing.assert_allclose(a.numpy(), b, atol=1e-12)
+    np.testing.assert_allclose(midpoint_threshold(ts, ty).numpy(), midpoint_threshold(scores, y), atol=1e-12)
+    for fn, args, targs in ((auroc, (dense_ranks(scores), y), (dense_ranks(ts), ty)),
+                            (lambda p, t: separation(p, t)[0], (scores, y), (ts, ty))):
+        ref = bootstrap_ci(fn, *args, n_boot=300, seed=4, strata=y)
+        got = bootstrap_ci(fn, *targs, n_boot=300, seed=4, strata=y)
+        for a, b in zip(got, ref):
+            assert isinstance(a, torch.Tensor)
+            np.testing.assert_allclose(a.numpy(), b, atol=1e-12)
+    single = np.array([0.1, 0.4, 0.4, 0.9])
+    assert float(auroc(torch.from_numpy(single), torch.tensor([0, 1, 0, 1]))) == auroc(single, np.array([0, 1, 0, 1]))
+    with pytest.raises(BadInput):
+        auroc(torch.arange(4.0), torch.ones(4, dtype=torch.int64))
+
+
+def test_sweep_statistics_torch_backend_equals_numpy(monkeypatch):
+    """The GPU path of the held-out statistics (torch), run on the CPU, gives the numpy rows."""
+    from lab.directions import fit as fit_module
+
+    cache = fake_cache(seed=4, n=200, d=32)
+    ref = fit_contrast(cache, "misaligned", n_boot=200).rows
+    monkeypatch.setattr(fit_module, "NUMPY_STATS_ON", ())
+    got = fit_contrast(cache, "misaligned", n_boot=200).rows
+    for a, b in zip(got, ref):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], abs=1e-9), k

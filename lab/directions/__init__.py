@@ -1,0 +1,40 @@
+"""Contrast directions in the residual stream: fit, compare, save, load, project.
+
+A *direction* is one unit vector per layer that separates two groups of examples, e.g.
+misaligned vs aligned answers. The package, in the order data flows through it:
+
+    splits      `CacheLike` (what a cache must offer), `split_contrast` / `split_examples`:
+                a contrast's labels and its seeded train/test split by example id.
+    validation  checks on features and labels; the device rule (results live where the
+                features live).
+    solvers     the five methods (mean_diff, probe, pca, gradient, random), callable on
+                arrays or tensors of shape (n, d) or (layers, n, d); `logistic` holds the
+                probe's batched Newton and L-BFGS solvers.
+    fit         `fit_contrast(cache, positive_label, ...) -> Fit(rows, directions, split)`,
+                the one entry point: split, fit all methods on all layers, score held out.
+    record      `Direction` (vectors + model identity + `FitRecord`), saved as safetensors.
+
+Features come from `lab.cache.ActivationCache`, which already leaves out position 0 (BOS).
+"""
+
+from lab.directions.fit import Fit, Row, evaluate, fit_contrast
+from lab.directions.logistic import logistic_fit
+from lab.directions.record import FORMAT, HOOK_TEMPLATE, VERSION, Direction, FitRecord
+from lab.directions.solvers import (
+    DEFAULT_METHODS,
+    METHODS,
+    fit_methods,
+    gradient,
+    mean_diff,
+    pca,
+    probe,
+    random,
+)
+from lab.directions.splits import CacheLike, Split, split_contrast, split_examples
+from lab.directions.validation import MIN_PER_CLASS, MIN_TEST_PER_CLASS, validate
+
+__all__ = [
+    "CacheLike", "DEFAULT_METHODS", "Direction", "FORMAT", "Fit", "FitRecord", "HOOK_TEMPLATE", "METHODS",
+    "MIN_PER_CLASS", "MIN_TEST_PER_CLASS", "Row", "Split", "VERSION", "evaluate", "fit_contrast", "fit_methods",
+    "gradient", "logistic_fit", "mean_diff", "pca", "probe", "random", "split_contrast", "split_examples", "validate",
+]
