@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.common import cli, out_dir
+from experiments.common import cli, make_judge, out_dir
 from lab.config import config_dict
 from lab.console import console, fmt_ci, progress, table
 from lab.data import read_questions_yaml
@@ -41,14 +41,6 @@ class EvalConfig:
     judge_scheme: str = field(default="auto", metadata={"help": "auto, logprob100 or digit10"})
     out: str = field(default="figures", metadata={"help": "output folder"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
-
-
-def make_judge(cfg: EvalConfig):
-    if not cfg.judge_base_url:
-        return None
-    from lab.judge import Judge, JudgeConfig
-
-    return Judge(JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model, scheme=cfg.judge_scheme))
 
 
 def run(cfg: EvalConfig) -> dict:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import ablation, em_trajectory, layer_sweep, pooling, steer, trait_projection, transfer
-from experiments.common import cli
+from experiments.common import best_layers, cli
 from lab.config import config_dict
 from lab.console import console, fmt_ci, progress, table
 from lab.contrasts import FeatureView, contrast_examples, ensure_cache
@@ -148,7 +148,7 @@ def model_contrast_stage(cfg: StudyConfig, prof: Profile, base: ModelHandle, org
     view = FeatureView.models(caches)
     rows, fitted = sweep_and_fit(view, name, ["mean_diff", "probe", "random"], "last", 0.25, cfg.seed, prof.n_boot,
                                  negative_label="base", contrast=f"base_vs_{name}")
-    best = layer_sweep.best_layers(rows, ["mean_diff", "probe", "random"])
+    best = best_layers(rows, ["mean_diff", "probe", "random"])
     return {"best": best, "rows": rows}
 
 
