@@ -179,7 +179,7 @@ def refusal_run(cfg: SteerConfig) -> dict:
                 for seed in range(cfg.random_seeds):
                     record("add on benign", benign, [random_like(add, seed)], layer, ratio, f"random {seed}"); step()
     return finish(cfg, "refusal", rows, answers, best, {"harmful": len(harmful), "benign": len(benign)},
-                  selection=selection)
+                  selection=selection, model=handle.fingerprint)
 
 
 def em_run(cfg: SteerConfig) -> dict:
@@ -219,7 +219,7 @@ def em_run(cfg: SteerConfig) -> dict:
                                  **judged((iv,))})
                     bar.advance(task)
     return finish(cfg, "em", rows, answers, best, {"questions": len(unsteered["ids"])},
-                  unsteered_judged=unsteered_judged)
+                  unsteered_judged=unsteered_judged, model=base_handle.fingerprint)
 
 
 def judged_em(cfg: SteerConfig, model, question_ids: set):
