@@ -16,6 +16,12 @@ Operations on a residual vector x with unit direction v:
     ablate      x - scale * (x . v) v          (scale 1: projection removed)
     ablate_add  x - (x . v) v + alpha * v      (set the projection to alpha)
 `renorm=True` rescales each edited vector back to its original norm.
+
+Directions enter through one door, `from_direction(direction, model, ...)`, which checks the
+direction's provenance (same base weights, d_model and depth; `check_provenance`) unless the
+caller passes `allow_foreign=True` (`--allow-foreign-direction`). Controls come from
+`random_like`: random vectors with the treatment's structure (one random vector wherever the
+treatment uses one direction at several layers) and norms, and the same op and strength.
 """
 
 from __future__ import annotations
