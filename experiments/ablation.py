@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, no_adapters, out_dir, parse_organisms
+from experiments.common import (cli, save_summary, Common, contrast_cache, handle_for, no_adapters, out_dir,
+                                parse_organisms, SteersDirections)
 from lab.console import console, fmt_ci, progress, table
 from lab.contrasts import CONTRASTS
 from lab.data import advice_split
@@ -41,7 +42,7 @@ from lab.steering import Intervention, direction_vectors, random_vectors_like
 
 
 @dataclass
-class AblationConfig(Common):
+class AblationConfig(SteersDirections, Common):
     """Ablate misalignment directions from EM organisms, with transferred and random controls."""
 
     organisms: list[str] = field(default_factory=list, metadata={"help": "NAME=ADAPTER_DIR pairs"})

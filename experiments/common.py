@@ -31,8 +31,15 @@ class Common:
     n_boot: int = field(default=1000, metadata={"help": "bootstrap replicates for CIs"})
     limit: int = field(default=0, metadata={"help": "use only the first N items per class (0: all)"})
     storage: str = field(default="float16", metadata={"help": "activation cache storage dtype"})
+
+
+@dataclass
+class SteersDirections:
+    """The option of the verbs that apply directions to a model (steer, ablate); a verb that applies
+    none does not offer it, rather than ignore it."""
+
     allow_foreign_direction: bool = field(default=False, metadata={
-        "help": "use a direction on a model it was not fitted for (other base, d_model or depth)"})
+        "help": "apply a direction to a model it was not fitted for (other base weights, d_model or depth)"})
 
 
 def handle_for(cfg: Common, adapters: list[str] | None = None) -> ModelHandle:

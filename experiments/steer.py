@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from experiments.common import cli, Common, contrast_cache, handle_for, make_judge, out_dir
+from experiments.common import cli, Common, contrast_cache, handle_for, make_judge, out_dir, SteersDirections
 from lab.config import config_dict
 from lab.console import console, fmt_ci, progress, table
 from lab.contrasts import contrast_examples
@@ -47,7 +47,7 @@ from lab.steering import from_direction, random_like
 
 
 @dataclass
-class SteerConfig(Common):
+class SteerConfig(SteersDirections, Common):
     """Steering sweeps (alpha x layer) with random-direction controls and a coherence guard."""
 
     target: str = field(default="refusal", metadata={"help": "refusal or em"})
