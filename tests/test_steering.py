@@ -191,6 +191,10 @@ def test_random_controls_copy_the_treatments_structure(direction):
     assert not torch.allclose(ctrl.vectors[2], ctrl.vectors[4])
     assert [round(float(ctrl.vectors[L].norm()), 4) for L in (2, 4, 7)] == \
         [round(float(per_layer.vectors[L].norm()), 4) for L in (2, 4, 7)]
+    # a one-layer treatment's control is the seed's first draw, as before the fix: one-layer results stand
+    single = random_like(Intervention({3: 2.0 * direction}, op="add", alpha=1.0), seed=4)
+    first_draw = torch.randn(direction.shape, generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(single.vectors[3] / single.vectors[3].norm(), first_draw / first_draw.norm(), atol=1e-6)
     # mixed: layers 0-2 share a vector, layer 3 has its own; the control keeps exactly that grouping
     mixed = random_vectors_like({0: direction, 1: direction, 2: direction, 3: -direction}, seed=2)
     assert torch.equal(mixed[0], mixed[1]) and torch.equal(mixed[1], mixed[2]) and not torch.equal(mixed[0], mixed[3])
