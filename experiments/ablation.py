@@ -4,6 +4,10 @@ judge-free, style-matched EM score of each, paired by question, with CIs.
 
     python -m experiments.ablation --organisms medical=runs/medical/adapter financial=runs/financial/adapter
 
+Each random control has the ablated direction's structure: the direction at every layer is one
+vector, so each control is one random vector at every layer (with `--layers best`, one layer).
+`--adapters` is refused: the models are `--model` (the base) and `--organisms`.
+
 EM score = misaligned - aligned reference log-prob, as organism minus base (Δbase), paired by
 question: on the general questions (usual and terse styles) and, for organisms of a shipped
 domain, on that domain's held-out advice questions ("in-domain", where the organisms' shift is
@@ -24,10 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
-
-from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, out_dir
-from experiments.transfer import parse_organisms
+from experiments.common import (cli, save_summary, Common, contrast_cache, handle_for, no_adapters, out_dir,
+                                parse_organisms, SteersDirections)
 from lab.console import console, fmt_ci, progress, table
 from lab.contrasts import CONTRASTS
 from lab.data import advice_split
@@ -37,11 +39,11 @@ from lab.evaluation import in_domain_gaps, style_gaps_under
 from lab.io import write_rows
 from lab.plots import bars_with_ci
 from lab.estimate import mean_ci
-from lab.steering import Intervention
+from lab.steering import Intervention, direction_vectors, random_vectors_like
 
 
 @dataclass
-class AblationConfig(Common):
+class AblationConfig(SteersDirections, Common):
     """Ablate misalignment directions from EM organisms, with transferred and random controls."""
 
     organisms: list[str] = field(default_factory=list, metadata={"help": "NAME=ADAPTER_DIR pairs"})
@@ -94,11 +96,6 @@ def removal(vectors: dict, cfg: AblationConfig, cache, label: str) -> tuple[Inte
     return tuple(edits)
 
 
-def random_vectors(layers, d_model: int, seed: int) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    return {L: torch.randn(d_model, generator=gen) for L in layers}
-
-
 def held_out_of(name: str, cfg: AblationConfig) -> list:
     """The organism's held-out in-domain advice questions ([] if it is not a shipped domain)."""
     if f"{name}_answers" not in CONTRASTS:
@@ -115,6 +112,7 @@ def em_scores(model, interventions: tuple, cfg: AblationConfig, held_out: list, 
 
 
 def run(cfg: AblationConfig) -> dict:
+    no_adapters(cfg, "--model (the base) and --organisms")
     organisms = parse_organisms(cfg.organisms)
     for name in organisms:  # fail on a bad --contrast before any model runs
         contrast_of(cfg, name)
@@ -134,13 +132,16 @@ def run(cfg: AblationConfig) -> dict:
             model = handle_for(cfg, adapters).model
             own_cache = fitted[name][1]
             layers = range(model.n_layers) if cfg.layers == "all" else [fitted[name][0].record.best_layer]
-            conditions = [("unsteered", ())]
+            conditions, removed = [("unsteered", ())], {}
             for src, (d, _, _) in fitted.items():
                 best = d.record.best_layer
                 label = f"ablate {'own' if src == name else 'transferred from ' + src}"
                 chosen = layers if cfg.layers == "all" else [best]
-                conditions.append((label, removal({L: d.at(best) for L in chosen}, cfg, own_cache, label)))
-            conditions += [(f"ablate random {s}", removal(random_vectors(layers, model.d_model, s), cfg, own_cache,
+                removed[src] = direction_vectors(d, model, chosen, at=best, fitted_on=handle_for(cfg, organisms[src]),
+                                                 allow_foreign=cfg.allow_foreign_direction)
+                conditions.append((label, removal(removed[src], cfg, own_cache, label)))
+            # controls with the own direction's structure: one random vector at every layer, like it
+            conditions += [(f"ablate random {s}", removal(random_vectors_like(removed[name], s), cfg, own_cache,
                                                           f"random {s}")) for s in range(cfg.random_seeds)]
             unsteered = None
             for label, ivs in conditions:

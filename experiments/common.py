@@ -1,4 +1,5 @@
-"""Pieces every experiment script shares: model handles, cached contrasts, console summaries."""
+"""Pieces every experiment script shares: model handles, cached contrasts, organisms, the judge,
+console summaries. Experiments import this module, never each other."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from pathlib import Path
 from typing import Literal
 
 import lab  # noqa: F401  (environment before torch)
+import numpy as np
+
 from lab.cache import ANALYSIS_STORAGE, StorageDtype
 from lab.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, Config
-from lab.console import console, progress
+from lab.console import console, fmt_ci, progress
 from lab.contrasts import CONTRASTS, contrast_examples, ensure_cache
+from lab.errors import BadInput
 from lab.models import DEFAULT_MODEL, ModelHandle
 
 # Defaults every verb shares, named once (a config field's default refers to these).
@@ -37,7 +41,9 @@ class Common(Config):
     """Options shared by the analysis experiments."""
 
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "registered model, HF folder or hub id"})
-    adapters: list[str] = field(default_factory=list, metadata={"help": "PEFT adapter folder(s) merged in order"})
+    adapters: list[str] = field(default_factory=list, metadata={
+        "help": "PEFT adapter folder(s) merged in order into the model analysed (verbs that take their models "
+                "from --organisms or --run refuse it)"})
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "activation cache folder"})
     out: str = field(default=DEFAULT_OUT, metadata={"help": "output folder (tables, figures, directions)"})
     device: Device = field(default="cpu", metadata={"help": "where the model runs"})
@@ -48,8 +54,68 @@ class Common(Config):
     storage: StorageDtype = field(default=ANALYSIS_STORAGE, metadata={"help": "activation cache storage dtype"})
 
 
+@dataclass
+class SteersDirections:
+    """The option of the verbs that apply directions to a model (steer, ablate); a verb that applies
+    none does not offer it, rather than ignore it."""
+
+    allow_foreign_direction: bool = field(default=False, metadata={
+        "help": "apply a direction to a model it was not fitted for (other base weights, d_model or depth)"})
+
+
 def handle_for(cfg: Common, adapters: list[str] | None = None) -> ModelHandle:
     return ModelHandle(cfg.model, cfg.adapters if adapters is None else adapters, device=cfg.device)
+
+
+def no_adapters(cfg: Common, models_from: str) -> None:
+    """Refuse `--adapters` in a verb whose models come from its own flags, rather than ignore it."""
+    if cfg.adapters:
+        raise BadInput(f"--adapters is not used here: the models come from {models_from}")
+
+
+def parse_organisms(pairs: list[str]) -> dict[str, list[str]]:
+    """`NAME=ADAPTER_DIR` command-line pairs -> {name: [adapter]}."""
+    models = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise BadInput(f"organism {pair!r} must be NAME=ADAPTER_DIR")
+        name, path = pair.split("=", 1)
+        models[name] = [path]
+    return models
+
+
+def make_judge(cfg):
+    """The configured LLM judge (`judge_base_url`, `judge_model`, `judge_scheme`), or None."""
+    if not cfg.judge_base_url:
+        return None
+    from lab.judge import Judge, JudgeConfig
+
+    return Judge(JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model, scheme=cfg.judge_scheme))
+
+
+def best_layers(rows: list[dict], methods: list[str]) -> list[dict]:
+    """Each method at its best held-out layer, with the random control at that same layer.
+
+    The random row reports its mean over layers: its maximum over 30 noisy layers would be
+    a selection-biased number, not a baseline.
+    """
+    random = {r["layer"]: r for r in rows if r["method"] == "random"}
+    out = []
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        if method == "random":
+            aurocs = np.array([r["auroc"] for r in mine])
+            out.append({"method": "random", "best layer": "mean of all",
+                        "AUROC [95% CI]": f"{aurocs.mean():.3f} (range {aurocs.min():.2f}-{aurocs.max():.2f})"})
+            continue
+        top = max(mine, key=lambda r: r["auroc"])
+        ctrl = random.get(top["layer"])
+        out.append({"method": method, "best layer": top["layer"],
+                    "AUROC [95% CI]": fmt_ci(top["auroc"], top["auroc_lo"], top["auroc_hi"]),
+                    "acc": f"{top['acc']:.3f}", "sep (SD)": f"{top['sep_sd']:.2f}",
+                    "random @ layer": f"{ctrl['auroc']:.3f}" if ctrl else "",
+                    "n train/test": f"{top['n_train']}/{top['n_test']}"})
+    return out
 
 
 def contrast_cache(handle: ModelHandle, contrast: str, cfg: Common, label: str = "", keep=None):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.common import DEFAULT_JUDGE_MODEL, Device, JudgeScheme, cli, out_dir
+from experiments.common import DEFAULT_JUDGE_MODEL, Device, JudgeScheme, cli, make_judge, out_dir
 from lab.config import DEFAULT_OUT, Config, config_dict
 from lab.console import console, progress, table
 from lab.data import DEFAULT_SYSTEM_PROMPT, read_questions_yaml
@@ -42,14 +42,6 @@ class EvalConfig(Config):
     judge_scheme: JudgeScheme = field(default="auto", metadata={"help": "judge scoring scheme (auto: by model)"})
     out: str = field(default=DEFAULT_OUT, metadata={"help": "output folder"})
     device: Device = field(default="cpu", metadata={"help": "where the model runs"})
-
-
-def make_judge(cfg: EvalConfig):
-    if not cfg.judge_base_url:
-        return None
-    from lab.judge import Judge, JudgeConfig
-
-    return Judge(JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model, scheme=cfg.judge_scheme))
 
 
 def run(cfg: EvalConfig) -> dict:

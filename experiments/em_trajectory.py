@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.common import cli, save_summary, Common, handle_for, out_dir
+from experiments.common import cli, save_summary, Common, handle_for, no_adapters, out_dir
 from lab.console import console, fmt_ci, progress, table
 from lab.data import advice_split
 from lab.errors import BadInput
@@ -81,6 +81,7 @@ def style_gaps_ids(limit: int) -> list[str]:
 def run(cfg: TrajectoryConfig, base: dict | None = None) -> dict:
     if not cfg.run:
         raise BadInput("--run TRAINING_FOLDER is required")
+    no_adapters(cfg, "--model (step 0) and the checkpoints under --run")
     run_dir = Path(cfg.run)
     with progress() as bar:
         task = bar.add_task("checkpoints", total=len(checkpoints(run_dir)) + 1, info="")

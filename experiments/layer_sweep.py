@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from experiments.common import cli, Common, contrast_cache, handle_for, out_dir, say
+from experiments.common import best_layers, cli, Common, contrast_cache, handle_for, out_dir, say
 from lab.config import config_dict
-from lab.console import console, fmt_ci, table
+from lab.console import console, table
 from lab.directions import DEFAULT_METHODS, fit_contrast
 from lab.io import write_json_atomic, write_rows
 from lab.plots import lines_with_ci
@@ -41,31 +41,6 @@ def sklearn_probe_auroc(X: np.ndarray, y: np.ndarray, train: np.ndarray, test: n
         clf.fit(layer_X[train], y[train])
         scores.append(float(roc_auc_score(y[test], clf.decision_function(layer_X[test]))))
     return scores
-
-
-def best_layers(rows: list[dict], methods: list[str]) -> list[dict]:
-    """Each method at its best held-out layer, with the random control at that same layer.
-
-    The random row reports its mean over layers: its maximum over 30 noisy layers would be
-    a selection-biased number, not a baseline.
-    """
-    random = {r["layer"]: r for r in rows if r["method"] == "random"}
-    out = []
-    for method in methods:
-        mine = [r for r in rows if r["method"] == method]
-        if method == "random":
-            aurocs = np.array([r["auroc"] for r in mine])
-            out.append({"method": "random", "best layer": "mean of all",
-                        "AUROC [95% CI]": f"{aurocs.mean():.3f} (range {aurocs.min():.2f}-{aurocs.max():.2f})"})
-            continue
-        top = max(mine, key=lambda r: r["auroc"])
-        ctrl = random.get(top["layer"])
-        out.append({"method": method, "best layer": top["layer"],
-                    "AUROC [95% CI]": fmt_ci(top["auroc"], top["auroc_lo"], top["auroc_hi"]),
-                    "acc": f"{top['acc']:.3f}", "sep (SD)": f"{top['sep_sd']:.2f}",
-                    "random @ layer": f"{ctrl['auroc']:.3f}" if ctrl else "",
-                    "n train/test": f"{top['n_train']}/{top['n_test']}"})
-    return out
 
 
 def run(cfg: LayerSweepConfig) -> dict:

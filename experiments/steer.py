@@ -6,8 +6,9 @@
 refusal: the refusal direction (difference of means, harmful vs benign, last prompt token,
 fitted on the base model's train split) is (1) ablated at every layer on held-out harmful
 requests, which should lower the refusal rate, and (2) added at one layer on held-out benign
-requests, which should raise it; each beside random directions of the same norm with the
-same op, strength and prompts, and with a coherence guard (change in log-prob per token of
+requests, which should raise it; each beside random controls of the same structure (one random
+vector at every layer for the ablation, as the treatment uses one direction at every layer),
+norm, op, strength and prompts, and with a coherence guard (change in log-prob per token of
 neutral reference text).
 
 em: the organism's misalignment direction (misaligned vs aligned style-matched answers,
@@ -18,6 +19,12 @@ at every cell; the best setting under the coherence floor is reported.
 
 Strengths are given as ratios of the layer's mean residual norm (trait-interp found
 coherence collapses beyond ~1.15x).
+
+The steered model is `--model` plus `--adapters` (default: the base model); for em the
+direction comes from `--model` plus `--organism`. `--direction FILE` steers with a saved
+direction instead of fitting one; it must have been fitted on the steered model (refusal) or on
+the organism (em) — same base weights, d_model and depth — or the run stops with one line,
+unless `--allow-foreign-direction`.
 """
 
 from __future__ import annotations
@@ -27,21 +34,22 @@ from typing import Literal
 
 import numpy as np
 
-from experiments.common import DEFAULT_JUDGE_MODEL, JudgeScheme, cli, Common, contrast_cache, handle_for, out_dir
+from experiments.common import (DEFAULT_JUDGE_MODEL, JudgeScheme, cli, Common, contrast_cache, handle_for, make_judge,
+                                out_dir, SteersDirections)
 from lab.config import config_dict
 from lab.console import console, fmt_ci, progress, table
 from lab.contrasts import contrast_examples
-from lab.directions import fit_contrast
+from lab.directions import Direction, Split, fit_contrast
 from lab.errors import BadInput
 from lab.evaluation import logprobs_under, neutral_pairs, refusal_logodds_under, refusal_under, style_gaps_under
 from lab.io import write_json_atomic, write_rows
 from lab.plots import scatter
 from lab.estimate import mean_ci
-from lab.steering import Intervention, random_like
+from lab.steering import from_direction, random_like
 
 
 @dataclass
-class SteerConfig(Common):
+class SteerConfig(SteersDirections, Common):
     """Steering sweeps (alpha x layer) with random-direction controls and a coherence guard."""
 
     target: Literal["refusal", "em"] = field(default="refusal", metadata={"help": "what to steer"})
@@ -62,6 +70,9 @@ class SteerConfig(Common):
         "help": "refusal direction's layer: auroc (best held-out AUROC) or ablation (Arditi et al.: lowest "
                 "refusal log-odds when ablated, on train prompts, layers below 80%% depth, coherence floor kept)"})
     select_prompts: int = field(default=12, metadata={"help": "train harmful prompts scored per candidate (select ablation)"})
+    direction: str = field(default="", metadata={
+        "help": "saved direction file (e.g. from `emlab sweep`) instead of fitting one; it must have been fitted on "
+                "the steered model (refusal) or the organism (em), unless --allow-foreign-direction"})
 
 
 def mean_norm(cache, layer: int) -> float:
@@ -79,7 +90,8 @@ def default_layers(best: int, n_layers: int, window: int = 2) -> list[int]:
     return sorted({max(0, best - window), best, min(n_layers - 1, best + window)})
 
 
-def select_by_ablation(model, direction, prompts, n_layers: int, baseline, pairs, floor: float) -> tuple[int, list]:
+def select_by_ablation(model, direction, prompts, n_layers: int, baseline, pairs, floor: float,
+                       allow_foreign: bool = False) -> tuple[int, list]:
     """Arditi et al.'s choice of the refusal direction: among candidate layers' directions
     (below 80% depth), the one whose ablation at every layer lowers the refusal log-odds most on
     train prompts, while the neutral-text coherence change stays above `floor`."""
@@ -89,7 +101,8 @@ def select_by_ablation(model, direction, prompts, n_layers: int, baseline, pairs
     step = max(1, n_layers // 10)
     rows = []
     for layer in [L for L in direction.layers if L < 0.8 * n_layers and L % step == 0]:
-        ablate = Intervention({L: direction.at(layer) for L in range(n_layers)}, op="ablate", label=f"L{layer}")
+        ablate = from_direction(direction, model, range(n_layers), at=layer, op="ablate", label=f"L{layer}",
+                                allow_foreign=allow_foreign)
         odds = float(refusal_logodds_under(model, prompts, (ablate,)).mean())
         coh = float((logprobs_under(model, pairs, (ablate,)) - baseline).mean())
         rows.append({"layer": layer, "logodds_shift": odds - unsteered, "coherence": coh})
@@ -100,18 +113,27 @@ def select_by_ablation(model, direction, prompts, n_layers: int, baseline, pairs
     return pick["layer"], rows
 
 
+def fitted_or_loaded(cfg: SteerConfig, cache, positive: str, negative: str, pooling: str, contrast: str
+                     ) -> tuple[Direction, Split]:
+    """The difference-of-means direction fitted on `cache`'s train split, or `--direction`'s file,
+    with the contrast's split (its held-out examples are what the steering is scored on)."""
+    fit = fit_contrast(cache, positive, ["mean_diff"], pooling, cfg.test_fraction, cfg.seed, 200,
+                       negative_label=negative, contrast=contrast)
+    return (Direction.load(cfg.direction) if cfg.direction else fit.directions["mean_diff"]), fit.split
+
+
 def refusal_run(cfg: SteerConfig) -> dict:
-    handle = handle_for(cfg, [])
-    cache, contrast = contrast_cache(handle, "refusal", cfg, "base")
-    fit = fit_contrast(cache, "harmful", ["mean_diff"], "last", cfg.test_fraction, cfg.seed, 200,
-                       negative_label="benign", contrast="refusal")
-    direction = fit.directions["mean_diff"]
+    handle = handle_for(cfg)  # the base model, or base + --adapters
+    cache, contrast = contrast_cache(handle, "refusal", cfg, "steered model")
+    direction, split = fitted_or_loaded(cfg, cache, "harmful", "benign", "last", "refusal")
     best = direction.record.best_layer
-    test_ids = set(fit.split.test_ids)
+    model = handle.model
+    foreign = cfg.allow_foreign_direction
+    from_direction(direction, model, allow_foreign=foreign)  # fail on provenance before any generation
+    test_ids = set(split.test_ids)
     examples = [e for e in contrast_examples("refusal") if e.id in test_ids]
     harmful = [e for e in examples if e.label == "harmful"][: cfg.eval_limit or None]
     benign = [e for e in examples if e.label == "benign"][: cfg.eval_limit or None]
-    model = handle.model
     pairs = neutral_pairs(cfg.neutral)
     baseline = logprobs_under(model, pairs)
     rows, answers = [], {}
@@ -132,16 +154,17 @@ def refusal_run(cfg: SteerConfig) -> dict:
 
     selection = []
     if cfg.select == "ablation":
-        train_ids = set(fit.split.train_ids)
+        train_ids = set(split.train_ids)
         val = [e for e in contrast_examples("refusal") if e.id in train_ids and e.label == "harmful"][: cfg.select_prompts]
-        best, selection = select_by_ablation(model, direction, val, handle.n_layers, baseline, pairs, cfg.coherence_floor)
-    v = direction.at(best)
+        best, selection = select_by_ablation(model, direction, val, handle.n_layers, baseline, pairs, cfg.coherence_floor,
+                                             foreign)
     with progress() as bar:
         cells = 2 + (1 + cfg.random_seeds) * (1 + len(cfg.layers or default_layers(best, handle.n_layers, cfg.layer_window)) * len(cfg.ratios))
         task = bar.add_task("steering", total=cells, info="")
         step = lambda: bar.advance(task)  # noqa: E731
         record("ablate on harmful", harmful, [], None, 0.0, "unsteered"); step()
-        ablate = Intervention({L: v for L in range(handle.n_layers)}, op="ablate", label="refusal dir")
+        ablate = from_direction(direction, model, range(handle.n_layers), at=best, op="ablate", label="refusal dir",
+                                allow_foreign=foreign)  # one vector at every layer; so are its random controls
         record("ablate on harmful", harmful, [ablate], "all", 0.0, "refusal dir"); step()
         for seed in range(cfg.random_seeds):
             record("ablate on harmful", harmful, [random_like(ablate, seed)], "all", 0.0, f"random {seed}"); step()
@@ -149,26 +172,28 @@ def refusal_run(cfg: SteerConfig) -> dict:
         for layer in cfg.layers or default_layers(best, handle.n_layers, cfg.layer_window):
             norm = mean_norm(cache, layer)
             for ratio in cfg.ratios:
-                add = Intervention({layer: direction.at(layer)}, op="add", alpha=ratio * norm, label="refusal dir")
+                add = from_direction(direction, model, [layer], op="add", alpha=ratio * norm, label="refusal dir",
+                                     allow_foreign=foreign)
                 record("add on benign", benign, [add], layer, ratio, "refusal dir"); step()
                 for seed in range(cfg.random_seeds):
                     record("add on benign", benign, [random_like(add, seed)], layer, ratio, f"random {seed}"); step()
     return finish(cfg, "refusal", rows, answers, best, {"harmful": len(harmful), "benign": len(benign)},
-                  selection=selection)
+                  selection=selection, model=handle.fingerprint)
 
 
 def em_run(cfg: SteerConfig) -> dict:
     if not cfg.organism:
         raise BadInput("--organism ADAPTER is required for --target em")
-    org_cache, _ = contrast_cache(handle_for(cfg, [cfg.organism]), "general_answers", cfg, "organism")
-    fit = fit_contrast(org_cache, "misaligned", ["mean_diff"], "mean_response", cfg.test_fraction, cfg.seed, 200,
-                       negative_label="aligned", contrast="general_answers")
-    direction = fit.directions["mean_diff"]
+    organism = handle_for(cfg, [cfg.organism])
+    org_cache, _ = contrast_cache(organism, "general_answers", cfg, "organism")
+    direction, split = fitted_or_loaded(cfg, org_cache, "misaligned", "aligned", "mean_response", "general_answers")
     best = direction.record.best_layer
-    unseen = fit.split.held_out_groups()
-    base_handle = handle_for(cfg, [])
-    base_cache, _ = contrast_cache(base_handle, "general_answers", cfg, "base")
+    unseen = split.held_out_groups()
+    base_handle = handle_for(cfg)  # the steered model: the base, or base + --adapters
+    base_cache, _ = contrast_cache(base_handle, "general_answers", cfg, "steered model")
     model = base_handle.model
+    foreign = cfg.allow_foreign_direction
+    from_direction(direction, model, fitted_on=organism, allow_foreign=foreign)  # provenance before any scoring
     pairs = neutral_pairs(cfg.neutral)
     baseline = logprobs_under(model, pairs)
     unsteered = style_gaps_under(model, (), cfg.eval_limit or None, unseen)  # questions the direction never saw
@@ -181,7 +206,8 @@ def em_run(cfg: SteerConfig) -> dict:
         for layer in layers:
             norm = mean_norm(base_cache, layer)
             for ratio in cfg.ratios:
-                add = Intervention({layer: direction.at(layer)}, op="add", alpha=ratio * norm, label="misalignment dir")
+                add = from_direction(direction, model, [layer], op="add", alpha=ratio * norm, fitted_on=organism,
+                                     allow_foreign=foreign, label="misalignment dir")
                 for iv in [add] + [random_like(add, s) for s in range(cfg.random_seeds)]:
                     gaps = style_gaps_under(model, (iv,), cfg.eval_limit or None, unseen)
                     shift = mean_ci(gaps["usual"] - unsteered["usual"], cfg.n_boot).to_json()
@@ -192,13 +218,12 @@ def em_run(cfg: SteerConfig) -> dict:
                                  **judged((iv,))})
                     bar.advance(task)
     return finish(cfg, "em", rows, answers, best, {"questions": len(unsteered["ids"])},
-                  unsteered_judged=unsteered_judged)
+                  unsteered_judged=unsteered_judged, model=base_handle.fingerprint)
 
 
 def judged_em(cfg: SteerConfig, model, question_ids: set):
     """`f(interventions) -> row fields`: sampled answers under the interventions, judged for EM
     (betley criterion) and coherence, when a judge is configured; {} otherwise."""
-    from experiments.em_eval import make_judge
     from lab.evaluation import evaluate, shipped_questions
     from lab.generate import GenerationConfig
 

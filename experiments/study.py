@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import ablation, em_trajectory, layer_sweep, pooling, steer, trait_projection, transfer
-from experiments.common import DEFAULT_JUDGE_MODEL, Device, cli
+from experiments.common import DEFAULT_JUDGE_MODEL, Device, best_layers, cli
 from lab.cache import ANALYSIS_STORAGE
 from lab.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, Config, config_dict
 from lab.console import console, progress, table
@@ -150,7 +150,7 @@ def model_contrast_stage(cfg: StudyConfig, prof: Profile, base: ModelHandle, org
     view = FeatureView.models(caches)
     rows = fit_contrast(view, name, ["mean_diff", "probe", "random"], "last", 0.25, cfg.seed, prof.n_boot,
                         negative_label="base", contrast=f"base_vs_{name}").rows
-    best = layer_sweep.best_layers(rows, ["mean_diff", "probe", "random"])
+    best = best_layers(rows, ["mean_diff", "probe", "random"])
     return {"best": best, "rows": rows}
 
 

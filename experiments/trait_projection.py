@@ -3,8 +3,9 @@ vector, for the base model and an EM organism, with the organism-minus-base diff
 
     python -m experiments.trait_projection --organism runs/medical/adapter
 
-The vector is fitted on the base model's train split (its best held-out layer); projections
-are of held-out prompts only, paired by prompt between the two models.
+The vector is fitted on the reference model's train split (its best held-out layer); projections
+are of held-out prompts only, paired by prompt between the two models. The reference model is
+`--model` plus `--adapters` (default: the base model); the organism is `--model` plus `--organism`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _mean(x):
 def run(cfg: TraitProjectionConfig) -> dict:
     if not cfg.organism:
         raise BadInput("--organism ADAPTER_DIR is required")
-    base_cache, contrast = contrast_cache(handle_for(cfg, []), cfg.contrast, cfg, "base")
+    base_cache, contrast = contrast_cache(handle_for(cfg), cfg.contrast, cfg, "reference")
     org_cache, _ = contrast_cache(handle_for(cfg, [cfg.organism]), cfg.contrast, cfg, "organism")
     fit = fit_contrast(base_cache, contrast.positive, [cfg.method], contrast.pooling, cfg.test_fraction,
                        cfg.seed, 200, negative_label=contrast.negative, contrast=contrast.name)

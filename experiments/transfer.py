@@ -7,6 +7,8 @@ For every ordered pair (A, B) of models (the base model and each organism): the 
 fitted on A's train split is scored on B's held-out split (AUROC with CI), beside B's own
 direction and a random control; and the cosine similarity of A's and B's directions per
 layer (the Model Organisms finding: fine-tunes converge, cosine > 0.8 in most layers).
+Scoring one model's direction on another's activations is this experiment's purpose, so no
+provenance check applies; `--adapters` is refused (the models are the base and `--organisms`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, out_dir
+from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, no_adapters, out_dir, parse_organisms
 from lab.console import console, fmt_ci, table
 from lab.directions import fit_contrast
 from lab.errors import BadInput
@@ -33,17 +35,8 @@ class TransferConfig(Common):
     method: str = field(default="mean_diff", metadata={"help": "direction method"})
 
 
-def parse_organisms(pairs: list[str]) -> dict[str, list[str]]:
-    models = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise BadInput(f"organism {pair!r} must be NAME=ADAPTER_DIR")
-        name, path = pair.split("=", 1)
-        models[name] = [path]
-    return models
-
-
 def run(cfg: TransferConfig) -> dict:
+    no_adapters(cfg, "--model (the base) and --organisms")
     models = {"base": [], **parse_organisms(cfg.organisms)}
     if len(models) < 2:
         raise BadInput("transfer needs at least one organism (--organisms NAME=ADAPTER_DIR)")

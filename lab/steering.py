@@ -16,19 +16,28 @@ Operations on a residual vector x with unit direction v:
     ablate      x - scale * (x . v) v          (scale 1: projection removed)
     ablate_add  x - (x . v) v + alpha * v      (set the projection to alpha)
 `renorm=True` rescales each edited vector back to its original norm.
+
+Directions enter through one door, `from_direction(direction, model, ...)`, which checks the
+direction's provenance (same base weights, d_model and depth; `check_provenance`) unless the
+caller passes `allow_foreign=True` (`--allow-foreign-direction`). Controls come from
+`random_like`: random vectors with the treatment's structure (one random vector wherever the
+treatment uses one direction at several layers) and norms, and the same op and strength.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
 
 import torch
 from jaxtyping import Float
 
-from lab.errors import BadInput
+from lab.errors import BadInput, IncompatibleError
+
+if TYPE_CHECKING:
+    from lab.directions import Direction
 
 OPS = ("add", "ablate", "ablate_add")
 POSITIONS = ("all", "prompt", "generated")
@@ -64,6 +73,13 @@ class Intervention:
     @property
     def layers(self) -> list[int]:
         return sorted(self.vectors)
+
+    @property
+    def shared(self) -> bool:
+        """True when one vector is used at every layer (a direction ablated everywhere), which
+        its random control must copy (`random_like`)."""
+        first, *rest = (self.vectors[L] for L in self.layers)
+        return all(v.shape == first.shape and torch.equal(v, first) for v in rest)
 
     def check(self, model: Any) -> "Intervention":
         """Raise unless every layer and vector fits `model` (a LabModel)."""
@@ -110,20 +126,107 @@ class Intervention:
         return torch.where(keep, edited, x)
 
 
-def from_direction(direction: Any, layers: list[int] | None = None, op: str = "add", alpha: float = 0.0,
-                   **kwargs: Any) -> Intervention:
-    """An intervention using a saved `Direction`'s vector at each chosen layer."""
-    layers = direction.layers if layers is None else layers
-    return Intervention({L: direction.at(L).detach().float().cpu() for L in layers}, op=op, alpha=alpha,
-                        label=kwargs.pop("label", f"{direction.method}:{op}"), **kwargs)
+class Fitted(Protocol):
+    """What provenance checks read from a model or an unloaded model handle."""
+
+    fingerprint: str
+
+
+def _base_fingerprint(model: Fitted) -> str:
+    """The fingerprint of a model's base weights (adapters and dtype left out).
+
+    A loaded `LabModel` records it in `info`; an unloaded handle computes it from its source.
+    """
+    info = getattr(model, "info", None)
+    if isinstance(info, dict) and info.get("base_fingerprint"):
+        return info["base_fingerprint"]
+    from lab.models import base_fingerprint
+
+    return base_fingerprint(model.source)
+
+
+def check_provenance(direction: Direction, model: Any, fitted_on: Fitted | None = None) -> None:
+    """Raise `IncompatibleError` (one line) unless `direction` belongs with `model`.
+
+    A direction belongs with a model when (1) it has the model's d_model and layer count, and
+    (2) it was fitted on the model itself, or on a fine-tune of the same base weights: an EM
+    organism's misalignment direction steering or ablated from the base model (or another
+    organism of that base) is the usual experiment, while a direction from another base model of
+    the same shape (Qwen2.5-0.5B vs Qwen2.5-Coder-0.5B) is not. A `Direction` records only the
+    fingerprint of the model it was fitted on, a hash of base + adapters + dtype, so the fine-tune
+    is named by `fitted_on` (the model or handle the direction was fitted on): its fingerprint
+    must be the direction's, and its base that of `model`. Without `fitted_on` the direction must
+    have been fitted on `model` exactly.
+    """
+    direction.check_model(model.d_model, model.n_layers)
+    source = model if fitted_on is None else fitted_on
+    what = "this model" if fitted_on is None else "the model passed as fitted_on"
+    if not direction.model_fingerprint or direction.model_fingerprint != source.fingerprint:
+        raise IncompatibleError(
+            f"direction {direction.method}:{direction.contrast} was fitted on model "
+            f"{direction.model_fingerprint[:12] or '(unrecorded)'}, not on {what} ({source.fingerprint[:12]}); "
+            f"pass --allow-foreign-direction to use it anyway")
+    if fitted_on is not None and _base_fingerprint(fitted_on) != _base_fingerprint(model):
+        raise IncompatibleError(
+            f"direction {direction.method}:{direction.contrast} was fitted on a model of another base "
+            f"({_base_fingerprint(fitted_on).split(':')[0]}, not {_base_fingerprint(model).split(':')[0]}); "
+            f"pass --allow-foreign-direction to use it anyway")
+
+
+def direction_vectors(direction: Direction, model: Any, layers: Iterable[int] | None = None, *,
+                      at: int | None = None, fitted_on: Fitted | None = None, allow_foreign: bool = False
+                      ) -> dict[int, torch.Tensor]:
+    """The direction's vectors for `model`, provenance checked (see `check_provenance`).
+
+    `layers` (default: the direction's) are where the vectors go; `at` takes the vector fitted
+    at that one layer and uses it at every layer in `layers` (Arditi et al.'s "ablate the
+    direction everywhere"), else each layer gets its own fitted vector. `allow_foreign=True`
+    skips the provenance check (transfer experiments, `--allow-foreign-direction`); the shape
+    must still fit the model when the intervention is applied.
+    """
+    if not allow_foreign:
+        check_provenance(direction, model, fitted_on)
+    layers = direction.layers if layers is None else list(layers)
+    pick = (lambda L: direction.at(at)) if at is not None else direction.at
+    return {L: pick(L).detach().float().cpu() for L in layers}
+
+
+def from_direction(direction: Direction, model: Any, layers: Iterable[int] | None = None, *, at: int | None = None,
+                   op: str = "add", alpha: float = 0.0, fitted_on: Fitted | None = None,
+                   allow_foreign: bool = False, **kwargs: Any) -> Intervention:
+    """The one way to steer with a saved or fitted `Direction`: an intervention built from
+    `direction_vectors` (provenance checked against `model`). Other keyword arguments
+    (scale, positions, renorm, label) go to `Intervention`."""
+    vectors = direction_vectors(direction, model, layers, at=at, fitted_on=fitted_on, allow_foreign=allow_foreign)
+    return Intervention(vectors, op=op, alpha=alpha, label=kwargs.pop("label", f"{direction.method}:{op}"), **kwargs)
+
+
+def random_vectors_like(vectors: dict[int, torch.Tensor], seed: int) -> dict[int, torch.Tensor]:
+    """Seeded random vectors with the structure of `vectors`: layers that share one vector
+    (equal values) share one random vector, the others each get their own; every random vector
+    has the norm of the vector it replaces. Draws are made in layer order, one per distinct
+    vector, so a control is a pure function of (structure, norms, seed)."""
+    gen = torch.Generator().manual_seed(seed)
+    drawn: list[tuple[torch.Tensor, torch.Tensor]] = []  # (treatment vector, its random twin)
+    out = {}
+    for layer in sorted(vectors):
+        v = vectors[layer].detach().float().cpu()
+        twin = next((r for u, r in drawn if u.shape == v.shape and torch.equal(u, v)), None)
+        if twin is None:
+            r = torch.randn(v.shape, generator=gen)
+            twin = r * (v.norm() / r.norm())
+            drawn.append((v, twin))
+        out[layer] = twin
+    return out
 
 
 def random_like(intervention: Intervention, seed: int) -> Intervention:
-    """The control: same layers, op, strength and norm, seeded random directions."""
-    gen = torch.Generator().manual_seed(seed)
-    vectors = {L: torch.randn(v.shape, generator=gen) for L, v in intervention.vectors.items()}
-    return Intervention(vectors, intervention.op, intervention.alpha, intervention.scale, intervention.positions,
-                        intervention.renorm, f"random{seed}:{intervention.op}")
+    """The control: same layers, op, strength, positions and renorm, and random vectors with
+    the treatment's structure and norms (`random_vectors_like`): one random vector at every
+    layer when the treatment uses one direction at every layer, one per layer when it uses
+    per-layer directions."""
+    return replace(intervention, vectors=random_vectors_like(intervention.vectors, seed),
+                   label=f"random{seed}:{intervention.op}", meta={}, _ready={})
 
 
 def _hidden(output: Any) -> torch.Tensor:

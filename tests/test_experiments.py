@@ -140,3 +140,66 @@ def test_mean_ablation_restores_the_aligned_level_per_layer():
                               atol=1e-5)
     (zero,) = removal(vectors, AblationConfig(), Cache(), "own")
     assert zero.op == "ablate" and zero.layers == [2, 5]
+
+
+def test_verbs_whose_models_come_from_their_own_flags_refuse_adapters(trained_adapter, dirs):
+    """Issue 11 defect 2: ablate, transfer and trajectory take their models from --organisms / --run;
+    a given --adapters is refused in one line instead of silently ignored."""
+    from experiments import ablation, em_trajectory
+    from lab.errors import BadInput
+
+    adapter = str(trained_adapter.adapter_dir)
+    for run, cfg in [(ablation.run, ablation.AblationConfig(adapters=[adapter], organisms=[f"medical={adapter}"])),
+                     (transfer.run, transfer.TransferConfig(adapters=[adapter], organisms=[f"medical={adapter}"])),
+                     (em_trajectory.run, em_trajectory.TrajectoryConfig(adapters=[adapter],
+                                                                        run=str(trained_adapter.adapter_dir.parent)))]:
+        with pytest.raises(BadInput, match="--adapters is not used"):
+            run(cfg)
+    out = subprocess.run([sys.executable, "-m", "experiments.cli", "ablate", "--adapters", adapter, "--organisms",
+                          f"medical={adapter}", "--cache-dir", dirs["cache_dir"], "--out", dirs["out"]],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert [line for line in out.stdout.splitlines() if "error" in line] == [
+        "error: --adapters is not used here: the models come from --model (the base) and --organisms"]
+
+
+def test_steer_and_project_analyse_the_model_with_adapters(trained_adapter, dirs):
+    """Issue 11 defect 2: steer and project honour --adapters: the model analysed is --model + --adapters."""
+    from experiments import steer
+    from lab.models import ModelHandle
+    from tests.conftest import MODEL
+
+    adapter = str(trained_adapter.adapter_dir)
+    # reference = organism: the organism-minus-reference projections are exactly zero (the base would differ)
+    proj = trait_projection.run(trait_projection.TraitProjectionConfig(adapters=[adapter], organism=adapter, limit=40,
+                                                                       n_boot=50, **dirs))
+    diffs = [r["mean projection"] for r in proj["rows"] if r["model"] == "organism - base"]
+    assert len(diffs) == 2 and all(d == 0.0 for d in diffs)
+    summary = steer.run(steer.SteerConfig(target="refusal", adapters=[adapter], limit=16, eval_limit=1, ratios=[],
+                                          random_seeds=1, max_new_tokens=2, neutral=2, n_boot=20, **dirs))
+    assert summary["model"] == ModelHandle(MODEL, [adapter]).fingerprint != ModelHandle(MODEL).fingerprint
+
+
+def test_foreign_direction_fails_in_one_line_unless_allowed(base_model, tmp_path, dirs):
+    """Issue 11 defect 3: a saved direction fitted on another model stops `steer` with one line and
+    exit 1; --allow-foreign-direction runs it."""
+    import torch
+
+    from lab.directions import Direction
+
+    rows = torch.nn.functional.normalize(torch.randn(base_model.n_layers, base_model.d_model,
+                                                     generator=torch.Generator().manual_seed(0)), dim=-1)
+    path = Direction(rows, list(range(base_model.n_layers)), n_layers=base_model.n_layers, method="mean_diff",
+                     contrast="refusal", model_fingerprint="hub:someone/other-model",
+                     metrics={"best_layer": 5}).save(tmp_path / "foreign.safetensors")
+    args = [sys.executable, "-m", "experiments.cli", "steer", "--target", "refusal", "--direction", str(path),
+            "--limit", "16", "--eval-limit", "1", "--ratios", "--random-seeds", "1", "--max-new-tokens", "2",
+            "--neutral", "2", "--n-boot", "20", "--cache-dir", dirs["cache_dir"], "--out", str(tmp_path / "out")]
+    refused = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    errors = [line for line in refused.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "fitted on model" in errors[0] and "--allow-foreign-direction" in errors[0]
+    allowed = subprocess.run(args + ["--allow-foreign-direction"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert allowed.returncode == 0, allowed.stdout[-2000:] + allowed.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "steer" / "refusal" / "summary.json").read_text())
+    assert summary["best_layer"] == 5 and summary["config"]["allow_foreign_direction"] is True

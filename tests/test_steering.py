@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from lab.data import ChatExample, render
-from lab.errors import BadInput
+from lab.errors import BadInput, IncompatibleError
 from lab.generate import GenerationConfig, generate_answers
 from lab.hooks import attention, capture, parse_hook
-from lab.steering import Intervention, random_like, steer, tl_hooks
+from lab.steering import Intervention, from_direction, random_like, random_vectors_like, steer, tl_hooks
 from tests.conftest import chat_prompts
 
 
@@ -132,11 +132,14 @@ def test_refusal_direction_selection_scores_candidate_layers(base_model):
     from lab.data import load_contrast
     from lab.evaluation import logprobs_under, neutral_pairs, refusal_logodds_under
 
-    class Planted:  # seeded vectors per layer: this checks the selection's bookkeeping, not a finding
-        layers = list(range(base_model.n_layers))
+    from lab.directions import Direction
 
-        def at(self, layer):
-            return torch.randn(base_model.d_model, generator=torch.Generator().manual_seed(layer))
+    # seeded vectors per layer: this checks the selection's bookkeeping, not a finding
+    seeded = torch.stack([torch.randn(base_model.d_model, generator=torch.Generator().manual_seed(L))
+                          for L in range(base_model.n_layers)])
+    planted = Direction(torch.nn.functional.normalize(seeded, dim=-1), list(range(base_model.n_layers)),
+                        n_layers=base_model.n_layers, model_fingerprint=base_model.fingerprint)
+    Planted = lambda: planted  # noqa: E731
 
     prompts = [e for e in load_contrast("refusal") if e.label == "harmful"][:4]
     pairs = neutral_pairs(4)
@@ -165,3 +168,78 @@ def test_prompt_only_steering_of_teacher_forced_answers_respects_each_rows_promp
     everywhere = answer_logprobs(base_model, pairs, interventions=(
         Intervention({L: direction for L in range(base_model.n_layers)}, op="ablate"),))
     assert np.abs(batched - plain).min() > 1e-3 and np.abs(batched - everywhere).min() > 1e-3
+
+
+def test_random_controls_copy_the_treatments_structure(direction):
+    """Issue 11 defect 1: one direction at every layer -> one random vector at every layer;
+    per-layer directions -> per-layer random vectors; same norms, op, strength, positions, renorm."""
+    shared = Intervention({L: 3.0 * direction for L in range(6)}, op="ablate", scale=1.5, positions="prompt",
+                          renorm=True)
+    assert shared.shared
+    for seed in (0, 1):
+        ctrl = random_like(shared, seed)
+        assert ctrl.shared and ctrl.layers == shared.layers
+        assert all(torch.equal(ctrl.vectors[L], ctrl.vectors[0]) for L in ctrl.layers)
+        assert (ctrl.op, ctrl.alpha, ctrl.scale, ctrl.positions, ctrl.renorm) == ("ablate", 0.0, 1.5, "prompt", True)
+        assert torch.allclose(ctrl.vectors[0].norm(), torch.tensor(3.0))
+        assert abs(torch.nn.functional.cosine_similarity(ctrl.vectors[0], direction, dim=0)) < 0.2
+    assert not torch.equal(random_like(shared, 0).vectors[0], random_like(shared, 1).vectors[0])
+    gen = torch.Generator().manual_seed(5)
+    per_layer = Intervention({L: torch.randn(64, generator=gen) * (L + 1) for L in (2, 4, 7)}, op="add", alpha=4.0)
+    ctrl = random_like(per_layer, 0)
+    assert not per_layer.shared and not ctrl.shared and ctrl.alpha == 4.0
+    assert not torch.allclose(ctrl.vectors[2], ctrl.vectors[4])
+    assert [round(float(ctrl.vectors[L].norm()), 4) for L in (2, 4, 7)] == \
+        [round(float(per_layer.vectors[L].norm()), 4) for L in (2, 4, 7)]
+    # a one-layer treatment's control is the seed's first draw, as before the fix: one-layer results stand
+    single = random_like(Intervention({3: 2.0 * direction}, op="add", alpha=1.0), seed=4)
+    first_draw = torch.randn(direction.shape, generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(single.vectors[3] / single.vectors[3].norm(), first_draw / first_draw.norm(), atol=1e-6)
+    # mixed: layers 0-2 share a vector, layer 3 has its own; the control keeps exactly that grouping
+    mixed = random_vectors_like({0: direction, 1: direction, 2: direction, 3: -direction}, seed=2)
+    assert torch.equal(mixed[0], mixed[1]) and torch.equal(mixed[1], mixed[2]) and not torch.equal(mixed[0], mixed[3])
+
+
+def test_from_direction_enforces_provenance(base_model, organism, trained_adapter):
+    """Issue 11 defect 3: a direction applies to the model it was fitted on, or to a model of the
+    same base when the fitted-on model is named; anything else is one IncompatibleError line."""
+    from lab.directions import Direction
+    from lab.models import ModelHandle
+    from tests.conftest import MODEL
+
+    rows = torch.nn.functional.normalize(torch.randn(3, base_model.d_model, generator=torch.Generator().manual_seed(0)),
+                                         dim=-1)
+    own = Direction(rows, [4, 5, 6], n_layers=base_model.n_layers, model_fingerprint=base_model.fingerprint,
+                    method="mean_diff", contrast="refusal")
+    iv = from_direction(own, base_model, op="ablate")
+    assert iv.layers == [4, 5, 6] and not iv.shared
+    everywhere = from_direction(own, base_model, range(base_model.n_layers), at=5, op="ablate")
+    assert everywhere.shared and torch.equal(everywhere.vectors[0], own.at(5))
+
+    def refused(direction, model, **kwargs):
+        with pytest.raises(IncompatibleError) as err:
+            from_direction(direction, model, **kwargs)
+        assert "\n" not in str(err.value)
+        return str(err.value)
+
+    foreign = Direction(rows, [4, 5, 6], n_layers=base_model.n_layers, model_fingerprint="hub:someone/other-model")
+    assert "--allow-foreign-direction" in refused(foreign, base_model)
+    assert from_direction(foreign, base_model, allow_foreign=True).layers == [4, 5, 6]
+    narrow = Direction(torch.nn.functional.normalize(rows[:, :64], dim=-1), [4, 5, 6], n_layers=base_model.n_layers, model_fingerprint=base_model.fingerprint)
+    assert "d_model" in refused(narrow, base_model)
+    shallow = Direction(rows, [4, 5, 6], n_layers=12, model_fingerprint=base_model.fingerprint)
+    assert "layers" in refused(shallow, base_model)
+    # an organism's direction (fitted on base + adapter) steering the base model: the usual EM experiment
+    org_dir = Direction(rows, [4, 5, 6], n_layers=base_model.n_layers, model_fingerprint=organism.fingerprint)
+    refused(org_dir, base_model)  # the fitted-on model must be named
+    handle = ModelHandle(MODEL, [trained_adapter.adapter_dir])
+    assert from_direction(org_dir, base_model, fitted_on=handle).layers == [4, 5, 6]
+    assert from_direction(org_dir, base_model, fitted_on=organism).layers == [4, 5, 6]
+    refused(own, base_model, fitted_on=organism)  # the named model must be the one it was fitted on
+
+    class OtherBase:  # same shape, other base weights (like Qwen2.5-0.5B vs Qwen2.5-Coder-0.5B)
+        fingerprint = "other-fingerprint"
+        info = {"base_fingerprint": "qwen2.5-0.5b:abc"}
+
+    other = Direction(rows, [4, 5, 6], n_layers=base_model.n_layers, model_fingerprint=OtherBase.fingerprint)
+    assert "another base" in refused(other, base_model, fitted_on=OtherBase())
