@@ -163,7 +163,9 @@ class _PositionTracker:
 
     def before(self, module: Any, args: tuple, kwargs: dict) -> None:
         cache = _find_cache(args, kwargs)
-        self.offset = cache.get_seq_length() if cache is not None else 0
+        offset = cache.get_seq_length() if cache is not None else 0
+        # a static cache counts on the device and its layers advance it as they run: keep this moment's value
+        self.offset = offset.clone() if isinstance(offset, torch.Tensor) else offset
         mask = kwargs.get("attention_mask")
         self.mask_len = mask.shape[-1] if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
         self._memo = None
