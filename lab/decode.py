@@ -164,14 +164,17 @@ def _runner(model, batch: int, width: int, length: int, interventions: tuple, gr
 
 def fast_generate(model, ids: torch.Tensor, mask: torch.Tensor, sampling: Sampling,
                   interventions: tuple[Intervention, ...] = (), eos_id: int | list[int] | None = None,
-                  graph: bool | None = None, eos_every: int = 8) -> torch.Tensor:
+                  graph: bool | None = None, bucket: bool | None = None, eos_every: int = 8) -> torch.Tensor:
     """New tokens (batch, <= max_new_tokens) for left-padded `ids`, as `hf_generate` would return them.
 
-    `graph`: capture the decode step as a CUDA graph (default: on CUDA). Finished rows get the
+    `graph`: capture the decode step as a CUDA graph (default: on CUDA); `bucket`: pad the batch
+    and the prompt width up to buckets so graphs are reused (default: with graphs; extra rows and
+    columns are masked padding, so tokens do not change, tested). Finished rows get the
     pad token, and the output ends at the step where the last row finished, like `generate`.
     """
     hf, pad = model.hf, model.tokenizer.pad_token_id
     graph = model.device.type == "cuda" if graph is None else graph
+    bucket = graph if bucket is None else bucket
     b, p = ids.shape
     n = sampling.max_new_tokens
     # HF's own processors and special tokens, built as `generate` builds them (private API:
@@ -182,7 +185,7 @@ def fast_generate(model, ids: torch.Tensor, mask: torch.Tensor, sampling: Sampli
                                           device=ids.device, model_kwargs={})
     eos = config._eos_token_tensor
     eos = None if eos is None else eos.to(ids.device).view(-1)
-    if graph:  # pad shapes up to buckets so captured graphs are reused across batches
+    if bucket:  # pad shapes up to buckets so captured graphs are reused across batches
         big_b, width = _bucket(b, BATCH_BUCKETS), _round_up(p, LENGTH_BUCKET)
         length = width + _round_up(n, LENGTH_BUCKET)
         ids_b = torch.full((big_b, width), pad, dtype=ids.dtype, device=ids.device)

@@ -213,12 +213,13 @@ def steer(model: Any, *interventions: Intervention, prompt_width: int | torch.Te
         iv.check(model)
         if iv.positions != "all" and prompt_width is None:
             raise BadInput(f"positions={iv.positions!r} needs prompt_width")
+    layers = model.decoder_layers()
     if isinstance(prompt_width, torch.Tensor):
         prompt_width = prompt_width.to(model.device)
     for iv in interventions:
-        for layer in iv.layers:
-            iv.unit(layer, model.device, model.dtype)
-    layers = model.decoder_layers()
+        for layer in iv.layers:  # keyed as the hook will ask: the layer's own device ("cuda:0", not "cuda")
+            param = next(layers[layer].parameters())
+            iv.unit(layer, param.device, param.dtype)
     tracker = _PositionTracker() if any(iv.positions != "all" for iv in interventions) else None
     handles = []
 
