@@ -99,7 +99,7 @@ def main() -> None:
         sampling = Sampling(n, min_new_tokens=n)
         for run in paths.values():  # warm-up (and graph capture) outside the timings
             for ivs in conditions.values():
-                run(ids, mask, Sampling(4, min_new_tokens=4) if run is paths.get("hf") else sampling, ivs)
+                run(ids, mask, sampling if run is paths.get("fast") else Sampling(4, min_new_tokens=4), ivs)
         best = {(p, c): float("inf") for p in paths for c in conditions}
         tokens = {}
         for _ in range(args.repeats):  # interleaved, so drift hits every cell alike
