@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lab.errors import BadInput
 from lab.steering import Intervention, steer
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -152,8 +153,30 @@ class _Runner:
 _RUNNERS: "OrderedDict[tuple, _Runner]" = OrderedDict()
 
 
+def release() -> None:
+    """Drop the kept graphs and their KV caches (GPU memory)."""
+    _RUNNERS.clear()
+
+
+def unsupported(model) -> str | None:
+    """Why the fast path cannot run this model (None if it can). Its mask is full causal attention
+    over a static cache, and a graph needs the whole model on one device."""
+    config = model.hf.config
+    if config._attn_implementation not in ("sdpa", "eager"):
+        return f"attention implementation {config._attn_implementation!r} (fast decode supports sdpa, eager)"
+    kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
+    if kinds != {"full_attention"}:
+        return f"layer types {sorted(kinds)} (fast decode supports full attention only)"
+    if len({p.device for p in model.hf.parameters()}) > 1:
+        return "a model spread over several devices"
+    return None
+
+
 def _runner(model, batch: int, width: int, length: int, interventions: tuple, graph: bool) -> _Runner:
-    key = (id(model.hf), batch, width, length, tuple(id(iv) for iv in interventions), graph)
+    if not graph:  # without a graph there is nothing to reuse; keep no cache alive
+        return _Runner(model, batch, width, length, interventions, graph)
+    key = (id(model.hf), model.hf.config._attn_implementation, batch, width, length,
+           tuple(id(iv) for iv in interventions))
     if key not in _RUNNERS:
         while len(_RUNNERS) >= MAX_RUNNERS:
             _RUNNERS.popitem(last=False)
@@ -172,6 +195,9 @@ def fast_generate(model, ids: torch.Tensor, mask: torch.Tensor, sampling: Sampli
     columns are masked padding, so tokens do not change, tested). Finished rows get the
     pad token, and the output ends at the step where the last row finished, like `generate`.
     """
+    reason = unsupported(model)
+    if reason:
+        raise BadInput(f"decode='fast' cannot run {reason}: use decode='hf'")
     hf, pad = model.hf, model.tokenizer.pad_token_id
     graph = model.device.type == "cuda" if graph is None else graph
     bucket = graph if bucket is None else bucket

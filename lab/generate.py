@@ -33,11 +33,13 @@ DECODE_PATHS = ("auto", "fast", "hf")
 AUTO_FAST = ("cuda", "cpu")
 
 
-def decode_path(choice: str, device: torch.device) -> str:
-    """The path `choice` means on `device` ("auto" -> "fast" where it is measured faster)."""
+def decode_path(choice: str, model: Any) -> str:
+    """The path `choice` means for `model` ("auto" -> "fast" where it is measured faster and supported)."""
+    from lab.decode import unsupported
+
     if choice != "auto":
         return choice
-    return "fast" if device.type in AUTO_FAST else "hf"
+    return "fast" if model.device.type in AUTO_FAST and unsupported(model) is None else "hf"
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ def generate_answers(
     if not examples:
         raise BadInput("no prompts to answer")
     prompts = render(examples, model.tokenizer, config.system_prompt)
-    path = decode_path(config.decode, model.device)
+    path = decode_path(config.decode, model)
     settings = {**{k: v for k, v in asdict(config).items() if k != "decode"}, "model": model.fingerprint, "model_name": model.name,
                 "intervention": label or "+".join(iv.label for iv in interventions) or "none"}
     settings_hash = sha256_json(settings)

@@ -180,3 +180,12 @@ def test_cuda_graph_greedy_equals_hf_generate():
         for _ in range(2):  # the second call replays the graph captured by the first
             fast = fast_generate(model, ids, mask, Sampling(40, min_new_tokens=40), ivs, eos_id=1)
             assert torch.equal(fast, reference)
+
+
+def test_fast_path_with_eager_attention(base_model, batch):
+    from lab.hooks import attention
+
+    ids, mask = batch
+    with attention(base_model, "eager"):  # the additive float mask instead of sdpa's boolean one
+        reference = hf_generate(base_model, ids[:3], mask[:3], Sampling(8))
+        assert torch.equal(fast_generate(base_model, ids[:3], mask[:3], Sampling(8)), reference)
