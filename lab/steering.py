@@ -174,7 +174,7 @@ class _PositionTracker:
         self.offset = self._memo = None
 
     def positions(self, seq: int, device: torch.device) -> torch.Tensor:
-        if self._memo is not None and self._memo.shape[0] == seq:
+        if self._memo is not None and self._memo.shape[0] == seq and self._memo.device == device:
             return self._memo
         if self.offset is None:
             raise IncompatibleError("steering by position: this forward did not run through the model's decoder "

@@ -189,3 +189,17 @@ def test_fast_path_with_eager_attention(base_model, batch):
     with attention(base_model, "eager"):  # the additive float mask instead of sdpa's boolean one
         reference = hf_generate(base_model, ids[:3], mask[:3], Sampling(8))
         assert torch.equal(fast_generate(base_model, ids[:3], mask[:3], Sampling(8)), reference)
+
+
+def test_tl_hooks_refuse_a_cached_decode_step(base_model, direction):
+    """The TransformerLens path numbers positions along the hook's sequence axis: whole sequences
+    are right, a one-token KV-cached step with a position-dependent edit must not pass as position 0."""
+    from lab.steering import tl_hooks
+
+    [(name, fn)] = tl_hooks(Intervention({3: direction}, op="ablate", positions="generated"), prompt_width=10)
+    whole = torch.randn(1, 12, base_model.d_model)
+    edited = fn(whole, None)
+    assert name == "blocks.3.hook_resid_post" and torch.equal(edited[:, :10], whole[:, :10])
+    assert (edited[0, 10:] @ direction).abs().max() < 1e-4
+    with pytest.raises(IncompatibleError, match="whole-sequence"):
+        fn(torch.randn(1, 1, base_model.d_model), None)
