@@ -6,7 +6,7 @@ positions). It is applied in two interchangeable ways, tested to agree:
 * `steer(model, *interventions)` — a context manager of torch forward hooks on the HF
   decoder layers (the output of layer L is `blocks.L.hook_resid_post`). It works for plain
   forwards and for `model.hf.generate` at HF speed, KV cache included: positions come
-  from the layer's KV-cache length, so "prompt" / "generated" mean the same thing in a
+  from the cache's length before each forward, so "prompt" / "generated" mean the same thing in a
   prefill pass and in one-token decode steps.
 * `tl_hooks(intervention)` — the same edit as TransformerLens hook functions on
   `blocks.{L}.hook_resid_post`, for `bridge.run_with_hooks` / `bridge.hooks(...)`.
@@ -233,17 +233,74 @@ def _hidden(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _absolute_positions(kwargs: dict, seq: int, layer: int, device: torch.device) -> torch.Tensor:
-    """Padded positions of the tokens a layer just processed.
+def _find_cache(args: tuple, kwargs: dict) -> Any:
+    """The KV cache among a forward's arguments, found by type: its keyword has changed between
+    transformers releases (`past_key_values`, then `cache` in 5.24)."""
+    from transformers.cache_utils import Cache
 
-    Decoder layers get no cache_position in transformers 5; with a KV cache, the layer's
-    cache length after it ran ends at the last of these tokens (prefill: 0..S-1; decode: one).
+    return next((v for v in (*args, *kwargs.values()) if isinstance(v, Cache)), None)
+
+
+def _graph_safe() -> bool:
+    """True while a CUDA graph is being captured or torch.compile traces: no host reads then."""
+    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    return capturing or torch.compiler.is_compiling()
+
+
+class _PositionTracker:
+    """Padded positions of the tokens in the forward of the decoder stack now running.
+
+    A pre-hook on the stack (the module that runs the layers) reads, before any layer writes
+    to it, how many tokens the KV cache already holds: prefill 0..S-1, then one position per
+    decode step. That works for a dynamic cache (an int), a static cache (a device tensor, so
+    a captured CUDA graph recomputes it on every replay), a teacher-forced forward (no cache:
+    offset 0), and any keyword transformers uses. A 2D attention mask must span exactly the
+    cached plus the new tokens; when it does not (an unrecognised cache), the forward fails
+    instead of steering the wrong tokens.
     """
-    if kwargs.get("cache_position") is not None:
-        return kwargs["cache_position"]
-    cache = kwargs.get("past_key_values")
-    end = int(cache.get_seq_length(layer)) if cache is not None else seq
-    return torch.arange(end - seq, end, device=device)
+
+    def __init__(self) -> None:
+        self.offset: int | torch.Tensor | None = None
+        self.mask_len: int | None = None
+        self._memo: torch.Tensor | None = None
+
+    def before(self, module: Any, args: tuple, kwargs: dict) -> None:
+        cache = _find_cache(args, kwargs)
+        offset = cache.get_seq_length() if cache is not None else 0
+        # a static cache counts on the device and its layers advance it as they run: keep this moment's value
+        self.offset = offset.clone() if isinstance(offset, torch.Tensor) else offset
+        mask = kwargs.get("attention_mask")
+        self.mask_len = mask.shape[-1] if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        self._memo = None
+
+    def after(self, *_: Any) -> None:
+        self.offset = self._memo = None
+
+    def positions(self, seq: int, device: torch.device) -> torch.Tensor:
+        if self._memo is not None and self._memo.shape[0] == seq and self._memo.device == device:
+            return self._memo
+        if self.offset is None:
+            raise IncompatibleError("steering by position: this forward did not run through the model's decoder "
+                                    "stack, so token positions are unknown")
+        if self.mask_len is not None and not _graph_safe() and int(self.offset) + seq != self.mask_len:
+            raise IncompatibleError(f"steering by position: the KV cache holds {int(self.offset)} tokens and "
+                                    f"{seq} are new, but the attention mask spans {self.mask_len}: cannot tell "
+                                    "token positions (an unsupported cache in this transformers version?)")
+        self._memo = torch.arange(seq, device=device) + (
+            self.offset.to(device) if isinstance(self.offset, torch.Tensor) else self.offset)
+        return self._memo
+
+
+def _absolute_positions(tracker: _PositionTracker, seq: int, device: torch.device) -> torch.Tensor:
+    """Padded positions of the `seq` tokens a decoder layer just processed (see `_PositionTracker`)."""
+    return tracker.positions(seq, device)
+
+
+def _decoder_stack(model: Any) -> Any:
+    """The module whose forward runs the decoder layers (HF's `get_decoder()`), so direct calls of
+    it (lab.scores) are tracked as well as full-model forwards and `generate`."""
+    get = getattr(model.hf, "get_decoder", None)
+    return get() if callable(get) else model.hf
 
 
 @contextlib.contextmanager
@@ -252,29 +309,40 @@ def steer(model: Any, *interventions: Intervention, prompt_width: int | torch.Te
     """Apply interventions to every forward of `model.hf` inside the block (HF path).
 
     `prompt_width` is the (padded) prompt length, or a (batch,) tensor of per-row prompt ends;
-    needed for `positions="prompt"/"generated"`.
+    needed for `positions="prompt"/"generated"`. Unit vectors are moved to the model's device
+    and dtype here, before any forward, so a decode step (or a captured CUDA graph) never copies.
     """
     for iv in interventions:
         iv.check(model)
         if iv.positions != "all" and prompt_width is None:
             raise BadInput(f"positions={iv.positions!r} needs prompt_width")
     layers = model.decoder_layers()
+    if isinstance(prompt_width, torch.Tensor):
+        prompt_width = prompt_width.to(model.device)
+    for iv in interventions:
+        for layer in iv.layers:  # keyed as the hook will ask: the layer's own device ("cuda:0", not "cuda")
+            param = next(layers[layer].parameters())
+            iv.unit(layer, param.device, param.dtype)
+    tracker = _PositionTracker() if any(iv.positions != "all" for iv in interventions) else None
     handles = []
 
     def make_hook(layer: int, chosen: list[Intervention]):
-        def hook(module, args, kwargs, output):
+        def hook(module, args, output):
             x = _hidden(output)
-            positions = (_absolute_positions(kwargs, x.shape[1], layer, x.device)
-                         if any(iv.positions != "all" for iv in chosen) else None)
+            positions = _absolute_positions(tracker, x.shape[1], x.device) if tracker is not None else None
             for iv in chosen:
                 x = iv.apply(x, layer, positions, prompt_width)
             return (x, *output[1:]) if isinstance(output, tuple) else x
         return hook
 
     try:
+        if tracker is not None:
+            stack = _decoder_stack(model)
+            handles.append(stack.register_forward_pre_hook(tracker.before, with_kwargs=True))
+            handles.append(stack.register_forward_hook(tracker.after, always_call=True))
         for layer in sorted({L for iv in interventions for L in iv.layers}):
             chosen = [iv for iv in interventions if layer in iv.vectors]
-            handles.append(layers[layer].register_forward_hook(make_hook(layer, chosen), with_kwargs=True))
+            handles.append(layers[layer].register_forward_hook(make_hook(layer, chosen)))
         yield
     finally:
         for h in handles:
@@ -282,11 +350,19 @@ def steer(model: Any, *interventions: Intervention, prompt_width: int | torch.Te
 
 
 def tl_hooks(*interventions: Intervention, prompt_width: int | None = None) -> list[tuple[str, Any]]:
-    """The same edits as TransformerLens `(hook_name, fn)` pairs on resid_post."""
+    """The same edits as TransformerLens `(hook_name, fn)` pairs on resid_post.
+
+    Positions are the hook's sequence axis, so these are for whole-sequence forwards
+    (`run_with_hooks`, a cache-less generate loop); a KV-cached step with position-dependent
+    edits fails instead of taking its one token for position 0."""
     hooks = []
     for iv in interventions:
         for layer in iv.layers:
             def fn(resid, hook, iv=iv, layer=layer):
+                if iv.positions != "all" and prompt_width is not None and resid.shape[1] < prompt_width:
+                    # a KV-cached decode step: this path sees whole sequences only
+                    raise IncompatibleError(f"tl_hooks with positions={iv.positions!r} needs whole-sequence "
+                                            f"forwards (got {resid.shape[1]} tokens, prompt is {prompt_width})")
                 return iv.apply(resid, layer, torch.arange(resid.shape[1], device=resid.device), prompt_width)
             hooks.append((f"blocks.{layer}.hook_resid_post", fn))
     return hooks

