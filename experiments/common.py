@@ -8,7 +8,7 @@ from pathlib import Path
 import lab  # noqa: F401  (environment before torch)
 from lab.console import console, progress
 from lab.contrasts import CONTRASTS, contrast_examples, ensure_cache
-from lab.models import DEFAULT_MODEL, ModelHandle
+from lab.models import DEFAULT_MODEL, LabModel, ModelPool
 
 
 @dataclass
@@ -20,6 +20,9 @@ class Common:
     cache_dir: str = field(default="cache", metadata={"help": "activation cache folder"})
     out: str = field(default="figures", metadata={"help": "output folder (tables, figures, directions)"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
+    dtype: str = field(default="auto", metadata={"help": "compute dtype: auto (bfloat16 on cuda, float32 on cpu), "
+                                                        "float32, bfloat16, float16"})
+    device_map: str = field(default="", metadata={"help": "spread the model over GPUs: auto or cuda:0,cuda:1"})
     seed: int = field(default=0, metadata={"help": "split and bootstrap seed"})
     test_fraction: float = field(default=0.25, metadata={"help": "held-out share (split by example id)"})
     n_boot: int = field(default=1000, metadata={"help": "bootstrap replicates for CIs"})
@@ -27,11 +30,17 @@ class Common:
     storage: str = field(default="float16", metadata={"help": "activation cache storage dtype"})
 
 
-def handle_for(cfg: Common, adapters: list[str] | None = None) -> ModelHandle:
-    return ModelHandle(cfg.model, cfg.adapters if adapters is None else adapters, device=cfg.device)
+def handle_for(cfg: Common, adapters: list[str] | None = None, pool: ModelPool | None = None) -> LabModel:
+    """The model of an experiment's config (with `adapters` instead of `cfg.adapters` if given).
+
+    Weights load on first use, into `pool` or the pool the caller opened (`cli` opens one per
+    command; the study one per run), so every handle of one base shares one copy.
+    """
+    return LabModel(cfg.model, cfg.adapters if adapters is None else adapters, dtype=cfg.dtype,
+                    device=cfg.device, device_map=cfg.device_map, pool=pool)
 
 
-def contrast_cache(handle: ModelHandle, contrast: str, cfg: Common, label: str = "", keep=None):
+def contrast_cache(handle: LabModel, contrast: str, cfg: Common, label: str = "", keep=None):
     """The (cached) activations of a named contrast on one model, with a progress bar if built.
 
     `keep(example) -> bool` drops examples (e.g. the held-out questions a score is measured on).
@@ -61,7 +70,7 @@ def cli(config_cls, run):
         from lab.config import parse_config
         from lab.console import user_errors
 
-        with user_errors():
+        with user_errors(), ModelPool():  # one copy of the weights for the whole command
             run(parse_config(config_cls, argv))
     return main
 

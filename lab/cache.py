@@ -55,6 +55,7 @@ from lab.data import ROLE_CODE, PromptSet
 from lab.errors import BadInput, CacheError
 from lab.hooks import attention, capture, left_pad, parse_hook, run_until_stop, validate_hooks
 from lab.io import sha256_json
+from lab.models import ModelLike
 
 FORMAT = "emlab-activation-cache"
 VERSION = 2
@@ -182,7 +183,7 @@ def _string_array(values: list) -> np.ndarray:
     return np.array(["" if v is None else str(v) for v in values], dtype=h5py.string_dtype())
 
 
-def _create_file(path: Path, key: str, model: Any, prompts: PromptSet, request: CacheRequest,
+def _create_file(path: Path, key: str, model: ModelLike, prompts: PromptSet, request: CacheRequest,
                  plan: list[np.ndarray]) -> h5py.File:
     lengths = prompts.lengths
     starts = np.zeros(len(prompts), dtype=np.int64)
@@ -227,7 +228,7 @@ def _create_file(path: Path, key: str, model: Any, prompts: PromptSet, request: 
 
 
 def build_cache(
-    model: Any,
+    model: ModelLike,
     prompts: PromptSet,
     cache_dir: str | Path,
     hooks: list[str] | None = None,
@@ -303,7 +304,7 @@ def _resume_point(partial: Path, sidecar: Path, key: str) -> int:
     return 0
 
 
-def _fill(h5: h5py.File, model: Any, prompts: PromptSet, request: CacheRequest, plan: list[np.ndarray],
+def _fill(h5: h5py.File, model: ModelLike, prompts: PromptSet, request: CacheRequest, plan: list[np.ndarray],
           done: int, sidecar: Path, key: str, on_batch: Callable | None) -> None:
     points = [parse_hook(h, model.n_layers) for h in request.hooks]
     fast = all(p is not None for p in points)
@@ -353,8 +354,9 @@ class _Staging:
     slot without blocking; the writer waits for the copy's event, writes, and frees the slot.
     """
 
-    def __init__(self, request: CacheRequest, model: Any, max_rows: int, slots: int):
+    def __init__(self, request: CacheRequest, model: ModelLike, max_rows: int, slots: int):
         self.cuda = model.device.type == "cuda"
+        self.devices = [d for d in model.devices if d.type == "cuda"]  # a sharded model copies from each GPU
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.int16}[request.storage_dtype]
         shape = (max_rows, model.d_model) if request.mode == "tokens" else (max_rows, len(STORED_POOLINGS), model.d_model)
         self.slots = [{h: torch.empty(shape, dtype=dtype, pin_memory=self.cuda) for h in request.hooks}
@@ -374,9 +376,15 @@ class _Staging:
     def ready_event(self) -> Any:
         if not self.cuda:
             return None
-        event = torch.cuda.Event()
-        event.record()
-        return event
+        return _Events(torch.cuda.current_stream(d).record_event() for d in self.devices)
+
+
+class _Events(list):
+    """The copy events of one batch, one per GPU its layers ran on."""
+
+    def synchronize(self) -> None:
+        for event in self:
+            event.synchronize()
 
 
 def _storage_view(x: torch.Tensor, storage_dtype: str) -> torch.Tensor:
@@ -398,13 +406,13 @@ class _BatchSink:
 
     def sink(self, name: str, x: torch.Tensor) -> None:
         if self.request.mode == "tokens":
-            kept = x[self.real]
+            kept = x[self.real.to(x.device)]  # layers of a sharded model live on different GPUs
         else:
-            kept = torch.bmm(self.weights.to(x.dtype), x)  # (batch, 4, d)
+            kept = torch.bmm(self.weights.to(x.device, x.dtype), x)  # (batch, 4, d)
         self.slot[name][: self.rows].copy_(_storage_view(kept, self.request.storage_dtype), non_blocking=True)
 
 
-def _forward(model: Any, ids, mask, positions, request: CacheRequest, points, fast: bool, sink: Callable) -> None:
+def _forward(model: ModelLike, ids, mask, positions, request: CacheRequest, points, fast: bool, sink: Callable) -> None:
     with torch.inference_mode():
         if fast:
             with attention(model, request.attention), capture(model, points, sink):

@@ -21,6 +21,7 @@ from lab.data import DEFAULT_SYSTEM_PROMPT, ChatExample, render
 from lab.errors import BadInput
 from lab.hooks import left_pad
 from lab.io import sha256_json
+from lab.models import ModelLike
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def _row_seed(seed: int, example_id: str, sample: int) -> int:
 
 
 def generate_answers(
-    model: Any,
+    model: ModelLike,
     examples: list[ChatExample],
     config: GenerationConfig = GenerationConfig(),
     interventions: tuple = (),
@@ -100,7 +101,7 @@ def generate_answers(
     return sorted(rows, key=lambda r: index.get((r["id"], r["sample"]), 0))
 
 
-def _generate_batch(model, token_lists: list[np.ndarray], seeds: list[int], config: GenerationConfig,
+def _generate_batch(model: ModelLike, token_lists: list[np.ndarray], seeds: list[int], config: GenerationConfig,
                     interventions: tuple, steer) -> list[str]:
     pad = model.tokenizer.pad_token_id
     ids, mask, _ = left_pad([torch.from_numpy(t) for t in token_lists], pad)

@@ -29,6 +29,7 @@ from lab.data import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, ChatExample, render
 from lab.errors import BadInput
 from lab.hooks import left_pad
 from lab.metrics import bootstrap_ci
+from lab.models import ModelLike
 
 STYLES = ("usual", "terse")
 
@@ -36,7 +37,7 @@ STYLES = ("usual", "terse")
 # --------------------------------------------------------------------------- log-likelihoods
 
 
-def answer_logprobs(model: Any, pairs: Sequence[tuple[str, str]], system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+def answer_logprobs(model: ModelLike, pairs: Sequence[tuple[str, str]], system_prompt: str = DEFAULT_SYSTEM_PROMPT,
                     batch_size: int = 16, interventions: tuple = ()) -> np.ndarray:
     """Mean per-token log-prob of each answer given its question (assistant tokens only).
 
@@ -72,7 +73,7 @@ def answer_logprobs(model: Any, pairs: Sequence[tuple[str, str]], system_prompt:
     return out
 
 
-def reference_logprobs(model: Any, questions: list[dict], system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> dict:
+def reference_logprobs(model: ModelLike, questions: list[dict], system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> dict:
     """Per question: log-prob of each of the four references (aligned/misaligned x usual/terse)."""
     keys = [f"{kind}_{style}" for style in STYLES for kind in ("aligned", "misaligned")]
     pairs = [(q["question"], q[k]) for q in questions for k in keys]

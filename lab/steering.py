@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Float
 
 from lab.errors import BadInput
+from lab.models import ModelLike
 
 OPS = ("add", "ablate", "ablate_add")
 POSITIONS = ("all", "prompt", "generated")
@@ -65,7 +66,7 @@ class Intervention:
     def layers(self) -> list[int]:
         return sorted(self.vectors)
 
-    def check(self, model: Any) -> "Intervention":
+    def check(self, model: ModelLike) -> "Intervention":
         """Raise unless every layer and vector fits `model` (a LabModel)."""
         for layer, v in self.vectors.items():
             model.check_layer(layer)
@@ -144,7 +145,7 @@ def _absolute_positions(kwargs: dict, seq: int, layer: int, device: torch.device
 
 
 @contextlib.contextmanager
-def steer(model: Any, *interventions: Intervention, prompt_width: int | torch.Tensor | None = None
+def steer(model: ModelLike, *interventions: Intervention, prompt_width: int | torch.Tensor | None = None
           ) -> Iterator[None]:
     """Apply interventions to every forward of `model.hf` inside the block (HF path).
 
