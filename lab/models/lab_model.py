@@ -265,7 +265,7 @@ class BridgeView:
     def __getattr__(self, name: str) -> Any:
         state = self._state()
         attr = getattr(state.bridge, name)
-        if not callable(attr):
+        if not callable(attr) or isinstance(attr, torch.nn.Module):
             return attr
 
         def call(*args: Any, **kwargs: Any) -> Any:
