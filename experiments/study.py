@@ -238,8 +238,12 @@ def _run(cfg: StudyConfig, pool: ModelPool) -> dict:
                   model=cfg.model)
     results: dict = {"config": config_dict(cfg), "profile": asdict(prof), "plan": plan}
 
+    organisms, results["train_seconds"] = {}, {}
     with progress() as bar:
-        organisms = {name: train_stage(cfg, prof, base, name, train, bar) for name, (train, _) in data.items()}
+        for name, (train, _) in data.items():
+            start = time.perf_counter()
+            organisms[name] = train_stage(cfg, prof, base, name, train, bar)
+            results["train_seconds"][name] = round(time.perf_counter() - start, 1)
     handles = {name: base.with_adapters([o["adapter"]]) for name, o in organisms.items()}
     results["organisms"] = organisms
     held_out = {d: ho for d, (_, ho) in data.items() if ho}

@@ -102,9 +102,9 @@ class LabModel:
         self.device = devices[0] if devices else _input_device(placement) if placement else pick_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         path, base_fp = resolve_source(source)
-        self._files = _Files(source, path, base_fp)
         self.name = source if source in REGISTRY else Path(source).name or source
         self.pool = pool or ModelPool.current() or ModelPool()
+        self._files = self.pool.files.setdefault((source, path, base_fp), _Files(source, path, base_fp))
         key = WeightsKey(path, self.dtype, str(self.device), described)
         self._resident: Resident = self.pool.resident(key, devices, placement)
         self.adapters: tuple[str, ...] = ()
@@ -135,9 +135,6 @@ class LabModel:
         `source` is a folder with the config and tokenizer; its pool counts no load.
         """
         device = str(next(hf.parameters()).device)
-        hf_map = getattr(hf, "hf_device_map", None)
-        if hf_map and len({str(v) for v in hf_map.values()}) > 1:
-            device_map = device_map or dict(hf_map)
         model = cls(source, (), hf.dtype, device if not device_map else None, device_map, pool)
         if tokenizer is not None:
             model._files.__dict__["tokenizer"] = tokenizer

@@ -96,8 +96,11 @@ def parse_device_map(spec: str) -> list[torch.device]:
     return devices
 
 
-def _bytes(module: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
+def _bytes(module: torch.nn.Module, seen: set) -> int:
+    """Bytes of the parameters not counted yet (tied embeddings count once)."""
+    fresh = [p for p in module.parameters() if id(p) not in seen]
+    seen.update(id(p) for p in fresh)
+    return sum(p.numel() * p.element_size() for p in fresh)
 
 
 def plan_device_map(config: "PretrainedConfig", devices: list, dtype: torch.dtype = torch.bfloat16) -> DeviceMap:
@@ -117,16 +120,16 @@ def plan_device_map(config: "PretrainedConfig", devices: list, dtype: torch.dtyp
     decoder_name = next(n for n, m in skeleton.named_modules() if m is decoder)
     first = _placement(devices[0])
     plan: DeviceMap = {}
-    extra = 0
+    extra, seen = 0, set()
     for name, child in skeleton.named_children():
         if child is not decoder:
             plan[name] = first
-            extra += _bytes(child)
+            extra += _bytes(child, seen)
     for name, child in decoder.named_children():
         if child is not layers:
             plan[f"{decoder_name}.{name}"] = first
-            extra += _bytes(child)
-    sizes = [_bytes(layer) for layer in layers]
+            extra += _bytes(child, seen)
+    sizes = [_bytes(layer, seen) for layer in layers]
     target = (extra + sum(sizes)) / len(devices)
     load, d = extra, 0
     for i, size in enumerate(sizes):

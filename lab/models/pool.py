@@ -93,7 +93,10 @@ class Resident:
         tuner = self.peft.base_model
         if names:
             tuner.enable_adapter_layers()
-            tuner.set_adapter(list(names), inference_mode=True)
+            try:
+                tuner.set_adapter(list(names), inference_mode=True)
+            except TypeError:  # older peft: no inference_mode (we run under inference_mode anyway)
+                tuner.set_adapter(list(names))
         else:
             tuner.disable_adapter_layers()
         self.active = names
@@ -269,6 +272,7 @@ class ModelPool:
     """
 
     residents: dict[WeightsKey, Resident] = field(default_factory=dict)
+    files: dict[tuple, Any] = field(default_factory=dict)  # (source, path, fingerprint) -> tokenizer/config, read once
     loads: int = 0
     log: list[str] = field(default_factory=list)
     _tokens: list = field(default_factory=list, repr=False)

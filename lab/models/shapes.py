@@ -28,6 +28,8 @@ _QWEN25 = dict(model_type="qwen2", rope_theta=1000000.0, vocab_size=152064, max_
                rms_norm_eps=1e-6, tie_word_embeddings=False)
 
 RANDOM_SHAPES: dict[str, dict[str, Any]] = {
+    "tiny-llama": dict(_LLAMA31, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=49152, max_position_embeddings=2048),  # CPU dry runs
     "llama-3.2-1b": dict(_LLAMA31, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                          num_attention_heads=32, max_position_embeddings=4096, tie_word_embeddings=True),
     "llama-3.1-8b": dict(_LLAMA31, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
@@ -73,40 +75,47 @@ def _materialise(module: torch.nn.Module, device: torch.device, config: Any) -> 
     for m in module.modules():
         _init_(m)
         if "RotaryEmbedding" in type(m).__name__:  # its buffers are computed, not loaded
-            fresh = type(m)(config=config, device=device)
+            with torch.device("cpu"):
+                fresh = type(m)(config=config)
             for name, buf in fresh.named_buffers(recurse=False):
-                setattr(m, name, buf)
+                setattr(m, name, buf.to(device))
 
 
-def random_sharded(shape: str, devices: list, tokenizer_source: str = "smollm2-135m-instruct",
+def random_sharded(shape: str, device_map: str = "auto", tokenizer_source: str = "smollm2-135m-instruct",
                    dtype: str | torch.dtype = "bfloat16", seed: int = 0, pool: "ModelPool | None" = None,
-                   folder: str | Path | None = None) -> "LabModel":
-    """A random model of `shape` spread over `devices`, never on disk or in host memory.
+                   folder: str | Path | None = None, device: str | None = None) -> "LabModel":
+    """A random model of `shape` spread over the GPUs of `device_map` (or on one `device`), built in
+    place: a meta-device skeleton, then each module materialised on its GPU (no disk, no host copy).
 
-    Returns a `LabModel` adopted into `pool` under a folder holding only config + tokenizer.
+    Returns a `LabModel` adopted into `pool` as the base of a folder holding only config and
+    tokenizer, so `LabModel(folder, device_map=device_map)` in that pool finds these weights.
     """
     from accelerate import dispatch_model
     from transformers import AutoModelForCausalLM
 
     from lab.models.lab_model import LabModel
+    from lab.models.placement import parse_device_map
 
     torch_dtype = parse_dtype(dtype)
+    devices = parse_device_map(device_map) if device is None else [pick_device(device)]
     config = random_config(shape, attn_implementation="sdpa")
     with torch.device("meta"):
         hf = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
-    plan = plan_device_map(config, devices, torch_dtype)
+    plan = plan_device_map(config, [str(d) for d in devices], torch_dtype)
     torch.manual_seed(seed)
     modules = dict(hf.named_modules())
     for name, where in plan.items():
         _materialise(modules[name], torch.device("cuda", where) if isinstance(where, int) else torch.device(where),
                      config)
-    hf = dispatch_model(hf.eval(), device_map=plan)
+    hf = dispatch_model(hf.eval(), device_map=plan) if len(devices) > 1 else hf.eval()
     folder = Path(folder or tempfile.mkdtemp(prefix=f"emlab-random-{shape}-"))
     tokenizer = _tokenizer(tokenizer_source)
     config.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     hf.config.name_or_path = str(folder)
-    return LabModel.adopt(hf, str(folder), tokenizer, pool, device_map=plan if len(devices) > 1 else "")
+    if len(devices) > 1:
+        return LabModel.adopt(hf, str(folder), tokenizer, pool, device_map=device_map)
+    return LabModel.adopt(hf, str(folder), tokenizer, pool)
 
 
 def random_folder(shape: str, folder: str | Path, tokenizer_source: str = "smollm2-135m-instruct",
@@ -132,4 +141,4 @@ def random_folder(shape: str, folder: str | Path, tokenizer_source: str = "smoll
 def random_model(shape: str, tokenizer_source: str = "smollm2-135m-instruct", dtype: str | torch.dtype = "bfloat16",
                  device: str | None = "auto", seed: int = 0) -> "LabModel":
     """A randomly initialised model of a named real shape on one device (benchmarks)."""
-    return random_sharded(shape, [str(pick_device(device))], tokenizer_source, dtype, seed)
+    return random_sharded(shape, "", tokenizer_source, dtype, seed, device=device or "auto")

@@ -226,9 +226,22 @@ def resolve_source(source: str) -> tuple[str, str]:
     raise ModelNotFound(f"unknown model {source!r}: not a registered name ({known}), folder or hub id")
 
 
+_HASHES: dict[tuple, str] = {}  # (path, size, mtime) -> sha256: each file version is read once per process
+
+
+def _hash(path: Path) -> str:
+    """sha256 of a file, remembered while its size and mtime stay the same (a 16 GB folder of
+    weights takes ~10 s to hash, and every experiment of a study names the model again)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(path)
+    return _HASHES[key]
+
+
 def _folder_weights_hash(path: Path) -> str:
     files = sorted(p for p in path.iterdir() if p.suffix in {".safetensors", ".bin", ".json"})
-    return sha256_json([(p.name, sha256_file(p)) for p in files])
+    return sha256_json([(p.name, _hash(p)) for p in files])
 
 
 # --------------------------------------------------------------------------- adapters
@@ -239,7 +252,7 @@ def adapter_fingerprint(adapter_dir: Path) -> str:
     missing = [f.name for f in files if not f.exists()]
     if missing:
         raise BadInput(f"{adapter_dir} is not a PEFT adapter folder (missing {', '.join(missing)})")
-    return sha256_json([sha256_file(f) for f in files])
+    return sha256_json([_hash(f) for f in files])
 
 
 def check_adapter_base(adapter_dir: Path, base_fingerprint: str) -> None:
