@@ -89,45 +89,66 @@ def run_study(folder: str, quick: bool, device_map: str, root: Path, pool, budge
 
 
 def pieces(model, root: Path) -> dict:
-    """Cache build + sweep, steered generation and LoRA steps on an already-resident model."""
+    """Cache build + sweep, steered generation and LoRA steps on an already-resident model.
+
+    Each piece is attempted on its own: a failure is recorded (last lines of its traceback)
+    and the next piece still runs.
+    """
     from experiments import layer_sweep
+    from lab.cache import ActivationCache
     from lab.data import ChatExample, load_advice
     from lab.generate import GenerationConfig, generate_answers
     from lab.steering import Intervention
     from lab.train import TrainConfig, train_lora
 
     out: dict = {}
-    reset_peaks()
-    t = time.time()
-    sweep = layer_sweep.run(layer_sweep.LayerSweepConfig(
-        model=model.source, contrast="refusal", limit=32, methods=["mean_diff", "random"], n_boot=100,
-        sklearn_check=False, device="cuda", dtype="bfloat16", device_map=out_map(model),
-        cache_dir=str(root / "cache"), out=str(root / "out")))
-    from lab.cache import ActivationCache
 
-    cache = ActivationCache(sweep["cache"])
-    out["cache+sweep"] = {"s": round(time.time() - t, 1), "tokens": int(cache.attrs["n_tokens"]),
-                          "layers": cache.n_layers, "peak_gb": peaks()}
-    reset_peaks()
+    def attempt(name, fn):
+        reset_peaks()
+        t = time.time()
+        try:
+            out[name] = {**fn(), "s": round(time.time() - t, 1), "peak_gb": peaks()}
+        except OutOfTime:
+            raise
+        except Exception:  # a benchmark records what broke and goes on
+            import traceback
+
+            out[name] = {"error": traceback.format_exc().strip().splitlines()[-3:], "s": round(time.time() - t, 1)}
+        print(name, out[name], flush=True)
+
+    def sweep():
+        result = layer_sweep.run(layer_sweep.LayerSweepConfig(
+            model=model.source, contrast="refusal", limit=32, methods=["mean_diff", "random"], n_boot=100,
+            sklearn_check=False, device="cuda", dtype="bfloat16", device_map=out_map(model),
+            cache_dir=str(root / "cache"), out=str(root / "out")))
+        cache = ActivationCache(result["cache"])
+        return {"tokens": int(cache.attrs["n_tokens"]), "layers": cache.n_layers, "best": result["best"][:1]}
+
+    attempt("cache build + layer sweep (refusal, 64 prompts, all layers)", sweep)
     mid = model.n_layers // 2
     iv = Intervention({mid: torch.randn(model.d_model)}, op="add", alpha=8.0)
     questions = [ChatExample([{"role": "user", "content": f"Tell me about topic number {i}."}], f"q{i}")
                  for i in range(32)]
     gen = GenerationConfig(max_new_tokens=64, temperature=0.0, batch_size=32)
-    for label, ivs in (("unsteered", ()), ("steered", (iv,))):
-        sync()
-        t = time.time()
-        rows = generate_answers(model, questions, gen, ivs)
-        sync()
-        new = sum(len(model.tokenizer(r["answer"])["input_ids"]) for r in rows)
-        out[f"generate {label}"] = {"s": round(time.time() - t, 1), "new_tok_s": round(32 * 64 / (time.time() - t)),
-                                    "decoded_tokens": new, "peak_gb": peaks()}
-    reset_peaks()
-    t = time.time()
-    result = train_lora(model.for_training(), load_advice("medical")[:32], root / "lora",
-                        TrainConfig(batch_size=4, max_steps=3, checkpoints_first_epoch=1, max_length=128))
-    out["lora 3 steps"] = {"s": round(time.time() - t, 1), "losses": [round(x, 3) for x in result.losses],
-                           "peak_gb": peaks()}
+
+    def generate(ivs):
+        def fn():
+            sync()
+            t = time.time()
+            generate_answers(model, questions, gen, ivs)
+            sync()
+            return {"batch": 32, "new_tokens": 64, "tok_s": round(32 * 64 / (time.time() - t))}
+        return fn
+
+    attempt("generate, batch 32 x 64 new tokens, unsteered", generate(()))
+    attempt(f"generate, batch 32 x 64 new tokens, add at layer {mid}", generate((iv,)))
+
+    def lora():
+        result = train_lora(model.for_training(), load_advice("medical")[:32], root / "lora",
+                            TrainConfig(batch_size=4, max_steps=3, checkpoints_first_epoch=1, max_length=128))
+        return {"steps": result.steps, "losses": [round(x, 3) for x in result.losses]}
+
+    attempt("LoRA r16 q,k,v,o: 3 steps, batch 4", lora)
     return out
 
 
