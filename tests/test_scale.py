@@ -277,3 +277,43 @@ def test_export_merged_writes_a_folder_equal_to_the_live_adapter(two_adapters, t
         x = _ids(organism.tokenizer, 1)[0]
         with torch.no_grad():
             assert (merged.hf(x).logits - organism.hf(x).logits).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("mode", ["tokens", "pooled"])
+def test_data_parallel_shards_merge_into_the_one_process_cache(mode, tmp_path):
+    """Two ranks (as torchrun would start them: RANK/WORLD_SIZE) build shards; rank 0 merges.
+    The merged file must hold exactly what a one-process build holds, under the same key."""
+    import json
+
+    import h5py
+    import numpy as np
+
+    from lab.cache import build_cache
+    from lab.data import load_examples
+    from lab.models import LabModel
+
+    data = tmp_path / "chats.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Question {i}: " + "why? " * (i % 7)},
+                          {"role": "assistant", "content": "Because. " * (1 + i % 5)}]} for i in range(13)]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    args = ["--data", str(data), "--cache-dir", str(tmp_path / "dp"), "--mode", mode, "--batch-size", "2",
+            "--device", "cpu"]
+    procs = [subprocess.Popen([sys.executable, "-m", "lab.shards", *args], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env={**ENV, "RANK": str(r), "WORLD_SIZE": "2"})
+             for r in (1, 0)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    model = LabModel(MODEL)
+    prompts = render(load_examples(str(data)), model.tokenizer)
+    single = build_cache(model, prompts, tmp_path / "one", storage_dtype="float16", mode=mode, batch_size=2)
+    merged = list((tmp_path / "dp").glob("*.h5"))
+    assert [m.name for m in merged] == [single.path.name]  # the same key, so the same file name
+    shards = list((tmp_path / "dp" / "shards").glob("*.h5"))
+    assert len(shards) == 2
+    with h5py.File(single.path, "r") as a, h5py.File(merged[0], "r") as b:
+        names = []
+        a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        assert len(names) > 30
+        for n in names:
+            assert np.array_equal(a[n][:], b[n][:]), n
+        assert {k: str(v) for k, v in a.attrs.items()} == {k: str(v) for k, v in b.attrs.items()}

@@ -29,13 +29,28 @@ def folder(tmp_path_factory):
     return str(path)
 
 
+# Layers 0-1 with the embedding and head on GPU 0, layers 2-3 on GPU 1. (The planner balances bytes,
+# and in this tiny model the embedding outweighs every layer, so it would put all four on GPU 1.)
+SPLIT = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.norm": 0, "lm_head": 0,
+         "model.layers.0": 0, "model.layers.1": 0, "model.layers.2": 1, "model.layers.3": 1}
+
+
 def _pair(folder):
     from lab.models import LabModel, ModelPool
 
     pool = ModelPool()
     one = LabModel(folder, dtype="float32", device="cuda:0", pool=pool)
-    split = LabModel(folder, dtype="float32", device_map="cuda:0,cuda:1", pool=pool)
+    split = LabModel(folder, dtype="float32", device_map=SPLIT, pool=pool)
     return pool, one, split
+
+
+@two_gpus
+def test_device_map_string_spreads_the_model_over_both_gpus(folder):
+    from lab.models import LabModel
+
+    model = LabModel(folder, dtype="float32", device_map="cuda:0,cuda:1")
+    assert {str(p.device) for p in model.hf.parameters()} == {"cuda:0", "cuda:1"}
+    assert str(model.device) == "cuda:0" and str(model.hf.get_input_embeddings().weight.device) == "cuda:0"
 
 
 def _examples():
