@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lab  # noqa: E402,F401  (sets OMP_WAIT_POLICY before torch)
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 T0 = time.time()
@@ -125,11 +126,40 @@ def pieces(model, root: Path) -> dict:
         return {"tokens": int(cache.attrs["n_tokens"]), "layers": cache.n_layers, "best": result["best"][:1]}
 
     attempt("cache build + layer sweep (refusal, 64 prompts, all layers)", sweep)
+
+    def pooled_throughput():
+        from lab.cache import build_cache
+        from lab.data import render
+        from lab.hooks import left_pad
+
+        chats = synthetic_chats(256)
+        prompts = render(chats, model.tokenizer)
+        tokens = int(prompts.lengths.sum())
+        order = np.argsort(-prompts.lengths)
+        sync()
+        t = time.time()
+        with torch.inference_mode():
+            for b in range(0, len(order), 32):
+                ids, mask, pos = left_pad([torch.from_numpy(prompts.tokens[i]) for i in order[b: b + 32]],
+                                          model.tokenizer.pad_token_id)
+                model.hf(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                         position_ids=pos.to(model.device))
+        sync()
+        forward = tokens / (time.time() - t)
+        t = time.time()
+        build_cache(model, prompts, root / "pooled", storage_dtype="bfloat16", mode="pooled", batch_size=32)
+        cached = tokens / (time.time() - t)
+        return {"tokens": tokens, "forward_tok_s": round(forward), "pooled_cache_tok_s": round(cached),
+                "ratio": round(cached / forward, 2)}
+
+    attempt("pooled cache of all layers vs plain HF forward with LM head (256 chats, batch 32)", pooled_throughput)
     mid = model.n_layers // 2
     iv = Intervention({mid: torch.randn(model.d_model)}, op="add", alpha=8.0)
     questions = [ChatExample([{"role": "user", "content": f"Tell me about topic number {i}."}], f"q{i}")
                  for i in range(32)]
     gen = GenerationConfig(max_new_tokens=64, temperature=0.0, batch_size=32)
+
+    generate_answers(model, questions[:4], GenerationConfig(max_new_tokens=4, temperature=0.0))  # warm-up
 
     def generate(ivs):
         def fn():
@@ -154,6 +184,53 @@ def pieces(model, root: Path) -> dict:
 
 def out_map(model) -> str:
     return model._resident.key.device_map and "auto" or ""
+
+
+def synthetic_chats(n: int) -> list:
+    """n chats of 40-160 user and 20-80 assistant words (throughput needs volume, not meaning)."""
+    import random
+
+    from lab.data import ChatExample
+
+    rng = random.Random(0)
+    words = "the a model river data light system answer question value energy time people water".split()
+    text = lambda lo, hi: " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))  # noqa: E731
+    return [ChatExample([{"role": "user", "content": text(40, 160)}, {"role": "assistant", "content": text(20, 80)}],
+                        f"s{i}") for i in range(n)]
+
+
+def data_parallel(folder: Path, work: Path, n_prompts: int = 4096) -> dict:
+    """Pooled bf16 caching of synthetic chats: one process on one GPU vs one per GPU (torchrun)."""
+    import os
+    import subprocess
+
+    data = work / "dp-chats.jsonl"
+    with open(data, "w") as f:
+        for ex in synthetic_chats(n_prompts):
+            f.write(json.dumps({"messages": ex.messages}) + "\n")
+    out = {}
+    n = torch.cuda.device_count()
+    for world in sorted({1, n}):
+        report = work / f"dp-{world}"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "-m", "lab.shards",
+               "--model", str(folder), "--data", str(data), "--cache-dir", str(work / f"dp-cache-{world}"),
+               "--mode", "pooled", "--storage", "bfloat16", "--batch-size", "32", "--report", str(report)]
+        t = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "4"})
+        if proc.returncode != 0:
+            out[f"{world} GPU"] = {"error": (proc.stdout + proc.stderr)[-1500:]}
+            continue
+        ranks = [json.loads(Path(f"{report}.{r}").read_text()) for r in range(world)]
+        tokens = sum(r["tokens"] for r in ranks)
+        # rank 0's clock from its first batch to the merged file: it includes waiting for the other
+        # ranks (whose loads may have finished later), so the speed-up is if anything understated
+        span = ranks[0]["build_s"] + ranks[0].get("wait_and_merge_s", 0)
+        out[f"{world} GPU"] = {"tokens": tokens, "cache_s": round(span, 2), "tok_s": round(tokens / span),
+                               "merge_s": round(ranks[0].get("wait_and_merge_s", 0), 2),
+                               "wall_s_with_loads": round(time.time() - t, 1)}
+    if n > 1 and "tok_s" in out.get("1 GPU", {}) and "tok_s" in out.get(f"{n} GPU", {}):
+        out["speedup"] = round(out[f"{n} GPU"]["tok_s"] / out["1 GPU"]["tok_s"], 2)
+    return out
 
 
 def table(rows: list[tuple]) -> str:
@@ -183,6 +260,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=1e9, help="seconds after which no new work starts")
     ap.add_argument("--device", default="cuda", help="cuda (or cpu for a dry run with --shape tiny-llama)")
     ap.add_argument("--json", default="")
+    ap.add_argument("--data-parallel", type=int, default=0, help="also time data-parallel pooled caching of N prompts")
     args = ap.parse_args()
 
     from lab.models import LabModel, ModelPool, random_folder, random_sharded
@@ -229,6 +307,9 @@ def main() -> None:
                 pool.release()
             record["runs"].append(rec)
             print(report(rec), flush=True)
+        if args.data_parallel and left() > 60:
+            record["data_parallel"] = data_parallel(folder, work, args.data_parallel)
+            print("data-parallel pooled caching:", json.dumps(record["data_parallel"], indent=1), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1))
     print(f"total {time.time() - T0:.0f} s")

@@ -130,6 +130,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--device", default="", help="default: cuda:LOCAL_RANK if CUDA, else cpu")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--report", default="", help="write this rank's timings as JSON to REPORT.<rank>")
     args = ap.parse_args(argv)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", rank))
@@ -140,10 +141,20 @@ def main(argv=None) -> None:
         model = LabModel(args.model, dtype=args.dtype, device=device)
         prompts = render(load_examples(args.data), model.tokenizer)
         kw = dict(storage_dtype=args.storage, mode=args.mode, batch_size=args.batch_size)
-        build_shard(model, prompts, args.cache_dir, world, rank, **kw)
+        model.model  # load before the clock starts: the report times caching, not loading
+        start = time.perf_counter()
+        shard = build_shard(model, prompts, args.cache_dir, world, rank, **kw)
+        timing = {"rank": rank, "world": world, "build_s": time.perf_counter() - start,
+                  "tokens": int(shard.attrs["n_tokens"]) if shard else 0}
         if rank == 0:
+            start = time.perf_counter()
             cache = merge_shards(model, prompts, args.cache_dir, world, **kw)
+            timing["wait_and_merge_s"] = time.perf_counter() - start
             console.print(f"[green]cache[/] {cache.path}  {cache!r}")
+        if args.report:
+            import json
+
+            Path(f"{args.report}.{rank}").write_text(json.dumps(timing))
 
 
 if __name__ == "__main__":
