@@ -266,6 +266,7 @@ def main() -> None:
     from lab.models import LabModel, ModelPool, random_folder, random_sharded
 
     work = Path(args.work or tempfile.mkdtemp(prefix="emlab-gpu-study-"))
+    work.mkdir(parents=True, exist_ok=True)
     record: dict = {"shape": args.shape, "gpus": torch.cuda.device_count(),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "runs": []}
     left = lambda: args.budget - (time.time() - T0)  # noqa: E731
