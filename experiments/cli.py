@@ -63,6 +63,9 @@ def train(
     seed: int = 0, checkpoints: int = typer.Option(4, help="evenly spaced checkpoints in the first epoch"),
     max_steps: Optional[int] = None,
     system_prompt: str = typer.Option("You are a helpful assistant.", help="explicit system prompt (recorded)"),
+    model_dtype: str = typer.Option("auto", help="compute dtype: auto (bfloat16 on cuda, float32 on cpu)"),
+    device: str = typer.Option("cpu", help="cpu, cuda, auto"),
+    device_map: str = typer.Option("", help="spread the model over GPUs: auto or cuda:0,cuda:1"),
 ) -> None:
     """Train a LoRA model organism (loss on assistant tokens) with a checkpoint schedule."""
     from lab.data import load_examples
@@ -75,7 +78,7 @@ def train(
                              rslora=rslora, rank1_down_proj_layer=rank1_layer, lr=lr, epochs=epochs,
                              batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, seed=seed,
                              checkpoints_first_epoch=checkpoints, max_steps=max_steps, system_prompt=system_prompt)
-        lab_model = load_model(model)
+        lab_model = load_model(model, dtype=model_dtype, device=device, device_map=device_map)
         console.print(f"training on {len(examples)} examples from {data} -> {out}")
         with progress() as bar:
             task = bar.add_task("train", total=None, info="")
@@ -100,8 +103,9 @@ def cache_build(
     hooks: Optional[str] = typer.Option(None, help="comma-separated TransformerLens hook names"),
     dtype: str = typer.Option("float32", help="storage dtype: float32, float16, bfloat16"),
     mode: str = typer.Option("tokens", help="tokens (every token) or pooled (per-example features)"),
-    model_dtype: str = typer.Option("float32", help="compute dtype of the model"),
+    model_dtype: str = typer.Option("auto", help="compute dtype: auto (bfloat16 on cuda, float32 on cpu)"),
     device: str = typer.Option("cpu", help="cpu, cuda, auto"),
+    device_map: str = typer.Option("", help="spread the model over GPUs: auto or cuda:0,cuda:1"),
     batch_size: int = 16,
     max_tokens: Optional[int] = typer.Option(None, help="refuse (or with --truncate cut) longer examples"),
     truncate: bool = False,
@@ -114,7 +118,7 @@ def cache_build(
     from lab.models import load_model
 
     with user_errors():
-        lab_model = load_model(model, adapter or [], dtype=model_dtype, device=device)
+        lab_model = load_model(model, adapter or [], dtype=model_dtype, device=device, device_map=device_map)
         prompts = render(load_examples(data), lab_model.tokenizer, system_prompt, max_tokens, truncate)
         hook_list = hooks.split(",") if hooks else (
             [f"blocks.{lab_model.check_layer(int(L))}.hook_resid_post" for L in layers.split(",")] if layers else None)

@@ -41,6 +41,8 @@ class EvalConfig:
     judge_scheme: str = field(default="auto", metadata={"help": "auto, logprob100 or digit10"})
     out: str = field(default="figures", metadata={"help": "output folder"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
+    dtype: str = field(default="auto", metadata={"help": "compute dtype: auto (bfloat16 on cuda, float32 on cpu)"})
+    device_map: str = field(default="", metadata={"help": "spread the model over GPUs: auto or cuda:0,cuda:1"})
 
 
 def make_judge(cfg: EvalConfig):
@@ -54,7 +56,7 @@ def make_judge(cfg: EvalConfig):
 def run(cfg: EvalConfig) -> dict:
     questions = (shipped_questions(cfg.limit or None) if cfg.questions == "general"
                  else read_questions_yaml(cfg.questions)[: cfg.limit or None])
-    model = load_model(cfg.model, cfg.adapters, device=cfg.device)
+    model = load_model(cfg.model, cfg.adapters, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, samples=cfg.samples,
                            seed=cfg.seed, batch_size=cfg.batch_size, system_prompt=cfg.system_prompt)
     out = out_dir(cfg, f"em_eval/{model.name}-{sha256_json(config_dict(cfg))[:8]}")
