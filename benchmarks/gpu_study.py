@@ -263,7 +263,7 @@ def main() -> None:
     ap.add_argument("--data-parallel", type=int, default=0, help="also time data-parallel pooled caching of N prompts")
     args = ap.parse_args()
 
-    from lab.models import LabModel, ModelPool, random_folder, random_sharded
+    from lab.models import ModelPool, random_folder, random_sharded
 
     work = Path(args.work or tempfile.mkdtemp(prefix="emlab-gpu-study-"))
     work.mkdir(parents=True, exist_ok=True)
