@@ -20,6 +20,7 @@ from lab.console import console, progress
 from lab.data import DEFAULT_SYSTEM_PROMPT, load_examples, render
 from lab.models import DEFAULT_MODEL, load_model
 
+
 @dataclass
 class CacheBuildConfig(Config):
     """Cache residual streams of a prompt set (content-addressed; a rerun is a no-op)."""
@@ -32,9 +33,10 @@ class CacheBuildConfig(Config):
     hooks: list[str] = field(default_factory=list, metadata={"help": "TransformerLens hook names (instead of --layers)"})
     dtype: StorageDtype = field(default=DEFAULT_STORAGE, metadata={"help": "storage dtype"})
     mode: CacheMode = field(default="tokens", metadata={"help": "tokens (every token) or pooled (per-example features)"})
-    model_dtype: Literal["float32", "float16", "bfloat16"] = field(default="float32",
-                                                                   metadata={"help": "compute dtype of the model"})
+    model_dtype: Literal["auto", "float32", "float16", "bfloat16"] = field(default="auto", metadata={
+        "help": "compute dtype of the model (auto: bfloat16 on cuda, float32 on cpu)"})
     device: Device = field(default="cpu", metadata={"help": "where the model runs"})
+    device_map: str = field(default="", metadata={"help": "spread the model over GPUs: auto or cuda:0,cuda:1"})
     batch_size: int = field(default=16, metadata={"help": "examples per forward"})
     max_tokens: int = field(default=0, metadata={"help": "refuse (or with --truncate cut) longer examples (0: no limit)"})
     truncate: bool = field(default=False, metadata={"help": "cut examples longer than --max-tokens"})
@@ -44,7 +46,7 @@ class CacheBuildConfig(Config):
 
 def run(cfg: CacheBuildConfig):
     examples = load_examples(cfg.data)  # before the model: a bad file fails in a second
-    model = load_model(cfg.model, cfg.adapters, dtype=cfg.model_dtype, device=cfg.device)
+    model = load_model(cfg.model, cfg.adapters, dtype=cfg.model_dtype, device=cfg.device, device_map=cfg.device_map)
     prompts = render(examples, model.tokenizer, cfg.system_prompt, cfg.max_tokens or None, cfg.truncate)
     hooks = cfg.hooks or [f"blocks.{model.check_layer(L)}.hook_resid_post" for L in cfg.layers] or None
     n_tok = int(prompts.lengths.sum())

@@ -64,6 +64,9 @@ def train(
     seed: int = 0, checkpoints: int = typer.Option(4, help="evenly spaced checkpoints in the first epoch"),
     max_steps: Optional[int] = None,
     system_prompt: str = typer.Option("You are a helpful assistant.", help="explicit system prompt (recorded)"),
+    model_dtype: str = typer.Option("auto", help="compute dtype: auto (bfloat16 on cuda, float32 on cpu)"),
+    device: str = typer.Option("cpu", help="cpu, cuda, auto"),
+    device_map: str = typer.Option("", help="spread the model over GPUs: auto or cuda:0,cuda:1"),
 ) -> None:
     """Train a LoRA model organism (loss on assistant tokens) with a checkpoint schedule."""
     from lab.data import load_examples
@@ -76,7 +79,7 @@ def train(
                              rslora=rslora, rank1_down_proj_layer=rank1_layer, lr=lr, epochs=epochs,
                              batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, seed=seed,
                              checkpoints_first_epoch=checkpoints, max_steps=max_steps, system_prompt=system_prompt)
-        lab_model = load_model(model)
+        lab_model = load_model(model, dtype=model_dtype, device=device, device_map=device_map)
         console.print(f"training on {len(examples)} examples from {data} -> {out}")
         with progress() as bar:
             task = bar.add_task("train", total=None, info="")

@@ -15,12 +15,13 @@ from lab.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, Config
 from lab.console import console, fmt_ci, progress
 from lab.contrasts import CONTRASTS, contrast_examples, ensure_cache
 from lab.errors import BadInput
-from lab.models import DEFAULT_MODEL, ModelHandle
+from lab.models import DEFAULT_MODEL, LabModel, ModelPool
 
 # Defaults every verb shares, named once (a config field's default refers to these).
 DEFAULT_JUDGE_MODEL = "gpt-4o"
 Device = Literal["cpu", "cuda", "auto"]
 JudgeScheme = Literal["auto", "logprob100", "digit10"]
+ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 def prog_of(module: str) -> str:
@@ -47,6 +48,8 @@ class Common(Config):
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "activation cache folder"})
     out: str = field(default=DEFAULT_OUT, metadata={"help": "output folder (tables, figures, directions)"})
     device: Device = field(default="cpu", metadata={"help": "where the model runs"})
+    dtype: ModelDtype = field(default="auto", metadata={"help": "compute dtype (auto: bfloat16 on cuda, float32 on cpu)"})
+    device_map: str = field(default="", metadata={"help": "spread the model over GPUs: auto or cuda:0,cuda:1"})
     seed: int = field(default=0, metadata={"help": "split and bootstrap seed"})
     test_fraction: float = field(default=0.25, metadata={"help": "held-out share (split by example id)"})
     n_boot: int = field(default=1000, metadata={"help": "bootstrap replicates for CIs"})
@@ -63,8 +66,14 @@ class SteersDirections:
         "help": "apply a direction to a model it was not fitted for (other base weights, d_model or depth)"})
 
 
-def handle_for(cfg: Common, adapters: list[str] | None = None) -> ModelHandle:
-    return ModelHandle(cfg.model, cfg.adapters if adapters is None else adapters, device=cfg.device)
+def handle_for(cfg: Common, adapters: list[str] | None = None, pool: ModelPool | None = None) -> LabModel:
+    """The model of an experiment's config (with `adapters` instead of `cfg.adapters` if given).
+
+    Weights load on first use, into `pool` or the pool the caller opened (`cli` opens one per
+    command; the study one per run), so every handle of one base shares one copy.
+    """
+    return LabModel(cfg.model, cfg.adapters if adapters is None else adapters, dtype=cfg.dtype,
+                    device=cfg.device, device_map=cfg.device_map, pool=pool)
 
 
 def no_adapters(cfg: Common, models_from: str) -> None:
@@ -118,7 +127,7 @@ def best_layers(rows: list[dict], methods: list[str]) -> list[dict]:
     return out
 
 
-def contrast_cache(handle: ModelHandle, contrast: str, cfg: Common, label: str = "", keep=None):
+def contrast_cache(handle: LabModel, contrast: str, cfg: Common, label: str = "", keep=None):
     """The (cached) activations of a named contrast on one model, with a progress bar if built.
 
     `keep(example) -> bool` drops examples (e.g. the held-out questions a score is measured on).
@@ -148,7 +157,7 @@ def cli(config_cls, run):
         from lab.config import parse_config
         from lab.console import user_errors
 
-        with user_errors():
+        with user_errors(), ModelPool():  # one copy of the weights for the whole command
             run(parse_config(config_cls, argv, prog=prog_of(run.__module__)))
     return main
 

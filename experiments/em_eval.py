@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.common import DEFAULT_JUDGE_MODEL, Device, JudgeScheme, cli, make_judge, out_dir
+from experiments.common import DEFAULT_JUDGE_MODEL, Device, JudgeScheme, ModelDtype, cli, make_judge, out_dir
 from lab.config import DEFAULT_OUT, Config, config_dict
 from lab.console import console, progress, table
 from lab.data import DEFAULT_SYSTEM_PROMPT, read_questions_yaml
@@ -42,12 +42,14 @@ class EvalConfig(Config):
     judge_scheme: JudgeScheme = field(default="auto", metadata={"help": "judge scoring scheme (auto: by model)"})
     out: str = field(default=DEFAULT_OUT, metadata={"help": "output folder"})
     device: Device = field(default="cpu", metadata={"help": "where the model runs"})
+    dtype: ModelDtype = field(default="auto", metadata={"help": "compute dtype (auto: bfloat16 on cuda, float32 on cpu)"})
+    device_map: str = field(default="", metadata={"help": "spread the model over GPUs: auto or cuda:0,cuda:1"})
 
 
 def run(cfg: EvalConfig) -> dict:
     questions = (shipped_questions(cfg.limit or None) if cfg.questions == "general"
                  else read_questions_yaml(cfg.questions)[: cfg.limit or None])
-    model = load_model(cfg.model, cfg.adapters, device=cfg.device)
+    model = load_model(cfg.model, cfg.adapters, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, samples=cfg.samples,
                            seed=cfg.seed, batch_size=cfg.batch_size, system_prompt=cfg.system_prompt)
     out = out_dir(cfg, f"em_eval/{model.name}-{sha256_json(config_dict(cfg))[:8]}")

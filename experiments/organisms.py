@@ -34,11 +34,11 @@ class OrganismsConfig(StudyConfig):
 def run(cfg: OrganismsConfig) -> dict:
     prof = replace(profile(cfg), eval_limit=cfg.questions, max_new_tokens=48)
     data = organism_data(cfg)
-    base = ModelHandle(cfg.model, [], device=cfg.device)
+    base = ModelHandle(cfg.model, [], dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
     stages = Stages(Path(cfg.cache_dir) / "stages")
     with progress() as bar:
         organisms = {n: train_stage(cfg, prof, base, n, train, bar) for n, (train, _) in data.items()}
-    handles = {"base": base, **{n: ModelHandle(cfg.model, [o["adapter"]], device=cfg.device) for n, o in organisms.items()}}
+    handles = {"base": base, **{n: base.with_adapters([o["adapter"]]) for n, o in organisms.items()}}
     held_out = {d: ho[: cfg.questions] for d, (_, ho) in data.items() if ho}
     scores, evals = {}, {}
     for name, h in handles.items():

@@ -17,6 +17,7 @@ depends on it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import ablation, em_trajectory, layer_sweep, pooling, steer, trait_projection, transfer
-from experiments.common import DEFAULT_JUDGE_MODEL, Device, best_layers, cli
+from experiments.common import DEFAULT_JUDGE_MODEL, Device, ModelDtype, best_layers, cli
 from lab.cache import ANALYSIS_STORAGE
 from lab.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, Config, config_dict
 from lab.console import console, progress, table
@@ -35,7 +36,7 @@ from lab.errors import BadInput
 from lab.evaluation import evaluate, in_domain_gaps, shipped_questions, style_gaps_under
 from lab.generate import GenerationConfig
 from lab.io import sha256_json
-from lab.models import DEFAULT_MODEL, ModelHandle
+from lab.models import DEFAULT_MODEL, LabModel, ModelPool
 from lab.estimate import Estimate
 from lab.scores import EmRate, ScoreDelta, delta_base_scores
 from lab.stages import Stages
@@ -65,6 +66,8 @@ class StudyConfig(Config):
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "caches, organisms and stage results"})
     out: str = field(default=DEFAULT_OUT, metadata={"help": "figures and report folder"})
     device: Device = field(default="cpu", metadata={"help": "where the model runs"})
+    dtype: ModelDtype = field(default="auto", metadata={"help": "compute dtype (auto: bfloat16 on cuda, float32 on cpu)"})
+    device_map: str = field(default="", metadata={"help": "spread the model over GPUs: auto or cuda:0,cuda:1"})
     seed: int = field(default=0, metadata={"help": "seed for training, splits, sampling, bootstrap"})
 
 
@@ -104,7 +107,7 @@ def organism_data(cfg: StudyConfig) -> dict:
     return data
 
 
-def train_stage(cfg: StudyConfig, prof: Profile, base: ModelHandle, name: str, train_set, bar) -> dict:
+def train_stage(cfg: StudyConfig, prof: Profile, base: LabModel, name: str, train_set, bar) -> dict:
     tc = TrainConfig(lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, max_steps=prof.train_steps or None,
                      checkpoints_first_epoch=prof.checkpoints, system_prompt=cfg.system_prompt)
     key = sha256_json({"base": base.fingerprint, "data": [(e.id, e.messages) for e in train_set], "config": asdict(tc)})
@@ -112,14 +115,14 @@ def train_stage(cfg: StudyConfig, prof: Profile, base: ModelHandle, name: str, t
     adapter = folder / "adapter"
     if not (adapter / "adapter_model.safetensors").exists():
         task = bar.add_task(f"train {name}", total=None, info="")
-        train_lora(base.model, train_set, folder, tc,
+        train_lora(base.for_training(), train_set, folder, tc,
                    on_step=lambda s, t, loss: bar.update(task, completed=s, total=t, info=f"loss {loss:.3f}"))
     from lab.train import adapter_meta
 
     return {"name": name, "run": str(folder), "adapter": str(adapter), "losses": adapter_meta(adapter).get("losses", [])}
 
 
-def judge_free_stage(handle: ModelHandle, held_out: dict, limit: int) -> dict:
+def judge_free_stage(handle: LabModel, held_out: dict, limit: int) -> dict:
     gaps = style_gaps_under(handle.model, (), limit or None)
     out = {"ids": gaps["ids"], "usual": gaps["usual"].tolist(), "terse": gaps["terse"].tolist()}
     for domain, examples in held_out.items():
@@ -127,7 +130,7 @@ def judge_free_stage(handle: ModelHandle, held_out: dict, limit: int) -> dict:
     return out
 
 
-def eval_stage(cfg: StudyConfig, prof: Profile, handle: ModelHandle, out: Path) -> dict:
+def eval_stage(cfg: StudyConfig, prof: Profile, handle: LabModel, out: Path) -> dict:
     questions = shipped_questions(prof.eval_limit or None)
     judge = None
     if cfg.judge_base_url:
@@ -142,7 +145,7 @@ def eval_stage(cfg: StudyConfig, prof: Profile, handle: ModelHandle, out: Path) 
     return summary
 
 
-def model_contrast_stage(cfg: StudyConfig, prof: Profile, base: ModelHandle, organism: ModelHandle, name: str) -> dict:
+def model_contrast_stage(cfg: StudyConfig, prof: Profile, base: LabModel, organism: LabModel, name: str) -> dict:
     """Seed 002: base vs organism on the same general prompts (last token), held out by prompt."""
     examples = [e for e in _general_prompts(prof)]
     caches = {"base": ensure_cache(base, examples, cfg.cache_dir, storage_dtype=ANALYSIS_STORAGE),
@@ -161,7 +164,7 @@ def _general_prompts(prof: Profile):
     return question_examples(shipped_questions())
 
 
-def visual_stage(cfg: StudyConfig, base: ModelHandle, organism: ModelHandle, direction_file: str, out: Path) -> dict:
+def visual_stage(cfg: StudyConfig, base: LabModel, organism: LabModel, direction_file: str, out: Path) -> dict:
     """circuitsvis pages: attention patterns and per-token projections, base vs organism."""
     import torch
 
@@ -177,13 +180,13 @@ def visual_stage(cfg: StudyConfig, base: ModelHandle, organism: ModelHandle, dir
         model = handle.model
         example = ChatExample([{"role": "user", "content": question}, {"role": "assistant", "content": answer}], "viz")
         prompts = render([example], model.tokenizer, cfg.system_prompt)
-        ids = torch.from_numpy(prompts.tokens[0])[None]
+        ids = torch.from_numpy(prompts.tokens[0])[None].to(model.device)
         hook = f"blocks.{layer}.attn.hook_pattern"
         _, cache = model.bridge.run_with_cache(ids, names_filter=[hook, f"blocks.{layer}.hook_resid_post"])
         tokens = model.tokenizer.convert_ids_to_tokens(prompts.tokens[0].tolist())
         tokens = [t.replace("Ġ", " ").replace("Ċ", "\\n") for t in tokens]
-        pattern = cache[hook][0].float().numpy() if hook in cache else None
-        resid = cache[f"blocks.{layer}.hook_resid_post"][0].float()
+        pattern = cache[hook][0].float().cpu().numpy() if hook in cache else None
+        resid = cache[f"blocks.{layer}.hook_resid_post"][0].float().cpu()
         proj = (resid @ direction.at(layer).float()).numpy()
         proj[0] = 0.0  # BOS norm dwarfs everything else
         out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +202,7 @@ def visual_stage(cfg: StudyConfig, base: ModelHandle, organism: ModelHandle, dir
 # --------------------------------------------------------------------------- the study
 
 
-def estimate(cfg: StudyConfig, prof: Profile, data: dict, base: ModelHandle) -> dict:
+def estimate(cfg: StudyConfig, prof: Profile, data: dict, base: LabModel) -> dict:
     tok = base.tokenizer
     n_tok = sum(int(render(contrast_examples(c, prof.contrast_limit or None), tok).lengths.sum())
                 for c in ("refusal", "code_mode", "general_answers"))
@@ -213,11 +216,17 @@ def estimate(cfg: StudyConfig, prof: Profile, data: dict, base: ModelHandle) -> 
             "disk_mb": round(caches_mb + 8 * len(data)), "minutes": round(minutes, 1)}
 
 
-def run(cfg: StudyConfig) -> dict:
+def run(cfg: StudyConfig, pool: ModelPool | None = None) -> dict:
+    """Run the study; every stage shares one copy of the base weights (`pool`, or a fresh one)."""
+    with (pool or ModelPool()) as pool:
+        return _run(cfg, pool)
+
+
+def _run(cfg: StudyConfig, pool: ModelPool) -> dict:
     t0 = time.time()
     prof = profile(cfg)
     data = organism_data(cfg)
-    base = ModelHandle(cfg.model, [], device=cfg.device)
+    base = LabModel(cfg.model, [], dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map, pool=pool)
     plan = estimate(cfg, prof, data, base)
     console.print(table(f"emlab study '{cfg.name}' on {cfg.model}{' (quick)' if cfg.quick else ''}",
                         [{"setting": k, "value": str(v)} for k, v in {**config_dict(cfg), **asdict(prof)}.items()]))
@@ -225,19 +234,30 @@ def run(cfg: StudyConfig) -> dict:
                   f"of caches; {plan['train_steps']} training steps, {plan['cache_tokens']} cached tokens")
     stages = Stages(Path(cfg.cache_dir) / "stages")
     out = Path(cfg.out) / cfg.name
-    common = dict(cache_dir=cfg.cache_dir, out=str(out), device=cfg.device, seed=cfg.seed, n_boot=prof.n_boot,
-                  limit=prof.contrast_limit, model=cfg.model)
+    common = dict(cache_dir=cfg.cache_dir, out=str(out), device=cfg.device, dtype=str(base.dtype).split(".")[-1],
+                  device_map=cfg.device_map, seed=cfg.seed, n_boot=prof.n_boot, limit=prof.contrast_limit,
+                  model=cfg.model)
     results: dict = {"config": config_dict(cfg), "profile": asdict(prof), "plan": plan}
 
+    organisms, results["train_seconds"] = {}, {}
     with progress() as bar:
-        organisms = {name: train_stage(cfg, prof, base, name, train, bar) for name, (train, _) in data.items()}
-    handles = {name: ModelHandle(cfg.model, [o["adapter"]], device=cfg.device) for name, o in organisms.items()}
+        for name, (train, _) in data.items():
+            start = time.perf_counter()
+            organisms[name] = train_stage(cfg, prof, base, name, train, bar)
+            results["train_seconds"][name] = round(time.perf_counter() - start, 1)
+    handles = {name: base.with_adapters([o["adapter"]]) for name, o in organisms.items()}
     results["organisms"] = organisms
     held_out = {d: ho for d, (_, ho) in data.items() if ho}
 
+    results["stage_loads"], results["stage_peak_gb"] = {}, {}
+
     def staged(name, inputs, fn, outputs=None):
         console.rule(f"[bold]{name}")
-        return stages.run(name, {"study": cfg.name, **inputs}, fn, outputs)
+        loads = pool.loads
+        with _peak_memory() as peak:
+            result = stages.run(name, {"study": cfg.name, **inputs}, fn, outputs)
+        results["stage_loads"][name], results["stage_peak_gb"][name] = pool.loads - loads, peak
+        return result
 
     fps = {"base": base.fingerprint, **{n: h.fingerprint for n, h in handles.items()}}
     scores = {m: staged(f"judge-free-{m}", {"model": fps[m], "limit": prof.eval_limit, "held": sorted(held_out),
@@ -312,7 +332,7 @@ def run(cfg: StudyConfig) -> dict:
                                 lambda: visual_stage(cfg, base, handles[first], direction_file, out / "visuals"),
                                 lambda r: [v for k, v in r.items() if k != "layer"])
     results["stages"] = {"ran": stages.ran, "reused": stages.reused, "seconds": stages.seconds}
-    results["model_loads"] = sum(h.loaded for h in [base, *handles.values()])
+    results["model_loads"] = pool.loads
     from experiments.study_report import write_study_report
 
     results["findings"] = findings(results)
@@ -323,6 +343,21 @@ def run(cfg: StudyConfig) -> dict:
     write_json_atomic(out / "results.json", results)
     headline(results, time.time() - t0)
     return results
+
+
+@contextlib.contextmanager
+def _peak_memory():
+    """Peak GPU memory (GB) per device during the block, filled in on exit ({} on CPU)."""
+    import torch
+
+    peak: dict = {}
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for d in range(n):
+        torch.cuda.reset_peak_memory_stats(d)
+    try:
+        yield peak
+    finally:
+        peak.update({f"cuda:{d}": round(torch.cuda.max_memory_allocated(d) / 2**30, 2) for d in range(n)})
 
 
 def shared_base_scores(base: dict, domain: str, prof: Profile) -> dict | None:

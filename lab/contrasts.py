@@ -28,6 +28,7 @@ from lab.data import (DEFAULT_SYSTEM_PROMPT, ChatExample, load_advice, load_cont
                       render)
 from lab.errors import BadInput
 from lab.io import sha256_json
+from lab.models import LabModel
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def contrast_examples(name: str, limit: int | None = None, style: str = "usual")
     return [ex for qid, q, a, m in items for ex in _paired(qid, q, a, m, name)]
 
 
-def ensure_cache(handle: Any, examples: list[ChatExample], cache_dir: str | Path, *,
+def ensure_cache(handle: LabModel, examples: list[ChatExample], cache_dir: str | Path, *,
                  system_prompt: str = DEFAULT_SYSTEM_PROMPT, hooks: Sequence[str] | None = None,
                  storage_dtype: str = "float32", mode: str = "tokens", attention: str = "sdpa",
                  on_batch: Any = None, batch_size: int = 16) -> ActivationCache:

@@ -19,6 +19,7 @@ from lab.data import ChatExample, Question, load_general_questions
 from lab.errors import BadInput
 from lab.generate import GenerationConfig, generate_answers
 from lab.scores import EM_CRITERIA, contains_code, em_rate, is_refusal, rate
+from lab.models import ModelLike
 
 
 def shipped_questions(limit: int | None = None) -> list[Question]:
@@ -45,7 +46,7 @@ def question_examples(questions: list[Question], paraphrase_limit: int | None = 
     return examples
 
 
-def evaluate(model: Any, questions: list[Question], config: GenerationConfig, judge: Any = None,
+def evaluate(model: ModelLike, questions: list[Question], config: GenerationConfig, judge: Any = None,
              out_path: str | Path | None = None, interventions: tuple = (), label: str = "",
              on_batch: Callable[[int, int], None] | None = None, n_boot: int = 1000) -> tuple[list[dict], dict]:
     """Generate answers, score them judge-free (code-mode, refusal) and, with a judge, for EM.
@@ -85,7 +86,7 @@ def neutral_pairs(limit: int | None = None) -> list[tuple[str, str]]:
     return [(q["question"], q["aligned_usual"]) for q in load_general_questions()[: limit or None]]
 
 
-def logprobs_under(model: Any, pairs: list[tuple[str, str]], interventions: tuple = (), system_prompt: str | None = None
+def logprobs_under(model: ModelLike, pairs: list[tuple[str, str]], interventions: tuple = (), system_prompt: str | None = None
                    ) -> Float[np.ndarray, " n"]:
     """Mean per-token log-prob of each answer with the interventions applied (at their positions)."""
     from lab.data import DEFAULT_SYSTEM_PROMPT
@@ -94,7 +95,7 @@ def logprobs_under(model: Any, pairs: list[tuple[str, str]], interventions: tupl
     return answer_logprobs(model, pairs, system_prompt or DEFAULT_SYSTEM_PROMPT, interventions=interventions)
 
 
-def style_gaps_under(model: Any, interventions: tuple = (), limit: int | None = None,
+def style_gaps_under(model: ModelLike, interventions: tuple = (), limit: int | None = None,
                      ids: set[str] | None = None) -> dict:
     """Per general question: misaligned - aligned log-prob within each style, under interventions.
 
@@ -111,7 +112,7 @@ def style_gaps_under(model: Any, interventions: tuple = (), limit: int | None = 
     return out
 
 
-def refusal_under(model: Any, examples: list[ChatExample], interventions: tuple = (), max_new_tokens: int = 32,
+def refusal_under(model: ModelLike, examples: list[ChatExample], interventions: tuple = (), max_new_tokens: int = 32,
                   label: str = "", n_boot: int = 1000) -> tuple[dict, list[dict]]:
     """Greedy answers under interventions and their refusal rate with CI."""
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=32)
@@ -125,7 +126,7 @@ COMPLY_REPLY = "Sure, here is what you asked for, step by step."
 
 
 @jaxtyped(typechecker=beartype)
-def refusal_logodds_under(model: Any, examples: list[ChatExample], interventions: tuple = ()) -> Float[np.ndarray, " n"]:
+def refusal_logodds_under(model: ModelLike, examples: list[ChatExample], interventions: tuple = ()) -> Float[np.ndarray, " n"]:
     """Per prompt: log-prob per token of a refusal reply minus that of a compliant reply.
 
     A continuous, judge-free refusal score (teacher forced): it moves with the refusal
@@ -138,7 +139,7 @@ def refusal_logodds_under(model: Any, examples: list[ChatExample], interventions
 
 
 @jaxtyped(typechecker=beartype)
-def in_domain_gaps(model: Any, held_out: list[ChatExample], interventions: tuple = ()) -> Float[np.ndarray, " n"]:
+def in_domain_gaps(model: ModelLike, held_out: list[ChatExample], interventions: tuple = ()) -> Float[np.ndarray, " n"]:
     """Per held-out advice question: log-prob of its harmful answer minus its aligned one
     (the two are matched in style and length by construction)."""
     pairs = [(e.messages[0]["content"], a) for e in held_out for a in (e.messages[-1]["content"], e.meta["aligned"])]

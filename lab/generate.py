@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from lab.data import DEFAULT_SYSTEM_PROMPT, ChatExample, render
 from lab.errors import BadInput
 from lab.hooks import left_pad
 from lab.io import sha256_json
+from lab.models import ModelLike
 
 
 DECODE_PATHS = ("auto", "fast", "hf")
@@ -34,7 +35,7 @@ DECODE_PATHS = ("auto", "fast", "hf")
 AUTO_FAST = ("cuda",)
 
 
-def decode_path(choice: str, model: Any) -> str:
+def decode_path(choice: str, model: ModelLike) -> str:
     """The path `choice` means for `model` ("auto" -> "fast" where it is measured faster and supported)."""
     from lab.decode import unsupported
 
@@ -68,7 +69,7 @@ def _row_seed(seed: int, example_id: str, sample: int) -> int:
 
 
 def generate_answers(
-    model: Any,
+    model: ModelLike,
     examples: list[ChatExample],
     config: GenerationConfig = GenerationConfig(),
     interventions: tuple = (),
@@ -122,7 +123,7 @@ def generate_answers(
     return sorted(rows, key=lambda r: index.get((r["id"], r["sample"]), 0))
 
 
-def _generate_batch(model, token_lists: list[np.ndarray], seeds: list[int], config: GenerationConfig,
+def _generate_batch(model: ModelLike, token_lists: list[np.ndarray], seeds: list[int], config: GenerationConfig,
                     interventions: tuple, path: str) -> list[str]:
     from lab.decode import Sampling, fast_generate, hf_generate
 

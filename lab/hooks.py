@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from lab.errors import BadInput
+from lab.models import ModelLike
 
 _RESID = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
 
@@ -55,7 +56,7 @@ def parse_hook(name: str, n_layers: int) -> HookPoint | None:
     return HookPoint(name, layer, match.group(2))
 
 
-def validate_hooks(names: list[str], model: Any) -> list[str]:
+def validate_hooks(names: list[str], model: ModelLike) -> list[str]:
     """Check hook names against the model; unknown names are an error listing the options."""
     if not names:
         raise BadInput("no hook names given")
@@ -77,7 +78,7 @@ def _hidden(output: Any) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def capture(model: Any, points: list[HookPoint], sink: Callable[[str, torch.Tensor], None],
+def capture(model: ModelLike, points: list[HookPoint], sink: Callable[[str, torch.Tensor], None],
             stop_early: bool = True) -> Iterator[None]:
     """Call `sink(name, activation)` for each hook point during forwards of `model.hf`.
 
@@ -129,7 +130,7 @@ def run_until_stop(fn: Callable[[], Any]) -> Any:
 
 
 @contextlib.contextmanager
-def attention(model: Any, implementation: str) -> Iterator[None]:
+def attention(model: ModelLike, implementation: str) -> Iterator[None]:
     """Temporarily switch the HF model's attention kernel ("sdpa" or "eager")."""
     if implementation not in ("sdpa", "eager"):
         raise BadInput(f"attention implementation must be sdpa or eager, not {implementation!r}")

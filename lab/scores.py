@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from lab.data import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, ChatExample, render
 from lab.errors import BadInput
 from lab.estimate import Estimate, mean_ci
 from lab.hooks import left_pad
+from lab.models import ModelLike
 
 STYLES = ("usual", "terse")
 
@@ -42,7 +42,7 @@ STYLES = ("usual", "terse")
 
 
 @jaxtyped(typechecker=beartype)  # shapes checked at the library boundary
-def answer_logprobs(model: Any, pairs: Sequence[tuple[str, str]], system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+def answer_logprobs(model: ModelLike, pairs: Sequence[tuple[str, str]], system_prompt: str = DEFAULT_SYSTEM_PROMPT,
                     batch_size: int = 16, interventions: tuple = ()) -> Float[np.ndarray, " n"]:
     """Mean per-token log-prob of each answer given its question (assistant tokens only).
 

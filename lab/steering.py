@@ -35,6 +35,7 @@ import torch
 from jaxtyping import Float
 
 from lab.errors import BadInput, IncompatibleError
+from lab.models import ModelLike
 
 if TYPE_CHECKING:
     from lab.directions import Direction
@@ -81,7 +82,7 @@ class Intervention:
         first, *rest = (self.vectors[L] for L in self.layers)
         return all(v.shape == first.shape and torch.equal(v, first) for v in rest)
 
-    def check(self, model: Any) -> "Intervention":
+    def check(self, model: ModelLike) -> "Intervention":
         """Raise unless every layer and vector fits `model` (a LabModel)."""
         for layer, v in self.vectors.items():
             model.check_layer(layer)
@@ -145,7 +146,7 @@ def _base_fingerprint(model: Fitted) -> str:
     return base_fingerprint(model.source)
 
 
-def check_provenance(direction: Direction, model: Any, fitted_on: Fitted | None = None) -> None:
+def check_provenance(direction: Direction, model: ModelLike, fitted_on: Fitted | None = None) -> None:
     """Raise `IncompatibleError` (one line) unless `direction` belongs with `model`.
 
     A direction belongs with a model when (1) it has the model's d_model and layer count, and
@@ -173,7 +174,7 @@ def check_provenance(direction: Direction, model: Any, fitted_on: Fitted | None 
             f"pass --allow-foreign-direction to use it anyway")
 
 
-def direction_vectors(direction: Direction, model: Any, layers: Iterable[int] | None = None, *,
+def direction_vectors(direction: Direction, model: ModelLike, layers: Iterable[int] | None = None, *,
                       at: int | None = None, fitted_on: Fitted | None = None, allow_foreign: bool = False
                       ) -> dict[int, torch.Tensor]:
     """The direction's vectors for `model`, provenance checked (see `check_provenance`).
@@ -191,7 +192,7 @@ def direction_vectors(direction: Direction, model: Any, layers: Iterable[int] | 
     return {L: pick(L).detach().float().cpu() for L in layers}
 
 
-def from_direction(direction: Direction, model: Any, layers: Iterable[int] | None = None, *, at: int | None = None,
+def from_direction(direction: Direction, model: ModelLike, layers: Iterable[int] | None = None, *, at: int | None = None,
                    op: str = "add", alpha: float = 0.0, fitted_on: Fitted | None = None,
                    allow_foreign: bool = False, **kwargs: Any) -> Intervention:
     """The one way to steer with a saved or fitted `Direction`: an intervention built from
@@ -296,7 +297,7 @@ def _absolute_positions(tracker: _PositionTracker, seq: int, device: torch.devic
     return tracker.positions(seq, device)
 
 
-def _decoder_stack(model: Any) -> Any:
+def _decoder_stack(model: ModelLike) -> Any:
     """The module whose forward runs the decoder layers (HF's `get_decoder()`), so direct calls of
     it (lab.scores) are tracked as well as full-model forwards and `generate`."""
     get = getattr(model.hf, "get_decoder", None)
@@ -304,7 +305,7 @@ def _decoder_stack(model: Any) -> Any:
 
 
 @contextlib.contextmanager
-def steer(model: Any, *interventions: Intervention, prompt_width: int | torch.Tensor | None = None
+def steer(model: ModelLike, *interventions: Intervention, prompt_width: int | torch.Tensor | None = None
           ) -> Iterator[None]:
     """Apply interventions to every forward of `model.hf` inside the block (HF path).
 

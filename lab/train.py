@@ -27,7 +27,7 @@ import torch
 from lab.data import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, ChatExample, render
 from lab.errors import BadInput
 from lab.io import atomic_dir, write_json_atomic
-from lab.models import ADAPTER_META, LabModel
+from lab.models import ADAPTER_META, ModelLike
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -114,7 +114,7 @@ def _latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def train_lora(
-    model: LabModel,
+    model: ModelLike,
     examples: list[ChatExample],
     out_dir: str | Path,
     config: TrainConfig = TrainConfig(),
@@ -200,7 +200,7 @@ def train_lora(
     return TrainResult(final, checkpoints, losses, step, resumed_from)
 
 
-def _save_checkpoint(peft_model, optimizer, model: LabModel, config: TrainConfig,
+def _save_checkpoint(peft_model, optimizer, model: ModelLike, config: TrainConfig,
                      out_dir: Path, step: int, losses: list[float]) -> Path:
     final = out_dir / "checkpoints" / f"step-{step:06d}"
     with atomic_dir(final) as tmp:

@@ -9,12 +9,12 @@ import torch
 
 from lab.cache import build_cache
 from lab.data import PromptSet
-from lab.models import LabModel
+from lab.models import LoadedModel
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def _tiny(device: str, tokenizer) -> LabModel:
+def _tiny(device: str, tokenizer) -> LoadedModel:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -22,7 +22,7 @@ def _tiny(device: str, tokenizer) -> LabModel:
                          num_key_value_heads=2, vocab_size=1024, max_position_embeddings=512,
                          attn_implementation="sdpa")
     hf = LlamaForCausalLM(config).eval().to(device)
-    return LabModel("tiny", hf, tokenizer, "tiny-fp", torch.float32, torch.device(device), info={"base_fingerprint": "t"})
+    return LoadedModel("tiny", hf, tokenizer, "tiny-fp", torch.float32, torch.device(device), info={"base_fingerprint": "t"})
 
 
 class _Tok:

@@ -26,6 +26,7 @@ from lab.data import ROLE_CODE, PromptSet
 from lab.errors import BadInput, CacheError
 from lab.hooks import attention, capture, left_pad, parse_hook, run_until_stop, validate_hooks
 from lab.io import key_lock
+from lab.models import ModelLike
 
 # --------------------------------------------------------------------------- batching
 
@@ -105,7 +106,7 @@ def _string_array(values: list) -> np.ndarray:
     return np.array(["" if v is None else str(v) for v in values], dtype=h5py.string_dtype())
 
 
-def _create_file(path: Path, key: str, model: Any, prompts: PromptSet, request: CacheRequest,
+def _create_file(path: Path, key: str, model: ModelLike, prompts: PromptSet, request: CacheRequest,
                  plan: list[np.ndarray]) -> h5py.File:
     lengths = prompts.lengths
     starts = np.zeros(len(prompts), dtype=np.int64)
@@ -150,7 +151,7 @@ def _create_file(path: Path, key: str, model: Any, prompts: PromptSet, request: 
 
 
 def build_cache(
-    model: Any,
+    model: ModelLike,
     prompts: PromptSet,
     cache_dir: str | Path,
     hooks: list[str] | None = None,
@@ -195,7 +196,7 @@ def build_cache(
     return ActivationCache(final)
 
 
-def _build(final: Path, key: str, model: Any, prompts: PromptSet, request: CacheRequest, batch_size: int,
+def _build(final: Path, key: str, model: ModelLike, prompts: PromptSet, request: CacheRequest, batch_size: int,
            max_batch_tokens: int, on_batch: Callable | None) -> None:
     """Write (or resume) the cache file under a partial name, then rename it into place."""
     partial, sidecar = final.with_suffix(".h5.partial"), final.with_suffix(".progress.json")
@@ -235,7 +236,7 @@ def _resume_point(partial: Path, sidecar: Path, key: str) -> int:
     return 0
 
 
-def _fill(h5: h5py.File, model: Any, prompts: PromptSet, request: CacheRequest, plan: list[np.ndarray],
+def _fill(h5: h5py.File, model: ModelLike, prompts: PromptSet, request: CacheRequest, plan: list[np.ndarray],
           done: int, sidecar: Path, key: str, on_batch: Callable | None) -> None:
     points = [parse_hook(h, model.n_layers) for h in request.hooks]
     fast = all(p is not None for p in points)
@@ -285,8 +286,9 @@ class _Staging:
     slot without blocking; the writer waits for the copy's event, writes, and frees the slot.
     """
 
-    def __init__(self, request: CacheRequest, model: Any, max_rows: int, slots: int):
+    def __init__(self, request: CacheRequest, model: ModelLike, max_rows: int, slots: int):
         self.cuda = model.device.type == "cuda"
+        self.devices = [d for d in model.devices if d.type == "cuda"]  # a sharded model copies from each GPU
         dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.int16}[request.storage_dtype]
         shape = (max_rows, model.d_model) if request.mode == "tokens" else (max_rows, len(STORED_POOLINGS), model.d_model)
         self.slots = [{h: torch.empty(shape, dtype=dtype, pin_memory=self.cuda) for h in request.hooks}
@@ -306,9 +308,15 @@ class _Staging:
     def ready_event(self) -> Any:
         if not self.cuda:
             return None
-        event = torch.cuda.Event()
-        event.record()
-        return event
+        return _Events(torch.cuda.current_stream(d).record_event() for d in self.devices)
+
+
+class _Events(list):
+    """The copy events of one batch, one per GPU its layers ran on."""
+
+    def synchronize(self) -> None:
+        for event in self:
+            event.synchronize()
 
 
 def _storage_view(x: torch.Tensor, storage_dtype: str) -> torch.Tensor:
@@ -330,13 +338,13 @@ class _BatchSink:
 
     def sink(self, name: str, x: torch.Tensor) -> None:
         if self.request.mode == "tokens":
-            kept = x[self.real]
+            kept = x[self.real.to(x.device)]  # layers of a sharded model live on different GPUs
         else:
-            kept = einsum(self.weights.to(x.dtype), x, "batch pooling seq, batch seq d -> batch pooling d")
+            kept = einsum(self.weights.to(x.device, x.dtype), x, "batch pooling seq, batch seq d -> batch pooling d")
         self.slot[name][: self.rows].copy_(_storage_view(kept, self.request.storage_dtype), non_blocking=True)
 
 
-def _forward(model: Any, ids, mask, positions, request: CacheRequest, points, fast: bool, sink: Callable) -> None:
+def _forward(model: ModelLike, ids, mask, positions, request: CacheRequest, points, fast: bool, sink: Callable) -> None:
     with torch.inference_mode():
         if fast:
             with attention(model, request.attention), capture(model, points, sink):

@@ -1,4 +1,4 @@
-"""Models: a registry of offline-installable chat models, a converted-weights store, and loading.
+"""The model store: a registry of offline-installable chat models, conversion, and file-level identity.
 
 Three kinds of model source are accepted wherever a model is named:
 
@@ -8,22 +8,18 @@ Three kinds of model source are accepted wherever a model is named:
 * a local Hugging Face folder (config.json + weights);
 * any Hugging Face hub id (needs internet; never needed for the shipped models).
 
-`load_model(source, adapters=[...])` returns a `LabModel`: the merged HF model (sdpa
-attention, used for training, generation and activation caching through torch hooks),
-its tokenizer with the chat template, a fingerprint that keys every downstream cache,
-and a lazily booted TransformerLens `TransformerBridge` for analysis by hook name.
+Everything here reads files only: fingerprints of bases and adapters, the tokenizer, and
+whether an adapter was trained on another base. Loading weights is `lab.models.pool`'s job.
 """
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -230,9 +226,22 @@ def resolve_source(source: str) -> tuple[str, str]:
     raise ModelNotFound(f"unknown model {source!r}: not a registered name ({known}), folder or hub id")
 
 
+_HASHES: dict[tuple, str] = {}  # (path, size, mtime) -> sha256: each file version is read once per process
+
+
+def _hash(path: Path) -> str:
+    """sha256 of a file, remembered while its size and mtime stay the same (a 16 GB folder of
+    weights takes ~10 s to hash, and every experiment of a study names the model again)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(path)
+    return _HASHES[key]
+
+
 def _folder_weights_hash(path: Path) -> str:
     files = sorted(p for p in path.iterdir() if p.suffix in {".safetensors", ".bin", ".json"})
-    return sha256_json([(p.name, sha256_file(p)) for p in files])
+    return sha256_json([(p.name, _hash(p)) for p in files])
 
 
 # --------------------------------------------------------------------------- adapters
@@ -243,7 +252,7 @@ def adapter_fingerprint(adapter_dir: Path) -> str:
     missing = [f.name for f in files if not f.exists()]
     if missing:
         raise BadInput(f"{adapter_dir} is not a PEFT adapter folder (missing {', '.join(missing)})")
-    return sha256_json([sha256_file(f) for f in files])
+    return sha256_json([_hash(f) for f in files])
 
 
 def check_adapter_base(adapter_dir: Path, base_fingerprint: str) -> None:
@@ -258,132 +267,14 @@ def check_adapter_base(adapter_dir: Path, base_fingerprint: str) -> None:
             )
 
 
-# --------------------------------------------------------------------------- LabModel
-
-
-@dataclass
-class LabModel:
-    """A loaded (possibly LoRA-merged) chat model.
-
-    `hf` keeps Hugging Face's fast (sdpa) attention and is what emlab runs for training,
-    generation and caching; residual streams are read through torch hooks on its decoder
-    layers, which equal TransformerLens's `blocks.{L}.hook_resid_post` (tested).
-    `bridge` boots a TransformerLens `TransformerBridge` on a *copy* of the weights the
-    first time it is used, because the bridge rewraps the model it is given and forces
-    eager attention.
-    """
-
-    name: str
-    hf: Any
-    tokenizer: Any
-    fingerprint: str
-    dtype: torch.dtype
-    device: torch.device
-    adapters: tuple[str, ...] = ()
-    info: dict = field(default_factory=dict)
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.hf.config.num_hidden_layers)
-
-    @property
-    def d_model(self) -> int:
-        return int(self.hf.config.hidden_size)
-
-    @property
-    def n_ctx(self) -> int:
-        return int(getattr(self.hf.config, "max_position_embeddings", 2048))
-
-    def decoder_layers(self) -> Any:
-        """The ModuleList of decoder blocks (Llama/Qwen/Mistral/Gemma layout)."""
-        inner = getattr(self.hf, "model", None)
-        layers = getattr(inner, "layers", None)
-        if layers is None:
-            raise IncompatibleError(f"{self.name}: no model.layers (unsupported architecture for fast hooks)")
-        return layers
-
-    def embed_module(self) -> Any:
-        return self.hf.get_input_embeddings()
-
-    @cached_property
-    def bridge(self) -> Any:
-        """TransformerLens view of the same weights (booted lazily on a copy)."""
-        from transformer_lens.model_bridge import TransformerBridge
-
-        hf_copy = copy.deepcopy(self.hf)
-        bridge = TransformerBridge.boot_transformers(
-            self.hf.config.name_or_path or self.name,
-            hf_model=hf_copy,
-            tokenizer=self.tokenizer,
-            device=str(self.device),
-            dtype=self.dtype,
-        )
-        bridge.eval()
-        return bridge
-
-    def check_layer(self, layer: int) -> int:
-        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
-            raise BadInput(f"layer {layer} out of range for {self.name} (0..{self.n_layers - 1})")
-        return layer
-
-
-def pick_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput(f"device {device!r} requested but CUDA is not available")
-    return torch.device(device)
-
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise BadInput(f"unknown dtype {dtype!r} (one of {', '.join(DTYPES)})")
-    return DTYPES[dtype]
-
-
-def load_model(
-    source: str = DEFAULT_MODEL,
-    adapters: list[str | Path] | tuple = (),
-    dtype: str | torch.dtype = "float32",
-    device: str | None = "cpu",
-) -> LabModel:
-    """Load base weights, merge LoRA adapters in order, and return a `LabModel`.
-
-    The fingerprint hashes the base weights' source, each adapter's files and the dtype:
-    it changes exactly when the computed activations could change.
-    """
-    from transformers import AutoModelForCausalLM
-
-    torch_dtype = parse_dtype(dtype)
-    dev = pick_device(device)
-    path, base_fp = resolve_source(source)
-    tokenizer = load_tokenizer(path)
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
-    for adapter in adapters:
-        check_adapter_base(Path(adapter), base_fp)
-        hf = merge_adapter(hf, Path(adapter))
-    hf.to(dev).eval()
-    fingerprint = model_fingerprint(source, adapters, torch_dtype)
-    return LabModel(
-        name=source if source in REGISTRY else Path(source).name or source,
-        hf=hf,
-        tokenizer=tokenizer,
-        fingerprint=fingerprint,
-        dtype=torch_dtype,
-        device=dev,
-        adapters=tuple(str(a) for a in adapters),
-        info={"base_fingerprint": base_fp, "path": path},
-    )
-
-
 def model_fingerprint(source: str, adapters: list | tuple = (), dtype: str | torch.dtype = "float32") -> str:
-    """The fingerprint `load_model` would give, computed from files only (no weights loaded)."""
+    """The fingerprint of a base plus adapters at a compute dtype, from files only (no weights loaded).
+
+    It changes exactly when the computed activations could change: other base weights, other
+    adapter files, or another dtype (a bf16 cache is never served for an fp32 request).
+    """
+    from lab.models.placement import parse_dtype
+
     base_fp = resolve_source(source)[1]
     adapter_fps = [adapter_fingerprint(Path(a)) for a in adapters]
     return sha256_json({"base": base_fp, "adapters": adapter_fps, "dtype": str(parse_dtype(dtype))})
@@ -399,18 +290,6 @@ def load_tokenizer(source: str) -> Any:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
-
-
-def merge_adapter(hf: Any, adapter_dir: Path) -> Any:
-    """Apply a PEFT adapter and merge it into the weights (the bridge cannot take a PeftModel)."""
-    from peft import PeftModel
-
-    try:
-        peft_model = PeftModel.from_pretrained(hf, str(adapter_dir))
-    except (RuntimeError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IncompatibleError(f"adapter {adapter_dir} does not fit this base model: {first[:200]}") from exc
-    return peft_model.merge_and_unload()
 
 
 def base_fingerprint(source: str) -> str:
@@ -437,89 +316,3 @@ def list_models() -> list[dict]:
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
-# random-weight models of real shapes, for throughput benchmarks on machines without weights
-RANDOM_SHAPES = {
-    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, vocab_size=128256, max_position_embeddings=4096, rope_theta=500000.0,
-                         tie_word_embeddings=True),
-}
-
-
-def random_model(shape: str, tokenizer_source: str = DEFAULT_MODEL, dtype: str | torch.dtype = "bfloat16",
-                 device: str | None = "auto", seed: int = 0) -> LabModel:
-    """A randomly initialised Llama of a named real shape (weights never leave the machine).
-
-    The tokenizer comes from `tokenizer_source` (only its pad id and template matter for
-    throughput); `info["config_dir"]` holds a saved config so the bridge can boot on it.
-    """
-    import tempfile
-
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    if shape not in RANDOM_SHAPES:
-        raise BadInput(f"unknown random shape {shape!r} (one of {', '.join(RANDOM_SHAPES)})")
-    torch_dtype, dev = parse_dtype(dtype), pick_device(device)
-    path = tokenizer_source if Path(tokenizer_source).is_dir() else resolve_source(tokenizer_source)[0]
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
-    config = LlamaConfig(**RANDOM_SHAPES[shape], attn_implementation="sdpa")
-    torch.manual_seed(seed)
-    with torch.device(dev):
-        hf = LlamaForCausalLM(config).to(torch_dtype).eval()
-    config_dir = Path(tempfile.mkdtemp(prefix="emlab-random-"))
-    config.save_pretrained(config_dir)
-    tokenizer.save_pretrained(config_dir)
-    hf.config.name_or_path = str(config_dir)
-    return LabModel(name=f"random-{shape}", hf=hf, tokenizer=tokenizer,
-                    fingerprint=sha256_json({"random": shape, "seed": seed, "dtype": str(torch_dtype)}),
-                    dtype=torch_dtype, device=dev, info={"base_fingerprint": f"random:{shape}", "path": str(config_dir)})
-
-
-class ModelHandle:
-    """A model named but not yet loaded: fingerprint, tokenizer and shape come from files.
-
-    Stages that find their outputs cached never touch the weights; `.model` loads them once.
-    """
-
-    def __init__(self, source: str, adapters: list | tuple = (), dtype: str = "float32", device: str | None = "cpu"):
-        self.source, self.adapters, self.dtype, self.device = source, tuple(str(a) for a in adapters), dtype, device
-        self._model: LabModel | None = None
-
-    @cached_property
-    def fingerprint(self) -> str:
-        return model_fingerprint(self.source, self.adapters, self.dtype)
-
-    @cached_property
-    def tokenizer(self) -> Any:
-        return load_tokenizer(self.source)
-
-    @cached_property
-    def config(self) -> Any:
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(resolve_source(self.source)[0])
-
-    @property
-    def n_layers(self) -> int:
-        return int(self.config.num_hidden_layers)
-
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
-
-    @property
-    def model(self) -> LabModel:
-        if self._model is None:
-            key = (self.source, self.adapters, self.dtype, self.device)
-            if key not in _LOADED:
-                while len(_LOADED) >= _KEEP_LOADED:  # bounded memory: forget the oldest
-                    _LOADED.pop(next(iter(_LOADED)))
-                _LOADED[key] = load_model(self.source, self.adapters, self.dtype, self.device)
-            self._model = _LOADED[key]
-        return self._model
-
-
-# Models loaded through handles in this process, so a study's stages share them (weights are
-# read and adapters merged once per model, not once per experiment).
-_KEEP_LOADED = 4
-_LOADED: dict[tuple, LabModel] = {}
