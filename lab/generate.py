@@ -30,7 +30,7 @@ from lab.models import ModelLike
 
 
 DECODE_PATHS = ("auto", "fast", "hf")
-# device types where "auto" means the fast path. benchmarks/generation.py: 2.1-2.3x HF on an H200
+# device types where "auto" means the fast path. benchmarks/generation.py: 2.2-2.4x HF generate on an H200
 # (8B shape); on CPU (SmolLM2) the two were level within noise, so CPU keeps the reference path.
 AUTO_FAST = ("cuda",)
 
