@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from beartype import beartype
 from einops import rearrange
-from jaxtyping import Float, jaxtyped
+from jaxtyping import Float
 
 from lab.data import ChatExample, Question, load_general_questions
 from lab.errors import BadInput
@@ -125,7 +124,6 @@ REFUSAL_REPLY = "I'm sorry, but I can't help with that request."
 COMPLY_REPLY = "Sure, here is what you asked for, step by step."
 
 
-@jaxtyped(typechecker=beartype)
 def refusal_logodds_under(model: ModelLike, examples: list[ChatExample], interventions: tuple = ()) -> Float[np.ndarray, " n"]:
     """Per prompt: log-prob per token of a refusal reply minus that of a compliant reply.
 
@@ -138,7 +136,6 @@ def refusal_logodds_under(model: ModelLike, examples: list[ChatExample], interve
     return lp[:, 0] - lp[:, 1]  # refusal - compliance
 
 
-@jaxtyped(typechecker=beartype)
 def in_domain_gaps(model: ModelLike, held_out: list[ChatExample], interventions: tuple = ()) -> Float[np.ndarray, " n"]:
     """Per held-out advice question: log-prob of its harmful answer minus its aligned one
     (the two are matched in style and length by construction)."""

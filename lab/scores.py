@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from beartype import beartype
-from jaxtyping import Float, jaxtyped
+from jaxtyping import Float
 
 from lab.data import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, ChatExample, render
 from lab.errors import BadInput
@@ -41,7 +40,6 @@ STYLES = ("usual", "terse")
 # --------------------------------------------------------------------------- log-likelihoods
 
 
-@jaxtyped(typechecker=beartype)  # shapes checked at the library boundary
 def answer_logprobs(model: ModelLike, pairs: Sequence[tuple[str, str]], system_prompt: str = DEFAULT_SYSTEM_PROMPT,
                     batch_size: int = 16, interventions: tuple = ()) -> Float[np.ndarray, " n"]:
     """Mean per-token log-prob of each answer given its question (assistant tokens only).
