@@ -67,7 +67,7 @@ def test_cli_train_one_epoch_killed_and_resumed(tmp_path):
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    first = out / "checkpoints" / "step-000010" / "trainer_state.pt"
+    first = out / "checkpoints" / "step-000010" / "trainer_state.json"
     deadline = time.time() + 600
     while not first.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(1)
