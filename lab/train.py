@@ -266,6 +266,11 @@ def train_lora(
     if total not in schedule:
         schedule.append(total)
 
+    latest = _latest_checkpoint(out_dir)  # every refusal happens before the model is wrapped
+    state = load_trainer_state(latest) if latest is not None else None
+    if state is not None and _resumable(state["config"]) != _resumable(json.loads(json.dumps(asdict(config)))):
+        raise BadInput(f"{out_dir} holds checkpoints of a different training config; use a new folder")
+
     torch.manual_seed(config.seed)
     peft_model = get_peft_model(model.hf, lora)
     peft_model.train()
@@ -273,11 +278,7 @@ def train_lora(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
     step, losses, resumed_from = 0, [], 0
-    latest = _latest_checkpoint(out_dir)
-    if latest is not None:
-        state = load_trainer_state(latest)
-        if _resumable(state["config"]) != _resumable(json.loads(json.dumps(asdict(config)))):
-            raise BadInput(f"{out_dir} holds checkpoints of a different training config; use a new folder")
+    if state is not None:
         set_peft_model_state_dict(peft_model, load_file(str(latest / "adapter_model.safetensors")))
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
