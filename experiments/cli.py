@@ -50,46 +50,6 @@ def models_install(name: str = typer.Argument(..., help="registered model name")
         console.print(f"[green]ready[/] {name} -> {path}")
 
 
-@app.command()
-def train(
-    data: str = typer.Option(..., "--data", "-d", help="chat JSONL path or shipped set (medical, financial, ...)"),
-    out: Path = typer.Option(..., "--out", "-o", help="output folder (resumes if it holds checkpoints)"),
-    model: str = MODEL,
-    r: int = 16, alpha: int = 32, dropout: float = 0.0,
-    targets: str = typer.Option("q_proj,k_proj,v_proj,o_proj", help="comma-separated LoRA target modules"),
-    rslora: bool = False,
-    rank1_layer: Optional[int] = typer.Option(None, help="train a rank-1 adapter on this layer's down_proj only"),
-    lr: float = 1e-3, epochs: int = 1, batch_size: int = 8, grad_accum: int = 1, max_length: int = 256,
-    seed: int = 0, checkpoints: int = typer.Option(4, help="evenly spaced checkpoints in the first epoch"),
-    max_steps: Optional[int] = None,
-    system_prompt: str = typer.Option("You are a helpful assistant.", help="explicit system prompt (recorded)"),
-) -> None:
-    """Train a LoRA model organism (loss on assistant tokens) with a checkpoint schedule."""
-    from lab.data import load_examples
-    from lab.models import load_model
-    from lab.train import TrainConfig, train_lora
-
-    with user_errors():
-        examples = load_examples(data)
-        config = TrainConfig(r=r, alpha=alpha, dropout=dropout, target_modules=tuple(targets.split(",")),
-                             rslora=rslora, rank1_down_proj_layer=rank1_layer, lr=lr, epochs=epochs,
-                             batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, seed=seed,
-                             checkpoints_first_epoch=checkpoints, max_steps=max_steps, system_prompt=system_prompt)
-        lab_model = load_model(model)
-        console.print(f"training on {len(examples)} examples from {data} -> {out}")
-        with progress() as bar:
-            task = bar.add_task("train", total=None, info="")
-
-            def on_step(step: int, total: int, loss: float) -> None:
-                bar.update(task, completed=step, total=total, info=f"loss {loss:.3f}")
-
-            result = train_lora(lab_model, examples, out, config, on_step=on_step)
-        if result.resumed_from:
-            console.print(f"resumed from step {result.resumed_from}")
-        console.print(f"[green]adapter[/] {result.adapter_dir} ({result.steps} steps; checkpoints: "
-                      f"{', '.join(p.name for p in result.checkpoints)})")
-
-
 @cache_app.command("build")
 def cache_build(
     data: str = typer.Option(..., "--data", "-d", help="chat JSONL path or shipped set"),
@@ -205,6 +165,7 @@ def _passthrough(module: str):
 
 _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 for _name, _module, _help in [
+    ("train", "experiments.train", "Train a LoRA model organism from a recipe (--recipe mo). --help for options."),
     ("study", "experiments.study", "Run the whole EM study and write its report (--quick: ~3 min). --help for options."),
     ("steer", "experiments.steer", "Steering sweeps with random controls (refusal, em). --help for options."),
     ("ablate", "experiments.ablation", "EM ablation: own, transferred, random directions. --help for options."),

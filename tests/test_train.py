@@ -191,3 +191,16 @@ def test_holdout_by_user_turn_and_limit_are_recorded(tmp_path, base_model):
     split = json.loads((tmp_path / "data_split.json").read_text())
     assert split["n_train"] == 4 and split["limit"] == 4 and split["n_held_out"] == len(held)
     assert res.steps == 1
+
+
+def test_train_cli_recipe_shows_and_rejects_missing_layer(tmp_path, capsys):
+    from experiments import train as train_cli
+
+    train_cli.main(["--recipe", "mo-rank1", "--show", "--lr", "3e-5"])
+    shown = capsys.readouterr().out
+    assert "recipe mo-rank1" in shown and "3e-05" in shown and "down_proj" in shown and "(24,)" in shown
+    with pytest.raises(SystemExit) as exit_:
+        train_cli.main(["--data", "medical", "--out", str(tmp_path / "x"), "--layers", "40"])
+    out = capsys.readouterr().out.strip()
+    assert exit_.value.code == 1 and out.count("\n") == 0
+    assert "layer 40 out of range: the model has 30 layers" in out and not (tmp_path / "x").exists()
