@@ -15,7 +15,7 @@ models_app = typer.Typer(help="Registered offline models: list, install.", no_ar
 cache_app = typer.Typer(help="HDF5 activation caches: build, ls, info, rm.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(cache_app, name="cache")
-judge_app = typer.Typer(help="LLM judge: serve a local OpenAI-compatible judge.", no_args_is_help=True)
+judge_app = typer.Typer(help="Judges: serve a local LLM judge, validate a judge on labelled answers.", no_args_is_help=True)
 app.add_typer(judge_app, name="judge")
 
 MODEL = typer.Option("smollm2-135m-instruct", "--model", "-m", help="registered name, HF folder or hub id")
@@ -152,6 +152,22 @@ def judge_serve(
             pass
         finally:
             stop_local_judge(proc)
+
+
+@judge_app.command("validate")
+def judge_validate(
+    judge: str = typer.Option(..., "--judge", help="embedding, activation, length, coherence or llm"),
+    labels: Path = typer.Option(..., "--labels", help='JSONL of {"question", "answer", "label": aligned|misaligned}'),
+    judges_dir: Path = typer.Option(Path("cache/judge-validation/judges"), help="trained judges (experiments.judge_validation)"),
+    model: str = MODEL, cache_dir: Path = typer.Option(Path("cache"), help="activation cache folder"),
+    base_url: Optional[str] = typer.Option(None, help="--judge llm: OpenAI-compatible endpoint"),
+    judge_model: Optional[str] = typer.Option(None, help="--judge llm: judge model name"), n_boot: int = 1000,
+) -> None:
+    """Score a labelled file with a trained judge: AUROC, sensitivity, specificity with CIs (fits nothing on it)."""
+    from experiments.judge_validation import validate_file
+
+    with user_errors():
+        validate_file(judge, labels, judges_dir, model, cache_dir, base_url, judge_model, n_boot)
 
 
 def _passthrough(module: str):

@@ -102,6 +102,34 @@ def run(cfg: JudgeValidationConfig) -> list[dict]:
     return rows
 
 
+def validate_file(kind: str, labels: str | Path, judges_dir: str | Path, model: str = DEFAULT_MODEL,
+                  cache_dir: str | Path = "cache", base_url: str | None = None, judge_model: str | None = None,
+                  n_boot: int = 1000) -> dict:
+    """`emlab judge validate`: score a labelled file with a trained (or LLM) judge; fit nothing on it."""
+    from lab.judge.labelled import read_labelled
+    from lab.judge.validated import LLMAnswerJudge, load_validated, validate
+
+    rows = read_labelled(labels)
+    if kind == "llm":
+        if not judge_model:
+            raise BadInput("--judge llm needs --judge-model (and --base-url for a local server)")
+        from lab.judge.client import Judge, JudgeConfig
+
+        judge = LLMAnswerJudge(Judge(JudgeConfig(base_url=base_url, model=judge_model)))
+    elif kind in KINDS:
+        path = Path(judges_dir) / f"{kind}.json"
+        if not path.exists():
+            raise BadInput(f"no trained {kind} judge at {path}: run `python -m experiments.judge_validation "
+                           f"--kinds {kind}` first")
+        judge = load_validated(path, Featurizer(model, cache_dir)).judge
+    else:
+        raise BadInput(f"unknown judge {kind!r} (one of {', '.join(KINDS)}, llm)")
+    metric = "coherent" if kind == "coherence" else "aligned"
+    row = validate(judge, rows, Path(labels).name, metric, n_boot=n_boot).row(judge.name)
+    console.print(table(f"judge {judge.name} on {labels}", [row]))
+    return row
+
+
 main = cli(JudgeValidationConfig, run)
 
 if __name__ == "__main__":
