@@ -175,15 +175,19 @@ class Featurizer:
     def choose_layer(self, judge, pairs: Pairs, y: np.ndarray, groups: list[str], seed: int = 0) -> None:
         """Pick the residual layer whose probe separates best on held-out training groups, then
         fit the probe direction there on all training pairs (`lab.directions.probe`)."""
-        from lab.data import split_ids
         from lab.directions import probe
         from lab.metrics import auroc
 
         n = self.model.n_layers
         layers = list(self.candidate_layers or range(max(1, n // 6), n - 1, max(1, n // 10)))
         X = activations(self.model, pairs, layers, self.cache_dir)
-        side = split_ids(sorted(set(groups)), 0.3, seed)
-        test = np.array([side[g] == "test" for g in groups])
+        names = sorted(set(groups))
+        if len(names) < 4:
+            raise BadInput(f"the activation judge needs at least 4 training groups to pick a layer, got {len(names)}")
+        held_out = set(np.random.default_rng(seed).permutation(names)[: max(2, round(0.3 * len(names)))].tolist())
+        test = np.array([g in held_out for g in groups])
+        if len(set(y[test].tolist())) < 2 or len(set(y[~test].tolist())) < 2:
+            raise BadInput("the activation judge's layer choice needs both classes on both sides of its split")
         W = probe(X[:, ~test], y[~test]).numpy()  # (layer, d)
         held = auroc(np.einsum("lnd,ld->ln", X[:, test], W), y[test])
         best = int(np.nanargmax(held))
