@@ -123,3 +123,30 @@ def test_cli_judge_validate_prints_auroc_and_refuses_one_class(tmp_path):
     bad = subprocess.run(cmd[:-5] + [str(one)] + cmd[-4:], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "needs both aligned and misaligned" in bad.stdout
     assert len(bad.stdout.strip().splitlines()) == 1
+
+
+def _synthetic(n_groups, seed, share_misaligned=0.5):
+    """Answers whose misaligned versions are long and aligned ones short: length is a perfect judge here."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(n_groups):
+        bad = rng.random() < share_misaligned
+        words = int(rng.integers(40, 60) if bad else rng.integers(3, 8))
+        rows.append(LabelledAnswer(f"question {seed}-{g}?", " ".join(["word"] * words) + f" {seed}-{g}",
+                                   "misaligned" if bad else "aligned", f"{seed}-{g}", "synthetic"))
+    return rows
+
+
+def test_calibrated_em_rate_from_a_validated_judge():
+    from lab.judge.validated import calibrated_em_rate
+
+    v = Validated(TrainedJudge("length", features=Featurizer()).fit(_synthetic(80, 0)))
+    with pytest.raises(BadInput, match="has not been validated"):
+        calibrated_em_rate(v, [("q", "a")], "held-out")
+    v.validate(_synthetic(80, 1), "held-out", n_boot=100)
+    measured = _synthetic(200, 2, share_misaligned=0.3)
+    truth = np.mean([r.y for r in measured])
+    est = calibrated_em_rate(v, [(r.question, r.answer) for r in measured], "held-out", n_boot=500)
+    assert est.lo <= truth <= est.hi and abs(est.corrected - truth) < 0.05 and est.n == 200
+    with pytest.raises(BadInput, match="no validation on 'general'"):
+        calibrated_em_rate(v, [("q", "a")], "general")

@@ -277,3 +277,28 @@ def load_validated(path: str | Path, features=None) -> Validated:
     vals = {k: Validation(**{**x, **{f: tuple(x[f]) for f in ("auroc", "sensitivity", "specificity")}})
             for k, x in d["validations"].items()}
     return Validated(TrainedJudge.from_json(d["judge"], features), vals)
+
+
+def calibrated_em_rate(alignment: Validated, pairs: Pairs, validation_set: str, coherence: Validated | None = None,
+                       criterion: str = "mo", n_boot: int = 2000, seed: int = 0):
+    """The EM rate of answers under `criterion`, raw and Rogan–Gladen corrected (`lab.prevalence`).
+
+    The correction uses the alignment judge's sensitivity and specificity measured on
+    `validation_set` (pick the set closest to the answers: the general references for
+    answers to general questions). Without a coherence judge every answer counts as
+    coherent. Both judges must pass the validation gate.
+    """
+    from lab.prevalence import corrected_rate
+
+    alignment.require_usable()
+    if coherence is not None:
+        coherence.require_usable()
+    if validation_set not in alignment.validations:
+        raise BadInput(f"judge {alignment.judge.name} has no validation on {validation_set!r} "
+                       f"(has: {', '.join(alignment.validations)})")
+    scores = alignment.judge.judge(pairs)
+    if coherence is not None:
+        scores = JudgedScores(scores.aligned, coherence.judge.judge(pairs).coherent)
+    flags = np.array([f for f in scores.em_flags(criterion) if f is not None], dtype=bool)
+    val = alignment.validations[validation_set]
+    return corrected_rate(flags, np.array(val.flags_misaligned), np.array(val.flags_aligned), n_boot, seed)
