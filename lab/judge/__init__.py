@@ -28,4 +28,18 @@ __all__ = [
     "backoff_delay", "build_prompt", "classify_error", "extract_top_logprobs", "fill_template", "is_local_url",
     "judge_answers", "resolve_api_key", "scheme_for", "score_digit10", "score_logprob100", "serve_local_judge",
     "stop_local_judge",
+    # lab.judge.validated / labelled (loaded on first use: they import torch)
+    "AnswerJudge", "Composed", "JudgedScores", "LLMAnswerJudge", "LabelledAnswer", "TrainedJudge", "Validated",
+    "Validation", "calibrated_em_rate", "load_validated", "read_labelled", "save_validated", "validate",
 ]
+
+_LAZY = {"LabelledAnswer": "labelled", "read_labelled": "labelled"}
+
+
+def __getattr__(name: str):
+    """Judges emlab trains (`validated`) load lazily, so `from lab.judge import Judge` stays light."""
+    import importlib
+
+    if name in __all__ and name not in globals():
+        return getattr(importlib.import_module(f"lab.judge.{_LAZY.get(name, 'validated')}"), name)
+    raise AttributeError(f"module 'lab.judge' has no attribute {name!r}")
