@@ -111,7 +111,7 @@ def test_pickled_trainer_state_is_refused_not_executed(tmp_path, base_model):
 
 
 def test_trainer_state_is_safetensors_and_json(tmp_path, base_model):
-    from lab.train import STATE_JSON, STATE_TENSORS, load_trainer_state
+    from lab.trainer_state import STATE_JSON, STATE_TENSORS, load_trainer_state
 
     res = train_lora(base_model, load_advice("financial")[:8], tmp_path, TrainConfig(batch_size=4, max_steps=2,
                                                                                      checkpoints_first_epoch=2))
