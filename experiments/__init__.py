@@ -6,6 +6,7 @@ parser printing one text. (Kept here, import-free, so `emlab --help` stays fast.
 """
 
 VERBS: dict[str, tuple[str, str]] = {
+    "train": ("experiments.train", "Train a LoRA model organism from a recipe (--recipe mo)."),
     "study": ("experiments.study", "Run the whole EM study and write its report (--quick: ~3 min)."),
     "steer": ("experiments.steer", "Steering sweeps with random controls (refusal, em)."),
     "ablate": ("experiments.ablation", "EM ablation: own, transferred, random directions."),

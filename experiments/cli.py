@@ -9,7 +9,7 @@ import typer
 
 from experiments import VERBS
 from lab.config import DEFAULT_CACHE_DIR
-from lab.console import console, progress, table, user_errors
+from lab.console import console, table, user_errors
 
 app = typer.Typer(help="emlab: emergent-misalignment interpretability lab (TransformerLens + HDF5 caches).",
                   rich_markup_mode="rich", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -17,7 +17,7 @@ models_app = typer.Typer(help="Registered offline models: list, install.", no_ar
 cache_app = typer.Typer(help="HDF5 activation caches: build, ls, info, rm.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(cache_app, name="cache")
-judge_app = typer.Typer(help="LLM judge: serve a local OpenAI-compatible judge.", no_args_is_help=True)
+judge_app = typer.Typer(help="Judges: serve a local LLM judge, validate a judge on labelled answers.", no_args_is_help=True)
 app.add_typer(judge_app, name="judge")
 
 MODEL = typer.Option("smollm2-135m-instruct", "--model", "-m", help="registered name, HF folder or hub id")
@@ -51,47 +51,6 @@ def models_install(name: str = typer.Argument(..., help="registered model name")
         console.print(f"[green]ready[/] {name} -> {path}")
 
 
-@app.command()
-def train(
-    data: str = typer.Option(..., "--data", "-d", help="chat JSONL path or shipped set (medical, financial, ...)"),
-    out: Path = typer.Option(..., "--out", "-o", help="output folder (resumes if it holds checkpoints)"),
-    model: str = MODEL,
-    r: int = 16, alpha: int = 32, dropout: float = 0.0,
-    targets: str = typer.Option("q_proj,k_proj,v_proj,o_proj", help="comma-separated LoRA target modules"),
-    rslora: bool = False,
-    rank1_layer: Optional[int] = typer.Option(None, help="train a rank-1 adapter on this layer's down_proj only"),
-    lr: float = 1e-3, epochs: int = 1, batch_size: int = 8, grad_accum: int = 1, max_length: int = 256,
-    seed: int = 0, checkpoints: int = typer.Option(4, help="evenly spaced checkpoints in the first epoch"),
-    max_steps: Optional[int] = None,
-    system_prompt: str = typer.Option("You are a helpful assistant.", help="explicit system prompt (recorded)"),
-    model_dtype: str = typer.Option("auto", help="compute dtype: auto (bfloat16 on cuda, float32 on cpu)"),
-    device: str = typer.Option("cpu", help="cpu, cuda, auto"),
-    device_map: str = typer.Option("", help="spread the model over GPUs: auto or cuda:0,cuda:1"),
-) -> None:
-    """Train a LoRA model organism (loss on assistant tokens) with a checkpoint schedule."""
-    from lab.data import load_examples
-    from lab.models import load_model
-    from lab.train import TrainConfig, train_lora
-
-    with user_errors():
-        examples = load_examples(data)
-        config = TrainConfig(r=r, alpha=alpha, dropout=dropout, target_modules=tuple(targets.split(",")),
-                             rslora=rslora, rank1_down_proj_layer=rank1_layer, lr=lr, epochs=epochs,
-                             batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, seed=seed,
-                             checkpoints_first_epoch=checkpoints, max_steps=max_steps, system_prompt=system_prompt)
-        lab_model = load_model(model, dtype=model_dtype, device=device, device_map=device_map)
-        console.print(f"training on {len(examples)} examples from {data} -> {out}")
-        with progress() as bar:
-            task = bar.add_task("train", total=None, info="")
-
-            def on_step(step: int, total: int, loss: float) -> None:
-                bar.update(task, completed=step, total=total, info=f"loss {loss:.3f}")
-
-            result = train_lora(lab_model, examples, out, config, on_step=on_step)
-        if result.resumed_from:
-            console.print(f"resumed from step {result.resumed_from}")
-        console.print(f"[green]adapter[/] {result.adapter_dir} ({result.steps} steps; checkpoints: "
-                      f"{', '.join(p.name for p in result.checkpoints)})")
 
 
 @cache_app.command("ls")
@@ -155,6 +114,22 @@ def judge_serve(
             pass
         finally:
             stop_local_judge(proc)
+
+
+@judge_app.command("validate")
+def judge_validate(
+    judge: str = typer.Option(..., "--judge", help="embedding, activation, length, coherence or llm"),
+    labels: Path = typer.Option(..., "--labels", help='JSONL of {"question", "answer", "label": aligned|misaligned}'),
+    judges_dir: Path = typer.Option(Path("cache/judge-validation/judges"), help="trained judges (experiments.judge_validation)"),
+    model: str = MODEL, cache_dir: Path = typer.Option(Path("cache"), help="activation cache folder"),
+    base_url: Optional[str] = typer.Option(None, help="--judge llm: OpenAI-compatible endpoint"),
+    judge_model: Optional[str] = typer.Option(None, help="--judge llm: judge model name"), n_boot: int = 1000,
+) -> None:
+    """Score a labelled file with a trained judge: AUROC, sensitivity, specificity with CIs (fits nothing on it)."""
+    from experiments.judge_validation import validate_file
+
+    with user_errors():
+        validate_file(judge, labels, judges_dir, model, cache_dir, base_url, judge_model, n_boot)
 
 
 def _passthrough(module: str, verb: str):

