@@ -214,6 +214,7 @@ for _name, _module, _help in [
     ("pooling", "experiments.pooling", "Compare poolings per layer. --help for options."),
     ("transfer", "experiments.transfer", "Transfer directions across models. --help for options."),
     ("project", "experiments.trait_projection", "Trait projections, base vs organism. --help for options."),
+    ("diff", "experiments.diff", "Which domain was an adapter trained on? Activation Difference Lens. --help for options."),
 ]:
     app.command(_name, context_settings=_EXTRA, help=_help, add_help_option=False)(_passthrough(_module))
 
