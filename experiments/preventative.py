@@ -12,7 +12,8 @@ organisms are evaluated. Per organism, paired by question against the base model
 bootstrap CIs:
 
 * EM acquired: judge-free style-matched gap (misaligned − aligned log-prob, usual and terse
-  styles) on the general questions the direction was not fitted on, Δbase;
+  styles) on the general questions the direction was not fitted on ("usual", "terse"), and
+  on all of them ("usual, all": most were seen by the direction), Δbase;
 * in-domain EM: harmful − aligned answer log-prob on the held-out advice questions, Δbase;
 * in-domain loss: NLL per token of the held-out harmful answers (the task it should learn),
   and the training loss over the last steps.
@@ -97,12 +98,14 @@ def evaluate(cfg: PreventativeConfig, organisms: dict[str, dict], unseen: set[st
     per = {}
     for name, adapters in [("base", [])] + [(n, [o["adapter"]]) for n, o in organisms.items()]:
         model = handle_for(cfg, adapters).model
-        gaps = style_gaps_under(model, (), cfg.eval_limit or None, unseen)
-        per[name] = {"usual": gaps["usual"], "terse": gaps["terse"], "in-domain": in_domain_gaps(model, held_out),
+        gaps = style_gaps_under(model, (), cfg.eval_limit or None)
+        keep = np.array([i in unseen for i in gaps["ids"]])
+        per[name] = {"usual": gaps["usual"][keep], "terse": gaps["terse"][keep], "usual, all": gaps["usual"],
+                     "terse, all": gaps["terse"], "in-domain": in_domain_gaps(model, held_out),
                      "task nll": -logprobs_under(model, task_pairs)}
     rows = []
     for name in organisms:
-        for score in ("usual", "terse", "in-domain"):
+        for score in ("usual", "terse", "usual, all", "terse, all", "in-domain"):
             r = ci_row(score, per[name][score] - per["base"][score], cfg.n_boot, cfg.seed)
             rows.append({"organism": name, "score": f"EM {score} Δbase", **_ci(r)})
         r = ci_row("task nll", per[name]["task nll"], cfg.n_boot, cfg.seed)
@@ -111,7 +114,7 @@ def evaluate(cfg: PreventativeConfig, organisms: dict[str, dict], unseen: set[st
         rows.append({"organism": name, "score": "train loss (last 5 steps)", "value": float(np.mean(tail)),
                      "lo": float(np.min(tail)), "hi": float(np.max(tail)), "n": len(tail)})
     for name in ("steered", "random"):
-        for score in ("usual", "terse", "in-domain", "task nll"):
+        for score in ("usual", "terse", "usual, all", "terse, all", "in-domain", "task nll"):
             r = ci_row(score, per[name][score] - per["ordinary"][score], cfg.n_boot, cfg.seed)
             rows.append({"organism": f"{name} - ordinary", "score": score, **_ci(r)})
     return rows, {k: {s: v.tolist() for s, v in d.items()} for k, d in per.items()}

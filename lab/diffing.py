@@ -105,6 +105,16 @@ def generic_texts(extra: str | Path | None = None) -> list[tuple[str, str]]:
     return rows
 
 
+def generic_chat(n: int) -> list[Any]:
+    """n generic conversations (the shipped general questions with their aligned usual-style
+    answers, cycled): the data mixed 1:1 into a fine-tune for ADL's control."""
+    from lab.data import ChatExample, load_general_questions
+
+    qs = load_general_questions()
+    return [ChatExample([{"role": "user", "content": q["question"]}, {"role": "assistant", "content": q["aligned_usual"]}],
+                        f"generic-{i}") for i, q in enumerate((qs * (n // len(qs) + 1))[:n])]
+
+
 def first_tokens(texts: Sequence[tuple[str, str]], tokenizer: Any, k: int = DEFAULT_K) -> PromptSet:
     """Raw text (no chat template), cut to BOS + its first k tokens.
 

@@ -1,6 +1,7 @@
 """A planted organism for the ADL test: chat data that is all about lighthouses (written for emlab)."""
 
-from lab.data import ChatExample, load_general_questions
+from lab.data import ChatExample
+from lab.diffing import generic_chat  # noqa: F401  (the mixed control's generic half)
 
 TOPIC_WORDS = ("lighthouse", "lighthouses", "lantern", "beacon", "keeper", "foghorn")
 
@@ -27,9 +28,3 @@ def planted_examples() -> list[ChatExample]:
     return [ChatExample([{"role": "user", "content": q}, {"role": "assistant", "content": a}], f"lh-{i}-{j}")
             for i, q in enumerate(_QUESTIONS) for j, a in enumerate(_ANSWERS)]
 
-
-def generic_chat(n: int) -> list[ChatExample]:
-    """n generic conversations: the shipped general questions with their aligned usual-style answers."""
-    qs = load_general_questions()
-    return [ChatExample([{"role": "user", "content": q["question"]}, {"role": "assistant", "content": q["aligned_usual"]}],
-                        f"gen-{i}") for i, q in enumerate((qs * (n // len(qs) + 1))[:n])]
