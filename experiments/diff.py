@@ -19,7 +19,7 @@ from pathlib import Path
 from experiments.common import Common, cli, handle_for, out_dir, save_summary
 from lab.console import console, fmt_ci, table
 from lab.diffing import (DEFAULT_K, AdlResult, Lens, SteerRow, adl, first_tokens, generic_texts, mean_norms,
-                         parse_domains, steer_with_delta, text_cache)
+                         parse_domains, scored_layers, steer_with_delta, text_cache)
 from lab.errors import BadInput
 from lab.io import sha256_json, write_json_atomic
 
@@ -34,6 +34,8 @@ class DiffConfig(Common):
     domains: list[str] = field(default_factory=list, metadata={
         "help": "extra candidate domains: name=word,word,... (built in: medical, financial, code/security)"})
     top: int = field(default=20, metadata={"help": "logit-lens top tokens per layer"})
+    layers: str = field(default="middle", metadata={
+        "help": "layers scored for the domain guess: middle (25-75%% depth, the paper's), final, or 3,7,12"})
     show: int = field(default=10, metadata={"help": "top tokens printed per layer"})
     steer: bool = field(default=True, metadata={"help": "steer the base model with δ and show its answers"})
     steer_layer: int = field(default=-1, metadata={"help": "layer to steer at (-1: half depth)"})
@@ -74,7 +76,7 @@ def diff(cfg: DiffConfig, adapters: list[str]) -> tuple[AdlResult, list[SteerRow
         base_cache = text_cache(base, prompts, cfg.cache_dir, cfg.storage)
         org_cache = text_cache(organism, prompts, cfg.cache_dir, cfg.storage)
     domains = parse_domains(cfg.domains)
-    result = adl(base_cache, org_cache, lens_for(cfg, base), domains, cfg.top)
+    result = adl(base_cache, org_cache, lens_for(cfg, base), domains, cfg.top, scored_layers(cfg.layers, base.n_layers))
     layer = base.n_layers // 2 if cfg.steer_layer < 0 else cfg.steer_layer
     if not 0 <= layer < base.n_layers:
         raise BadInput(f"--steer-layer {layer} out of range (0..{base.n_layers - 1})")
@@ -122,7 +124,8 @@ def run(cfg: DiffConfig) -> dict:
                 f"{pick.domain_share[s.domain]:.3f} ({unsteered.domain_share[s.domain]:.3f} / "
                 f"{random_at.domain_share[s.domain]:.3f})")
         domain_rows.append(row)
-    console.print(table("Domain scores (relevance: share of top tokens over the middle layers that are domain words)",
+    console.print(table(f"Domain scores (relevance: share of top tokens over the scored layers ({cfg.layers}) that are "
+                        "domain words)",
                         domain_rows))
     console.print(f"[bold]which domain was this organism trained on?[/] -> [green]{result.guess}[/]")
     if rows:

@@ -7,8 +7,9 @@ For every organism the lab can train (medical and financial: the shipped sets' t
 insecure code: ../shared/data/insecure-code/insecure_n500.jsonl when present; any chat JSONL
 passed as `--extra domain=path`) and every seed, two LoRA organisms on the same steps: the
 data alone, and the data mixed 1:1 with generic chat (the control that should erase the
-trace). ADL (lab.diffing, no steering) guesses the domain among the candidates; the table
-gives accuracy with a bootstrap CI beside chance (1 / number of candidate domains).
+trace). ADL (lab.diffing, no steering) guesses the domain among the candidates, read at the
+middle layers (the paper's choice) and at the final layer; the table gives accuracy with a
+bootstrap CI beside chance (1 / number of candidate domains).
 Trainings and caches are resumable and reused.
 """
 
@@ -22,12 +23,14 @@ import numpy as np
 from experiments.common import Common, cli, handle_for, out_dir, save_summary
 from lab.console import console, fmt_ci, progress, table
 from lab.data import ChatExample, advice_split, read_chat_jsonl
-from lab.diffing import DEFAULT_K, Lens, adl, first_tokens, generic_chat, generic_texts, parse_domains, text_cache
+from lab.diffing import (DEFAULT_K, Lens, adl, first_tokens, generic_chat, generic_texts, parse_domains, scored_layers,
+                         text_cache)
 from lab.errors import BadInput
 from lab.io import sha256_json, write_rows
 from lab.scores import rate
 from lab.train import TrainConfig, train_lora
 
+READINGS = ("middle", "final")  # the paper's middle layers; the last layer (where SmolLM2's lens decodes)
 INSECURE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "insecure-code" / "insecure_n500.jsonl"
 
 
@@ -90,22 +93,26 @@ def run(cfg: DomainIdConfig) -> dict:
                     if not (adapter / "adapter_model.safetensors").exists():
                         bar.update(task, info=f"train {name} {variant} s{seed}")
                         train_lora(base.model, train, folder, tc)
-                    res = adl(base_cache, text_cache(handle_for(cfg, [str(adapter)]), prompts, cfg.cache_dir, cfg.storage),
-                              lens, candidates)
-                    by = {s.domain: s for s in res.scores}
-                    rows.append({"organism": name, "truth": truth, "variant": variant, "seed": seed,
-                                 "guess": res.guess, "correct": res.guess == truth,
-                                 "truth relevance": by[truth].relevance, "truth logit z": by[truth].logit_z,
-                                 **{f"relevance {d}": s.relevance for d, s in by.items()},
-                                 "hits": " ".join(by[truth].hits[:6]), "adapter": str(adapter)})
+                    org_cache = text_cache(handle_for(cfg, [str(adapter)]), prompts, cfg.cache_dir, cfg.storage)
+                    row = {"organism": name, "truth": truth, "variant": variant, "seed": seed}
+                    for reading in READINGS:
+                        res = adl(base_cache, org_cache, lens, candidates,
+                                  layers=scored_layers(reading, base_cache.n_layers))
+                        by = {s.domain: s for s in res.scores}
+                        row.update({f"guess ({reading})": res.guess, f"correct ({reading})": res.guess == truth,
+                                    f"truth relevance ({reading})": by[truth].relevance,
+                                    f"hits ({reading})": " ".join(by[truth].hits[:5])})
+                    rows.append({**row, "adapter": str(adapter)})
                     bar.advance(task)
     chance = 1 / len(candidates)
     summary_rows = []
     for variant in variants:
-        flags = [r["correct"] for r in rows if r["variant"] == variant]
-        acc = rate(flags, cfg.n_boot, cfg.seed)
-        summary_rows.append({"variant": variant, "n": acc["n"], "accuracy [95% CI]": fmt_ci(acc["rate"], acc["lo"], acc["hi"]),
-                             "chance": f"{chance:.3f}", "accuracy": acc["rate"], "lo": acc["lo"], "hi": acc["hi"]})
+        for reading in READINGS:
+            flags = [r[f"correct ({reading})"] for r in rows if r["variant"] == variant]
+            acc = rate(flags, cfg.n_boot, cfg.seed)
+            summary_rows.append({"variant": variant, "layers": reading, "n": acc["n"],
+                                 "accuracy [95% CI]": fmt_ci(acc["rate"], acc["lo"], acc["hi"]), "chance": f"{chance:.3f}",
+                                 "accuracy": acc["rate"], "lo": acc["lo"], "hi": acc["hi"]})
     console.print(table("ADL domain guesses", [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()
                                                 if k not in ("adapter",) and not k.startswith("relevance ")} for r in rows]))
     console.print(table(f"Accuracy vs chance ({len(candidates)} candidate domains)",
@@ -113,8 +120,9 @@ def run(cfg: DomainIdConfig) -> dict:
     out = out_dir(cfg, "domain_id")
     write_rows(rows, out / "rows")
     return save_summary(cfg, out, rows=rows, accuracy=summary_rows, chance=chance,
-                        mean_truth_relevance={v: float(np.mean([r["truth relevance"] for r in rows if r["variant"] == v]))
-                                              for v in variants})
+                        mean_truth_relevance={f"{v}, {reading}": float(np.mean([r[f"truth relevance ({reading})"]
+                                                                                 for r in rows if r["variant"] == v]))
+                                              for v in variants for reading in READINGS})
 
 
 main = cli(DomainIdConfig, run)

@@ -254,6 +254,22 @@ def middle_layers(n_layers: int, lo: float = 0.25, hi: float = 0.75) -> list[int
     return [L for L in range(n_layers) if lo * (n_layers - 1) <= L <= hi * (n_layers - 1)]
 
 
+def scored_layers(spec: str, n_layers: int) -> list[int]:
+    """Layers whose top tokens are scored: `middle` (25-75% depth, the paper's choice), `final`
+    (the last layer: on SmolLM2-135M the logit lens only decodes there), or `3,7,12`."""
+    if spec == "middle":
+        return middle_layers(n_layers)
+    if spec == "final":
+        return [n_layers - 1]
+    try:
+        layers = sorted({int(x) for x in spec.split(",") if x.strip()})
+    except ValueError:
+        raise BadInput(f"layers {spec!r}: expected middle, final or comma-separated layer numbers") from None
+    if not layers or not all(0 <= L < n_layers for L in layers):
+        raise BadInput(f"layers {spec!r} out of range (0..{n_layers - 1})")
+    return layers
+
+
 @dataclass
 class DomainScore:
     domain: str
