@@ -202,6 +202,13 @@ print(json.dumps({{"modeling": [m for m in sys.modules if m.startswith("transfor
                          / "summary.json").read_text())
     assert second["top_tokens"] == json.loads(json.dumps(first["top_tokens"])) and second["guess"] == first["guess"]
 
+    from lab.diffing_report import diffing_section
+    from lab.reports import write_report
+
+    write_report(tmp_path / "report", "diff", [diffing_section({"medical (4 steps)": second})], "ADL")
+    page = (tmp_path / "report" / "diffing.html").read_text()
+    assert "medical (4 steps)" in page and "which domain" not in page and second["guess"] in page
+
 
 def test_diff_and_preventative_cli_help_and_errors():
     for module, flag in (("experiments.diff", "--adapter"), ("experiments.preventative", "--ratio")):
