@@ -207,7 +207,7 @@ print(json.dumps({{"modeling": [m for m in sys.modules if m.startswith("transfor
 
     write_report(tmp_path / "report", "diff", [diffing_section({"medical (4 steps)": second})], "ADL")
     page = (tmp_path / "report" / "diffing.html").read_text()
-    assert "medical (4 steps)" in page and "which domain" not in page and second["guess"] in page
+    assert "medical (4 steps)" in page and second["guess"] in page and "steering the base model" in page
 
 
 def test_diff_and_preventative_cli_help_and_errors():
