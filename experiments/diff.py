@@ -19,7 +19,8 @@ from pathlib import Path
 from experiments.common import Common, cli, handle_for, out_dir, save_summary
 from lab.console import console, fmt_ci, table
 from lab.diffing import (DEFAULT_K, AdlResult, Lens, SteerRow, adl, first_tokens, generic_texts, mean_norms,
-                         parse_domains, scored_layers, steer_with_delta, text_cache)
+                         parse_domains, scored_layers, steer_with_delta, text_cache,
+                         with_shares)
 from lab.errors import BadInput
 from lab.io import sha256_json, write_json_atomic
 
@@ -83,11 +84,11 @@ def diff(cfg: DiffConfig, adapters: list[str]) -> tuple[AdlResult, list[SteerRow
     rows: list[SteerRow] = []
     if cfg.steer:
         key = sha256_json({"base": base.fingerprint, "delta": sha256_json(result.delta[layer].tolist()),
-                           "layer": layer, "ratios": cfg.ratios, "domains": domains, "q": cfg.questions,
+                           "layer": layer, "ratios": cfg.ratios, "q": cfg.questions,
                            "tokens": cfg.max_new_tokens, "seed": cfg.seed})
         path = Path(cfg.cache_dir) / "adl-steer" / f"{key[:20]}.json"
         if path.exists():
-            rows = [SteerRow(**r) for r in json.loads(path.read_text())]
+            rows = with_shares([SteerRow(**r) for r in json.loads(path.read_text())], domains)
         else:
             with console.status("steering the base model with δ ..."):
                 norm = float(mean_norms(base_cache)[layer])

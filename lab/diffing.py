@@ -228,13 +228,15 @@ def normalise(token: str) -> str:
     return re.sub(r"[^a-z0-9]", "", token.lower())
 
 
-def is_relevant(token: str, words: Sequence[str]) -> bool:
-    """A decoded token matches a domain word: equal, or one a prefix of the other (both ≥ 4 chars)."""
+def is_relevant(token: str, words: Sequence[str], piece: bool = True) -> bool:
+    """A decoded token matches a domain word: equal, or it starts with the word (a stem such as
+    "medic"), or (`piece`: a word piece such as " vulner") the word starts with it; both ≥ 4
+    chars. Whole words from text use `piece=False`, so "light" does not count as "lighthouse"."""
     t = normalise(token)
     if len(t) < 3:
         return False
     for w in words:
-        if t == w or (len(t) >= 4 and len(w) >= 4 and (w.startswith(t) or t.startswith(w))):
+        if t == w or (len(t) >= 4 and len(w) >= 4 and (t.startswith(w) or (piece and w.startswith(t)))):
             return True
     return False
 
@@ -352,8 +354,16 @@ class SteerRow:
 
 
 def word_share(texts: Sequence[str], words: Sequence[str]) -> float:
+    """Share of the words (>= 4 letters) of `texts` that are domain words."""
     tokens = [w for t in texts for w in re.findall(r"[A-Za-z0-9]{4,}", t)]
-    return sum(is_relevant(w, words) for w in tokens) / max(len(tokens), 1)
+    return sum(is_relevant(w, words, piece=False) for w in tokens) / max(len(tokens), 1)
+
+
+def with_shares(rows: list[SteerRow], domains: dict[str, tuple[str, ...]]) -> list[SteerRow]:
+    """(Re)compute each row's domain word shares from its answers (for any candidate domains)."""
+    for r in rows:
+        r.domain_share = {d: word_share([a["answer"] for a in r.answers], w) for d, w in domains.items()}
+    return rows
 
 
 def steer_with_delta(model: Any, delta_layer: np.ndarray, layer: int, layer_norm: float, ratios: Sequence[float],
@@ -376,8 +386,7 @@ def steer_with_delta(model: Any, delta_layer: np.ndarray, layer: int, layer_norm
             {"value": 0.0, "lo": 0.0, "hi": 0.0}
         answers = [{"question": r["question"], "answer": r["answer"]}
                    for r in generate_answers(model, examples, gen, ivs, label=f"{condition} x{ratio}")]
-        share = {d: word_share([a["answer"] for a in answers], w) for d, w in domains.items()}
-        return SteerRow(condition, ratio, coh["value"], coh["lo"], coh["hi"], share, answers)
+        return with_shares([SteerRow(condition, ratio, coh["value"], coh["lo"], coh["hi"], {}, answers)], domains)[0]
 
     rows = [row("unsteered", 0.0, ())]
     for ratio in ratios:

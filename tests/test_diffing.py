@@ -60,6 +60,8 @@ def test_generic_texts_and_first_tokens(base_model, texts, tmp_path):
 def test_relevance_and_domain_parsing():
     assert is_relevant(" doctors", DOMAINS["medical"]) and is_relevant("Medication", DOMAINS["medical"])
     assert not is_relevant(" the", DOMAINS["medical"]) and not is_relevant(" do", DOMAINS["medical"])
+    assert is_relevant("light", TOPIC_WORDS) and not is_relevant("light", TOPIC_WORDS, piece=False)
+    assert is_relevant("Lighthouses", TOPIC_WORDS, piece=False)
     d = parse_domains(["cooking=recipe,Bake", "kite,wind"])
     assert d["cooking"] == ("recipe", "bake") and d["custom2"] == ("kite", "wind") and "medical" in d
     with pytest.raises(BadInput, match="no words"):
