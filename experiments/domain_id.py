@@ -48,6 +48,7 @@ class DomainIdConfig(Common):
     insecure: str = field(default=str(INSECURE), metadata={"help": "insecure-code chat JSONL (skipped when absent)"})
     k: int = field(default=DEFAULT_K, metadata={"help": "first k tokens of each generic text"})
     mix: bool = field(default=True, metadata={"help": "also train the 1:1 generic-mix controls"})
+    train: bool = field(default=True, metadata={"help": "train missing organisms (--no-train: report those already trained)"})
     runs: str = field(default="cache/domain_id", metadata={"help": "training folders (resumable)"})
 
 
@@ -91,6 +92,10 @@ def run(cfg: DomainIdConfig) -> dict:
                     folder = Path(cfg.runs) / f"{name.split()[0]}-{variant.split()[0]}-s{seed}-{key}"
                     adapter = folder / "adapter"
                     if not (adapter / "adapter_model.safetensors").exists():
+                        if not cfg.train:
+                            console.print(f"[yellow]not trained yet, left out[/]: {name} {variant} seed {seed}")
+                            bar.advance(task)
+                            continue
                         bar.update(task, info=f"train {name} {variant} s{seed}")
                         train_lora(base.model, train, folder, tc)
                     org_cache = text_cache(handle_for(cfg, [str(adapter)]), prompts, cfg.cache_dir, cfg.storage)
@@ -104,6 +109,8 @@ def run(cfg: DomainIdConfig) -> dict:
                                     f"hits ({reading})": " ".join(by[truth].hits[:5])})
                     rows.append({**row, "adapter": str(adapter)})
                     bar.advance(task)
+    if not rows:
+        raise BadInput("no trained organism to report (run without --no-train first)")
     chance = 1 / len(candidates)
     summary_rows = []
     for variant in variants:
