@@ -111,7 +111,7 @@ def evaluate(cfg: PreventativeConfig, organisms: dict[str, dict], unseen: set[st
         r = ci_row("task nll", per[name]["task nll"], cfg.n_boot, cfg.seed)
         rows.append({"organism": name, "score": "held-out task NLL/token", **_ci(r)})
         tail = organisms[name]["losses"][-5:]
-        rows.append({"organism": name, "score": "train loss (last 5 steps)", "value": float(np.mean(tail)),
+        rows.append({"organism": name, "score": "train loss, last 5 steps (range, not a CI)", "value": float(np.mean(tail)),
                      "lo": float(np.min(tail)), "hi": float(np.max(tail)), "n": len(tail)})
     for name in ("steered", "random"):
         for score in ("usual", "terse", "usual, all", "terse, all", "in-domain", "task nll"):
