@@ -16,5 +16,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "pooling": ("experiments.pooling", "Compare poolings per layer."),
     "transfer": ("experiments.transfer", "Transfer directions across models."),
     "project": ("experiments.trait_projection", "Trait projections, base vs organism."),
+    "diff": ("experiments.diff", "Which domain was an adapter trained on? Activation Difference Lens."),
+    "preventative": ("experiments.preventative", "Preventative steering: train with the misalignment direction added."),
+    "domain-id": ("experiments.domain_id", "Domain identification benchmark: ADL's guess vs the truth."),
     "cache build": ("experiments.cache_build", "Cache residual streams of a prompt set (content-addressed)."),
 }
