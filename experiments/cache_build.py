@@ -35,7 +35,7 @@ class CacheBuildConfig(Config):
     mode: CacheMode = field(default="tokens", metadata={"help": "tokens (every token) or pooled (per-example features)"})
     model_dtype: Literal["auto", "float32", "float16", "bfloat16"] = field(default="auto", metadata={
         "help": "compute dtype of the model (auto: bfloat16 on cuda, float32 on cpu)"})
-    device: Device = field(default="cpu", metadata={"help": "where the model runs"})
+    device: Device = field(default="cpu", metadata={"help": "where the model runs: cpu, cuda, cuda:N or auto"})
     device_map: str = field(default="", metadata={"help": "spread the model over GPUs: auto or cuda:0,cuda:1"})
     batch_size: int = field(default=16, metadata={"help": "examples per forward"})
     max_tokens: int = field(default=0, metadata={"help": "refuse (or with --truncate cut) longer examples (0: no limit)"})

@@ -19,7 +19,7 @@ from lab.models import DEFAULT_MODEL, LabModel, ModelPool
 
 # Defaults every verb shares, named once (a config field's default refers to these).
 DEFAULT_JUDGE_MODEL = "gpt-4o"
-Device = Literal["cpu", "cuda", "auto"]
+Device = str  # cpu, cuda, cuda:N or auto: checked when the model is placed (one line if the GPU is missing)
 JudgeScheme = Literal["auto", "logprob100", "digit10"]
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -47,7 +47,7 @@ class Common(Config):
                 "from --organisms or --run refuse it)"})
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "activation cache folder"})
     out: str = field(default=DEFAULT_OUT, metadata={"help": "output folder (tables, figures, directions)"})
-    device: Device = field(default="cpu", metadata={"help": "where the model runs"})
+    device: Device = field(default="cpu", metadata={"help": "where the model runs: cpu, cuda, cuda:N or auto"})
     dtype: ModelDtype = field(default="auto", metadata={"help": "compute dtype (auto: bfloat16 on cuda, float32 on cpu)"})
     device_map: str = field(default="", metadata={"help": "spread the model over GPUs: auto or cuda:0,cuda:1"})
     seed: int = field(default=0, metadata={"help": "split and bootstrap seed"})

@@ -41,7 +41,7 @@ class EvalConfig(Config):
     judge_model: str = field(default=DEFAULT_JUDGE_MODEL, metadata={"help": "judge model name"})
     judge_scheme: JudgeScheme = field(default="auto", metadata={"help": "judge scoring scheme (auto: by model)"})
     out: str = field(default=DEFAULT_OUT, metadata={"help": "output folder"})
-    device: Device = field(default="cpu", metadata={"help": "where the model runs"})
+    device: Device = field(default="cpu", metadata={"help": "where the model runs: cpu, cuda, cuda:N or auto"})
     dtype: ModelDtype = field(default="auto", metadata={"help": "compute dtype (auto: bfloat16 on cuda, float32 on cpu)"})
     device_map: str = field(default="", metadata={"help": "spread the model over GPUs: auto or cuda:0,cuda:1"})
 

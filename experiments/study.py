@@ -65,7 +65,7 @@ class StudyConfig(Config):
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "explicit system prompt"})
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "caches, organisms and stage results"})
     out: str = field(default=DEFAULT_OUT, metadata={"help": "figures and report folder"})
-    device: Device = field(default="cpu", metadata={"help": "where the model runs"})
+    device: Device = field(default="cpu", metadata={"help": "where the model runs: cpu, cuda, cuda:N or auto"})
     dtype: ModelDtype = field(default="auto", metadata={"help": "compute dtype (auto: bfloat16 on cuda, float32 on cpu)"})
     device_map: str = field(default="", metadata={"help": "spread the model over GPUs: auto or cuda:0,cuda:1"})
     seed: int = field(default=0, metadata={"help": "seed for training, splits, sampling, bootstrap"})

@@ -37,7 +37,7 @@ class TrainCli(Config):
     out: str = field(default="", metadata={"help": "output folder (resumes if it holds checkpoints)"})
     recipe: str = field(default="default", metadata={"help": f"default, {', '.join(RECIPES)}"})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "registered model, HF folder or hub id"})
-    device: Device = field(default="cpu", metadata={"help": "where the model runs"})
+    device: Device = field(default="cpu", metadata={"help": "where the model runs: cpu, cuda, cuda:N or auto"})
     dtype: ModelDtype = field(default="auto", metadata={"help": "compute dtype (auto: bfloat16 on cuda, float32 on cpu)"})
     device_map: str = field(default="", metadata={"help": "spread the model over GPUs: auto or cuda:0,cuda:1"})
     show: bool = field(default=False, metadata={"help": "print the resolved config and exit"})

@@ -28,7 +28,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from lab.cache import (ActivationCache, CacheRequest, _create_file, batch_plan, build_cache, cache_key, cache_path)
+from lab.cache import ActivationCache, CacheRequest, batch_plan, build_cache, cache_key, cache_path
+from lab.cache.build import _create_file
 from lab.data import PromptSet
 from lab.errors import CacheError
 from lab.models import ModelLike

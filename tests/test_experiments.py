@@ -185,13 +185,13 @@ def test_foreign_direction_fails_in_one_line_unless_allowed(base_model, tmp_path
     exit 1; --allow-foreign-direction runs it."""
     import torch
 
-    from lab.directions import Direction
+    from lab.directions import Direction, FitRecord
 
     rows = torch.nn.functional.normalize(torch.randn(base_model.n_layers, base_model.d_model,
                                                      generator=torch.Generator().manual_seed(0)), dim=-1)
-    path = Direction(rows, list(range(base_model.n_layers)), n_layers=base_model.n_layers, method="mean_diff",
-                     contrast="refusal", model_fingerprint="hub:someone/other-model",
-                     metrics={"best_layer": 5}).save(tmp_path / "foreign.safetensors")
+    path = Direction(rows, list(range(base_model.n_layers)), n_layers=base_model.n_layers,
+                     model_fingerprint="hub:someone/other-model",
+                     record=FitRecord("mean_diff", "last", "refusal", "", best_layer=5)).save(tmp_path / "foreign.safetensors")
     args = [sys.executable, "-m", "experiments.cli", "steer", "--target", "refusal", "--direction", str(path),
             "--limit", "16", "--eval-limit", "1", "--ratios", "--random-seeds", "1", "--max-new-tokens", "2",
             "--neutral", "2", "--n-boot", "20", "--cache-dir", dirs["cache_dir"], "--out", str(tmp_path / "out")]

@@ -203,14 +203,14 @@ def test_random_controls_copy_the_treatments_structure(direction):
 def test_from_direction_enforces_provenance(base_model, organism, trained_adapter):
     """Issue 11 defect 3: a direction applies to the model it was fitted on, or to a model of the
     same base when the fitted-on model is named; anything else is one IncompatibleError line."""
-    from lab.directions import Direction
+    from lab.directions import Direction, FitRecord
     from lab.models import ModelHandle
     from tests.conftest import MODEL
 
     rows = torch.nn.functional.normalize(torch.randn(3, base_model.d_model, generator=torch.Generator().manual_seed(0)),
                                          dim=-1)
     own = Direction(rows, [4, 5, 6], n_layers=base_model.n_layers, model_fingerprint=base_model.fingerprint,
-                    method="mean_diff", contrast="refusal")
+                    record=FitRecord("mean_diff", "last", "refusal", ""))
     iv = from_direction(own, base_model, op="ablate")
     assert iv.layers == [4, 5, 6] and not iv.shared
     everywhere = from_direction(own, base_model, range(base_model.n_layers), at=5, op="ablate")
