@@ -1,32 +1,4 @@
-"""Offline HTML reports: an index page plus one self-contained page per section.
-
-This module only *renders*: callers hand it blocks (text, tables, images, answer
-comparisons, headline numbers, circuitsvis widgets) and it writes HTML. It knows
-nothing about how the numbers were computed.
-
-Three guarantees shape the code:
-
-* **Offline.** Every page inlines its CSS and JavaScript and references nothing
-  outside the report folder: no CDN, no web fonts, no remote images. A
-  Content-Security-Policy meta tag additionally forbids network loads, so even
-  a future regression in a bundled widget cannot phone home.
-* **Escaped.** Everything that came from a model or a user (answers, tokens,
-  titles, table cells) is HTML-escaped. The one exception is `Html`, reserved
-  for trusted markup produced by `attention_html` / `token_projection_html`.
-* **Atomic.** Each file is written under a temporary name and renamed into
-  place, and `index.html` is written last, so a crash never leaves a report
-  whose index points at half-written pages.
-
-Example::
-
-    from lab import reports as R
-    sec = R.Section("steering", "Steering", [
-        R.Panel("Headline", [("misaligned (steered)", "31%"), ("misaligned (random)", "4%")]),
-        R.Text("Steering along the direction raises misalignment.\\n\\nRandom directions do not."),
-        R.Image("out/plots/sweep.png", "Misalignment against steering strength"),
-    ])
-    R.write_report("out/report", "Emergent misalignment study", [sec], "One-paragraph summary.")
-"""
+"""Rendering: sections of blocks -> an offline, escaped, atomically written HTML report."""
 
 from __future__ import annotations
 
@@ -38,125 +10,15 @@ import os
 import re
 import tempfile
 import warnings
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Sequence
 from urllib.parse import quote
 
 import numpy as np
 
-__all__ = [
-    "Text", "Table", "Image", "Answers", "Html", "Panel", "Block", "Section",
-    "write_report", "attention_html", "token_projection_html",
-]
+from lab.reports.blocks import Answers, Block, Html, Image, Panel, Section, Table, Text
 
-
-# --------------------------------------------------------------------------- blocks
-
-
-@dataclass(frozen=True)
-class Text:
-    """Plain text. Blank lines separate paragraphs; single newlines are kept as line breaks.
-
-    Always escaped: `Text("<b>hi</b>")` shows the tags literally.
-    """
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Table:
-    """A bordered table of `rows` (dicts). `columns` picks and orders the columns;
-    by default every key seen, in first-seen order. Floats are shown with 4 significant digits."""
-
-    title: str
-    rows: list[dict]
-    columns: list[str] | None = None
-
-
-@dataclass(frozen=True)
-class Image:
-    """A picture already on disk (normally a PNG from `lab.plots`).
-
-    Files inside the report folder are referenced where they are; files elsewhere
-    are copied into `<out_dir>/assets/` so the folder stays movable as a whole.
-    """
-
-    path: str | Path
-    caption: str = ""
-
-
-@dataclass(frozen=True)
-class Answers:
-    """Model answers side by side, one row per prompt, e.g. columns
-    `["question", "unsteered", "steered", "random control"]`. Long text wraps."""
-
-    title: str
-    rows: list[dict]
-    columns: list[str]
-
-
-@dataclass(frozen=True)
-class Html:
-    """Trusted markup inserted verbatim: only for `attention_html` / `token_projection_html` output.
-
-    It is never escaped, so never build it from model or user text by hand.
-    """
-
-    html: str
-    title: str = ""
-
-    def __post_init__(self) -> None:
-        # The classic mistake is passing a circuitsvis object or `str()` of one:
-        # both give markup that loads its JavaScript from a CDN and fails offline.
-        if not isinstance(self.html, str):
-            raise TypeError(f"Html expects a str, got {type(self.html).__name__}; "
-                            "for circuitsvis use reports.attention_html / token_projection_html")
-        if match := _EXTERNAL_REF.search(self.html):
-            raise ValueError(f"Html block references something outside the report ({match.group(0)!r}); "
-                             "reports must work offline")
-
-
-@dataclass(frozen=True)
-class Panel:
-    """Headline numbers as (label, value) cards. Panels are also lifted onto the index page."""
-
-    title: str
-    items: list[tuple[str, str]]
-
-
-Block = Union[Text, Table, Image, Answers, Html, Panel]
-
-
-@dataclass(frozen=True)
-class Section:
-    """One page of the report, written to `<out_dir>/<id>.html`.
-
-    `id` becomes a file name and a link, so it is restricted to letters, digits,
-    `-` and `_`, and `index` is reserved for the contents page.
-    """
-
-    id: str
-    title: str
-    blocks: list[Block] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not _SECTION_ID.fullmatch(self.id) or self.id.casefold() == "index":
-            raise ValueError(f"bad section id {self.id!r}: use letters, digits, '-' or '_' "
-                             "(at most 64, not 'index')")
-
-
-_SECTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-
-# Markup that would make the browser fetch something from another host: attributes and
-# CSS urls pointing at `//host` or `http(s)://host`, CSS @import, and ES module imports.
-_EXTERNAL_REF = re.compile(
-    r"""(?:\b(?:src|href|action|poster|srcset)\s*=\s*["']?\s*(?:https?:)?//"""
-    r"""|url\(\s*["']?\s*(?:https?:)?//|@import\b"""
-    r"""|\b(?:from|import)\s*\(?\s*["'](?:https?:)?//)""",
-    re.IGNORECASE,
-)
 
 
 # --------------------------------------------------------------------------- writing
@@ -455,86 +317,3 @@ def _render_panel(block: Panel, link: str = "") -> str:
 
 
 # --------------------------------------------------------------------------- circuitsvis
-
-
-def attention_html(str_tokens: list[str], pattern: np.ndarray, head_names: list[str] | None = None) -> str:
-    """Offline circuitsvis `attention_heads` widget for one prompt; wrap it in `Html`.
-
-    `pattern` has shape (heads, query, key) with query == key == len(str_tokens),
-    e.g. `cache["pattern", layer][batch]` from TransformerLens. Tokens are passed as
-    plain text: AttentionHeads draws them on a canvas (chart.js), never as HTML.
-    """
-    from circuitsvis.attention import attention_heads  # lazy: circuitsvis imports torch
-
-    pattern = np.asarray(pattern, dtype=np.float64)
-    n = len(str_tokens)
-    if pattern.ndim != 3 or pattern.shape[1:] != (n, n):
-        raise ValueError(f"pattern must have shape (heads, {n}, {n}) for {n} tokens, got {pattern.shape}")
-    if head_names is not None and len(head_names) != pattern.shape[0]:
-        raise ValueError(f"{len(head_names)} head names for {pattern.shape[0]} heads")
-    # 4 decimals is far below what a colour scale shows, and keeps pages small.
-    rendered = attention_heads(attention=pattern.round(4), tokens=[str(t) for t in str_tokens],
-                               attention_head_names=None if head_names is None else [str(h) for h in head_names])
-    return _offline_html(rendered.local_src)
-
-
-def token_projection_html(str_tokens: list[str], values: list[float]) -> str:
-    """Offline circuitsvis `colored_tokens` widget: each token shaded by its value
-    (e.g. the projection of its residual stream onto a direction); wrap it in `Html`."""
-    from circuitsvis.tokens import colored_tokens  # lazy: circuitsvis imports torch
-
-    vals = np.asarray(values, dtype=np.float64).reshape(-1).round(4)
-    if len(vals) != len(str_tokens):
-        raise ValueError(f"{len(vals)} values for {len(str_tokens)} tokens")
-    # ColoredTokens puts each token into the page with innerHTML (React's
-    # dangerouslySetInnerHTML), so a token like `<img/src="x"/onerror="...">` would run.
-    # Escaping makes the browser display exactly the token text instead.
-    tokens = [html.escape(str(t), quote=True) for t in str_tokens]
-    rendered = colored_tokens(tokens=tokens, values=vals)
-    return _offline_html(rendered.local_src)
-
-
-# circuitsvis' `local_src` is: <div id="circuits-vis-…" …/> <script …> BUNDLE  CircuitsVis.render("id", CircuitsVis.X, PROPS) </script>
-_CV_HEAD = re.compile(r'\s*<div id="(circuits-vis-[0-9a-f-]+)"[^>]*>\s*<script[^>]*>')
-_CV_CALL = "CircuitsVis.render("
-_SOURCE_MAP = re.compile(r"^//# sourceMappingURL=.*$", re.MULTILINE)
-
-
-def _offline_html(local_src: str) -> str:
-    """Rebuild circuitsvis' `local_src` as safe, valid, offline markup.
-
-    Why not use `local_src` as is:
-    * its props are raw `json.dumps` output inside a <script>, so a token such as
-      `</script><script>alert(1)</script>` ends the script early and runs the attacker's;
-    * its `<div …/>` is not a valid HTML5 element (the div would swallow what follows);
-    * the bundle mentions `http://` URLs (XML namespaces, docs links) and a source map.
-    """
-    head = _CV_HEAD.match(local_src)
-    end = local_src.rfind("</script>")
-    if head is None or end < head.end():
-        raise RuntimeError("unrecognised circuitsvis output (has circuitsvis changed?)")
-    bundle, sep, call = local_src[head.end():end].rpartition(_CV_CALL)
-    if not sep:
-        raise RuntimeError("unrecognised circuitsvis output: no CircuitsVis.render call")
-    js = _SOURCE_MAP.sub("", bundle) + sep + _escape_json_for_script(call)
-    return (f"<div class=\"emlab-cv\" id=\"{head.group(1)}\"></div>\n"
-            f"<script type=\"module\">\n{_neutralise_script(js)}\n</script>")
-
-
-def _escape_json_for_script(text: str) -> str:
-    """Replace <, > and & by JSON \\u escapes: same JavaScript strings, but nothing the
-    HTML parser can see as a tag. In JSON these characters only occur inside strings."""
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
-def _neutralise_script(js: str) -> str:
-    """Make inline JavaScript safe to embed in HTML without changing what it does.
-
-    Inside a <script>, the HTML parser only cares about `</script` and `<!--`; and a
-    literal `//` can only occur in JS strings, template literals, comments or (as `\\/`)
-    regexes, where `\\/` means the same as `/`. So:
-    `</` -> `<\\/` (no early end of the script), `<!--` -> `\\x3C!--` (no comment-state
-    trickery), `http(s)://` -> `http(s):\\/\\/` (no URL-shaped text in the page).
-    """
-    js = js.replace("<!--", "\\x3C!--").replace("</", "<\\/")
-    return re.sub(r"(https?:)//", r"\1\\/\\/", js, flags=re.IGNORECASE)
