@@ -30,11 +30,11 @@ import numpy as np
 from experiments.common import Common, cli, contrast_cache, handle_for, out_dir, save_summary
 from lab.console import console, fmt_ci, progress, table
 from lab.data import advice_split
-from lab.directions import held_out_groups, sweep_and_fit
+from lab.directions import fit_contrast
 from lab.errors import BadInput
 from lab.evaluation import in_domain_gaps, logprobs_under, style_gaps_under
 from lab.io import sha256_json, write_rows
-from lab.scores import ci_row
+from lab.estimate import mean_ci
 from lab.steering import Intervention, random_like, steer
 from lab.train import TrainConfig, train_lora
 
@@ -60,14 +60,14 @@ def misalignment_direction(cfg: PreventativeConfig):
     general questions it never saw."""
     base = handle_for(cfg, [])
     cache, _ = contrast_cache(base, "general_answers", cfg, "base")
-    _, fitted = sweep_and_fit(cache, "misaligned", ["mean_diff"], "mean_response", cfg.test_fraction, cfg.seed, 200,
-                              negative_label="aligned", contrast="general_answers")
-    direction = fitted["mean_diff"]
-    layer = direction.metrics["best_layer"] if cfg.layer < 0 else cfg.layer
+    fit = fit_contrast(cache, "misaligned", ["mean_diff"], "mean_response", cfg.test_fraction, cfg.seed, 200,
+                       negative_label="aligned", contrast="general_answers")
+    direction = fit.directions["mean_diff"]
+    layer = direction.record.best_layer if cfg.layer < 0 else cfg.layer
     if not 0 <= layer < base.n_layers:
         raise BadInput(f"--layer {layer} out of range (0..{base.n_layers - 1})")
     norm = float(np.linalg.norm(cache.features(layer, "mean_prompt"), axis=-1).mean())
-    unseen = held_out_groups(cache, "misaligned", "aligned", "mean_response", cfg.test_fraction, cfg.seed)
+    unseen = fit.split.held_out_groups()
     return direction, layer, norm, unseen
 
 
@@ -106,16 +106,16 @@ def evaluate(cfg: PreventativeConfig, organisms: dict[str, dict], unseen: set[st
     rows = []
     for name in organisms:
         for score in ("usual", "terse", "usual, all", "terse, all", "in-domain"):
-            r = ci_row(score, per[name][score] - per["base"][score], cfg.n_boot, cfg.seed)
+            r = mean_ci(per[name][score] - per["base"][score], cfg.n_boot, cfg.seed).to_json()
             rows.append({"organism": name, "score": f"EM {score} Δbase", **_ci(r)})
-        r = ci_row("task nll", per[name]["task nll"], cfg.n_boot, cfg.seed)
+        r = mean_ci(per[name]["task nll"], cfg.n_boot, cfg.seed).to_json()
         rows.append({"organism": name, "score": "held-out task NLL/token", **_ci(r)})
         tail = organisms[name]["losses"][-5:]
         rows.append({"organism": name, "score": "train loss, last 5 steps (range, not a CI)", "value": float(np.mean(tail)),
                      "lo": float(np.min(tail)), "hi": float(np.max(tail)), "n": len(tail)})
     for name in ("steered", "random"):
         for score in ("usual", "terse", "usual, all", "terse, all", "in-domain", "task nll"):
-            r = ci_row(score, per[name][score] - per["ordinary"][score], cfg.n_boot, cfg.seed)
+            r = mean_ci(per[name][score] - per["ordinary"][score], cfg.n_boot, cfg.seed).to_json()
             rows.append({"organism": f"{name} - ordinary", "score": score, **_ci(r)})
     return rows, {k: {s: v.tolist() for s, v in d.items()} for k, d in per.items()}
 

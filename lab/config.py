@@ -76,7 +76,8 @@ def check_choices(cfg: Any) -> None:
         choices = _arg_type(hints[f.name])[1].get("choices")
         value = getattr(cfg, f.name)
         values = value if isinstance(value, (list, tuple)) else [value]
-        if choices and any(v not in choices for v in values):
+        optional = type(None) in typing.get_args(hints[f.name])  # Optional[Literal[...]]: None means "not given"
+        if choices and any(v not in choices and not (v is None and optional) for v in values):
             flag = "--" + f.name.replace("_", "-")
             raise BadInput(f"{flag} must be one of {', '.join(map(str, choices))}, not {value!r}")
 

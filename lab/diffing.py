@@ -374,7 +374,7 @@ def steer_with_delta(model: ModelLike, delta_layer: np.ndarray, layer: int, laye
     answers to general questions and the coherence guard, with a random control per ratio."""
     from lab.evaluation import logprobs_under, neutral_pairs, question_examples, shipped_questions
     from lab.generate import GenerationConfig, generate_answers
-    from lab.scores import ci_row
+    from lab.estimate import mean_ci
     from lab.steering import Intervention, random_like
 
     pairs = neutral_pairs(neutral)
@@ -383,7 +383,7 @@ def steer_with_delta(model: ModelLike, delta_layer: np.ndarray, layer: int, laye
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=16, seed=seed)
 
     def row(condition: str, ratio: float, ivs: tuple) -> SteerRow:
-        coh = ci_row("coherence", logprobs_under(model, pairs, ivs) - baseline, 500, seed) if ivs else \
+        coh = mean_ci(logprobs_under(model, pairs, ivs) - baseline, 500, seed).to_json() if ivs else \
             {"value": 0.0, "lo": 0.0, "hi": 0.0}
         answers = [{"question": r["question"], "answer": r["answer"]}
                    for r in generate_answers(model, examples, gen, ivs, label=f"{condition} x{ratio}")]
