@@ -138,14 +138,15 @@ def build_cache_parallel(model: ModelLike, prompts: PromptSet, cache_dir: str | 
                     layout = _create_layout(partial, key, model, prompts, request, plan)
         layout = _broadcast(layout, ranks)
         if layout is not None:
-            mine = [plan[b] for b in ranks.mine(len(plan))]
-            sidecar = partial.with_suffix(f".rank{ranks.rank}.json")
-            raw = _RawFile(partial, layout, mode, _pooled_rows(plan, mine))
-            try:
-                _fill(raw, model, prompts, request, mine, 0, sidecar, key, on_batch)
-            finally:
-                raw.close()
-                sidecar.unlink(missing_ok=True)
+            mine = [plan[b] for b in ranks.mine(len(plan))]  # empty where ranks outnumber batches
+            if mine:
+                sidecar = partial.with_suffix(f".rank{ranks.rank}.json")
+                raw = _RawFile(partial, layout, mode, _pooled_rows(plan, mine))
+                try:
+                    _fill(raw, model, prompts, request, mine, 0, sidecar, key, on_batch)
+                finally:
+                    raw.close()
+                    sidecar.unlink(missing_ok=True)
             ranks.barrier()  # every rank's rows are in the file
             if ranks.rank == 0:
                 with h5py.File(partial, "r+") as h5:
