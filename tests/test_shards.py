@@ -98,3 +98,22 @@ def test_two_ranks_sample_the_one_process_answers(base_model, temperature, tmp_p
         assert any(len(texts) > 1 for texts in by_question.values())
     summary = json.loads((answers.parent / "summary.json").read_text())
     assert summary["ranks"] == 2 and summary["n_answers"] == 9
+
+
+def test_an_answer_file_resumes_without_regenerating(base_model, tmp_path, monkeypatch):
+    """Rows already in the file (same settings) are kept; only the missing ones are generated."""
+    from lab.evaluation import question_examples, shipped_questions
+    from lab.generate import AnswerRun, GenerationConfig, generate_answers
+
+    gen = GenerationConfig(max_new_tokens=3, temperature=1.0, samples=2, seed=1, batch_size=2)
+    examples = question_examples(shipped_questions(2), system_prompt=gen.system_prompt)
+    path = tmp_path / "a.jsonl"
+    full = generate_answers(base_model, examples, gen, out_path=path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2]) + "\n")  # an interrupted run: the first batch only
+    calls = []
+    real = AnswerRun.generate
+    monkeypatch.setattr(AnswerRun, "generate", lambda self, batch: calls.append(batch) or real(self, batch))
+    again = generate_answers(base_model, examples, gen, out_path=path)
+    assert sum(map(len, calls)) == 2 and path.read_text().splitlines() == lines
+    assert [r["answer"] for r in again] == [r["answer"] for r in full]
