@@ -37,6 +37,7 @@ import torch  # noqa: E402
 
 from benchmarks.gpu_study import synthetic_chats  # noqa: E402
 from lab.data import render  # noqa: E402
+from lab.decode import LENGTH_BUCKET  # noqa: E402
 from lab.evaluation import question_examples, shipped_questions  # noqa: E402
 from lab.generate import GenerationConfig, generate_answers  # noqa: E402
 from lab.models import LabModel, random_folder  # noqa: E402
@@ -108,9 +109,14 @@ def main() -> None:
     left = lambda: args.budget - (time.time() - T0)  # noqa: E731
     kw = dict(storage_dtype="bfloat16", mode="pooled", batch_size=32)
 
-    # 1. warm-up on every rank (not timed): kernels, allocator, the sampling shape's captured graph
-    warm = GenerationConfig(max_new_tokens=args.new_tokens, temperature=1.0, samples=1, batch_size=args.batch)
-    generate_answers(model, (questions * args.batch)[: args.batch], warm)
+    # 1. warm-up on every rank (not timed): kernels, allocator, and a captured decode graph for every
+    # prompt-width bucket the timed batches will use (one full batch of one question per bucket)
+    warm = GenerationConfig(max_new_tokens=args.new_tokens, temperature=1.0, samples=args.batch, batch_size=args.batch)
+    widths = {}
+    for q, width in zip(questions, render(questions, model.tokenizer, gen.system_prompt).lengths):
+        widths.setdefault(-(-int(width) // LENGTH_BUCKET), q)
+    for q in widths.values():
+        generate_answers(model, [q], warm)
     build_cache_parallel(model, render(synthetic_chats(64), model.tokenizer), work / f"warm-{ranks.rank}",
                          ranks=one, **kw)
     ranks.barrier()
