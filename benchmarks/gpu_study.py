@@ -15,6 +15,7 @@ the quick study if time is left:
 
     python benchmarks/gpu_study.py --shape qwen2.5-72b --sharded --tokenizer .gpu/smollm2-tokenizer
 
+Data-parallel caching and sampling (one process per GPU) are timed by `benchmarks/data_parallel.py`.
 Times are wall-clock on whatever machine runs it; nothing is asserted. `--budget S` stops
 starting new work after S seconds (what ran is still printed); `--json F` writes the numbers.
 """
@@ -199,40 +200,6 @@ def synthetic_chats(n: int) -> list:
                         f"s{i}") for i in range(n)]
 
 
-def data_parallel(folder: Path, work: Path, n_prompts: int = 4096) -> dict:
-    """Pooled bf16 caching of synthetic chats: one process on one GPU vs one per GPU (torchrun)."""
-    import os
-    import subprocess
-
-    data = work / "dp-chats.jsonl"
-    with open(data, "w") as f:
-        for ex in synthetic_chats(n_prompts):
-            f.write(json.dumps({"messages": ex.messages}) + "\n")
-    out = {}
-    n = torch.cuda.device_count()
-    for world in sorted({1, n}):
-        report = work / f"dp-{world}"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "-m", "lab.shards",
-               "--model", str(folder), "--data", str(data), "--cache-dir", str(work / f"dp-cache-{world}"),
-               "--mode", "pooled", "--storage", "bfloat16", "--batch-size", "32", "--report", str(report)]
-        t = time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "4"})
-        if proc.returncode != 0:
-            out[f"{world} GPU"] = {"error": (proc.stdout + proc.stderr)[-1500:]}
-            continue
-        ranks = [json.loads(Path(f"{report}.{r}").read_text()) for r in range(world)]
-        tokens = sum(r["tokens"] for r in ranks)
-        # rank 0's clock from its first batch to the merged file: it includes waiting for the other
-        # ranks (whose loads may have finished later), so the speed-up is if anything understated
-        span = ranks[0]["build_s"] + ranks[0].get("wait_and_merge_s", 0)
-        out[f"{world} GPU"] = {"tokens": tokens, "cache_s": round(span, 2), "tok_s": round(tokens / span),
-                               "merge_s": round(ranks[0].get("wait_and_merge_s", 0), 2),
-                               "wall_s_with_loads": round(time.time() - t, 1)}
-    if n > 1 and "tok_s" in out.get("1 GPU", {}) and "tok_s" in out.get(f"{n} GPU", {}):
-        out["speedup"] = round(out[f"{n} GPU"]["tok_s"] / out["1 GPU"]["tok_s"], 2)
-    return out
-
-
 def table(rows: list[tuple]) -> str:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows)
@@ -260,7 +227,6 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=1e9, help="seconds after which no new work starts")
     ap.add_argument("--device", default="cuda", help="cuda (or cpu for a dry run with --shape tiny-llama)")
     ap.add_argument("--json", default="")
-    ap.add_argument("--data-parallel", type=int, default=0, help="also time data-parallel pooled caching of N prompts")
     args = ap.parse_args()
 
     from lab.models import ModelPool, random_folder, random_sharded
@@ -308,9 +274,6 @@ def main() -> None:
                 pool.release()
             record["runs"].append(rec)
             print(report(rec), flush=True)
-        if args.data_parallel and left() > 60:
-            record["data_parallel"] = data_parallel(folder, work, args.data_parallel)
-            print("data-parallel pooled caching:", json.dumps(record["data_parallel"], indent=1), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1))
     print(f"total {time.time() - T0:.0f} s")

@@ -5,21 +5,29 @@
         --judge-base-url http://127.0.0.1:8765/v1 --judge-model smollm2
 
 Without a judge, only judge-free numbers are reported (no internet here: no strong judge).
+
+Over several GPUs, one process per GPU (rank r samples on cuda:r; the answers file is the one a
+single process writes, same seeds, same rows; rank 0 scores, judges and reports):
+
+    torchrun --standalone --nproc-per-node 2 -m experiments.em_eval --device cuda --samples 50
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.common import DEFAULT_JUDGE_MODEL, Device, JudgeScheme, ModelDtype, cli, make_judge, out_dir
 from lab.config import DEFAULT_OUT, Config, config_dict
 from lab.console import console, progress, table
+from lab.errors import BadInput
 from lab.data import DEFAULT_SYSTEM_PROMPT, read_questions_yaml
-from lab.evaluation import evaluate, shipped_questions
+from lab.evaluation import evaluate, question_examples, shipped_questions
 from lab.generate import GenerationConfig
 from lab.io import sha256_json, write_json_atomic, write_rows
 from lab.models import DEFAULT_MODEL, load_model
+from lab.shards import Ranks, sample_answers
 
 
 @dataclass
@@ -49,14 +57,30 @@ class EvalConfig(Config):
 def run(cfg: EvalConfig) -> dict:
     questions = (shipped_questions(cfg.limit or None) if cfg.questions == "general"
                  else read_questions_yaml(cfg.questions)[: cfg.limit or None])
-    model = load_model(cfg.model, cfg.adapters, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
+    judge = make_judge(cfg)  # a bad judge setting fails now, not after the sampling
+    ranks = Ranks.from_env()  # torchrun: one process per GPU
+    if ranks.world > 1 and cfg.device_map:
+        raise BadInput("--device-map spreads one model over GPUs; under torchrun each rank holds its own copy")
+    model = load_model(cfg.model, cfg.adapters, dtype=cfg.dtype, device=ranks.device(cfg.device),
+                       device_map=cfg.device_map)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, samples=cfg.samples,
                            seed=cfg.seed, batch_size=cfg.batch_size, system_prompt=cfg.system_prompt)
     out = out_dir(cfg, f"em_eval/{model.name}-{sha256_json(config_dict(cfg))[:8]}")
+    model.hf  # load the weights before the clock starts (answer_seconds times sampling, not loading)
+    ranks.barrier()
+    start = time.perf_counter()
     with progress() as bar:
-        task = bar.add_task("answers", total=None, info="")
-        rows, summary = evaluate(model, questions, gen, make_judge(cfg), out / "answers.jsonl",
-                                 on_batch=lambda d, t: bar.update(task, completed=d, total=t, info=""))
+        task = bar.add_task(f"answers (rank {ranks.rank} of {ranks.world})" if ranks.world > 1 else "answers",
+                            total=None, info="")
+        sample_answers(model, question_examples(questions, system_prompt=gen.system_prompt), gen,
+                       out / "answers.jsonl", on_batch=lambda d, t: bar.update(task, completed=d, total=t, info=""),
+                       ranks=ranks)
+    answer_seconds = time.perf_counter() - start
+    if ranks.rank != 0:
+        return {}
+    # the answers are in the file: evaluate reads them back (no generation) and scores them
+    rows, summary = evaluate(model, questions, gen, judge, out / "answers.jsonl")
+    summary["answer_seconds"], summary["ranks"] = round(answer_seconds, 3), ranks.world
     write_rows([{k: v for k, v in r.items() if k not in ("settings",)} for r in rows], out / "answers_table")
     summary["config"] = config_dict(cfg)
     write_json_atomic(out / "summary.json", summary)

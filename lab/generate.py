@@ -68,6 +68,68 @@ def _row_seed(seed: int, example_id: str, sample: int) -> int:
     return int(sha256_json([seed, example_id, sample])[:8], 16)
 
 
+Job = tuple[int, int]  # (example index, sample index)
+
+
+class AnswerRun:
+    """One answer-generation job: its prompts, settings and batch plan.
+
+    `generate_answers` runs every batch of the plan in one process; `lab.shards.sample_answers`
+    gives each of N processes every N-th batch. A batch's rows, padding and random stream depend
+    only on the batch, so both write the same rows.
+    """
+
+    def __init__(self, model: ModelLike, examples: list[ChatExample], config: GenerationConfig,
+                 interventions: tuple = (), label: str = ""):
+        if not examples:
+            raise BadInput("no prompts to answer")
+        self.model, self.examples, self.config, self.interventions = model, examples, config, tuple(interventions)
+        self.prompts = render(examples, model.tokenizer, config.system_prompt)
+        self.path = decode_path(config.decode, model)
+        self.settings = {**{k: v for k, v in asdict(config).items() if k != "decode"}, "model": model.fingerprint,
+                         "model_name": model.name,
+                         "intervention": label or "+".join(iv.label for iv in interventions) or "none"}
+        self.settings_hash = sha256_json(self.settings)
+
+    def done(self, *files: str | Path | None) -> dict[tuple[str, int], dict]:
+        """Rows of these settings already in `files` (JSONL; missing files are empty), by (id, sample)."""
+        rows: dict[tuple[str, int], dict] = {}
+        for f in files:
+            if f is not None and Path(f).exists():
+                for line in Path(f).read_text().splitlines():
+                    row = json.loads(line)
+                    if row.get("settings_hash") == self.settings_hash:
+                        rows[(row["id"], row["sample"])] = row
+        return rows
+
+    def plan(self, done: dict) -> list[list[Job]]:
+        """The batches still to generate, longest prompts first (little padding), in the order one process runs them."""
+        cfg = self.config
+        jobs = [(i, s) for i in range(len(self.examples)) for s in range(cfg.samples)
+                if (self.examples[i].id, s) not in done]
+        order = sorted(jobs, key=lambda j: -len(self.prompts.tokens[j[0]]))
+        return [order[b: b + cfg.batch_size] for b in range(0, len(order), cfg.batch_size)]
+
+    def generate(self, batch: list[Job]) -> list[dict]:
+        """The rows of one batch (generated now)."""
+        texts = _generate_batch(self.model, [self.prompts.tokens[i] for i, _ in batch],
+                                [_row_seed(self.config.seed, self.examples[i].id, s) for i, s in batch],
+                                self.config, self.interventions, self.path)
+        rows = []
+        for (i, s), text in zip(batch, texts):
+            ex = self.examples[i]
+            rows.append({"id": ex.id, "sample": s, "label": ex.label, "question": ex.messages[-1]["content"],
+                         "answer": text, **{k: v for k, v in ex.meta.items() if isinstance(v, (str, int, float))},
+                         "settings": self.settings, "settings_hash": self.settings_hash, "decode": self.path})
+        return rows
+
+    def ordered(self, rows: list[dict]) -> list[dict]:
+        """`rows` in example order, samples of one example together."""
+        index = {(e.id, s): n for n, (e, s) in enumerate((e, s) for e in self.examples
+                                                          for s in range(self.config.samples))}
+        return sorted(rows, key=lambda r: index.get((r["id"], r["sample"]), 0))
+
+
 def generate_answers(
     model: ModelLike,
     examples: list[ChatExample],
@@ -80,47 +142,28 @@ def generate_answers(
     """Generate `config.samples` answers per example; append rows to `out_path` (JSONL) as they finish.
 
     With `out_path`, rows already in the file (same settings) are kept and not regenerated.
+    Over several GPUs: `lab.shards.sample_answers` (the same rows and file).
     """
-    if not examples:
-        raise BadInput("no prompts to answer")
-    prompts = render(examples, model.tokenizer, config.system_prompt)
-    path = decode_path(config.decode, model)
-    settings = {**{k: v for k, v in asdict(config).items() if k != "decode"}, "model": model.fingerprint, "model_name": model.name,
-                "intervention": label or "+".join(iv.label for iv in interventions) or "none"}
-    settings_hash = sha256_json(settings)
-    done: dict[tuple[str, int], dict] = {}
-    if out_path is not None and Path(out_path).exists():
-        for line in Path(out_path).read_text().splitlines():
-            row = json.loads(line)
-            if row.get("settings_hash") == settings_hash:
-                done[(row["id"], row["sample"])] = row
-    jobs = [(i, s) for i in range(len(examples)) for s in range(config.samples) if (examples[i].id, s) not in done]
-    order = sorted(jobs, key=lambda j: -len(prompts.tokens[j[0]]))  # little padding
+    run = AnswerRun(model, examples, config, interventions, label)
+    done = run.done(out_path)
+    plan = run.plan(done)
+    total, finished = sum(map(len, plan)), 0
     rows = list(done.values())
     sink = open(out_path, "a", encoding="utf-8") if out_path is not None else None
     try:
-        for b in range(0, len(order), config.batch_size):
-            batch = order[b: b + config.batch_size]
-            texts = _generate_batch(model, [prompts.tokens[i] for i, _ in batch],
-                                    [_row_seed(config.seed, examples[i].id, s) for i, s in batch],
-                                    config, interventions, path)
-            for (i, s), text in zip(batch, texts):
-                ex = examples[i]
-                row = {"id": ex.id, "sample": s, "label": ex.label, "question": ex.messages[-1]["content"],
-                       "answer": text, **{k: v for k, v in ex.meta.items() if isinstance(v, (str, int, float))},
-                       "settings": settings, "settings_hash": settings_hash, "decode": path}
-                rows.append(row)
-                if sink:
-                    sink.write(json.dumps(row) + "\n")
+        for batch in plan:
+            new = run.generate(batch)
+            rows += new
             if sink:
+                sink.write("".join(json.dumps(row) + "\n" for row in new))
                 sink.flush()
+            finished += len(batch)
             if on_batch:
-                on_batch(min(b + config.batch_size, len(order)), len(order))
+                on_batch(finished, total)
     finally:
         if sink:
             sink.close()
-    index = {(e.id, s): n for n, (e, s) in enumerate((e, s) for e in examples for s in range(config.samples))}
-    return sorted(rows, key=lambda r: index.get((r["id"], r["sample"]), 0))
+    return run.ordered(rows)
 
 
 def _generate_batch(model: ModelLike, token_lists: list[np.ndarray], seeds: list[int], config: GenerationConfig,
