@@ -269,7 +269,9 @@ def _markdown(name: str, direction: dict, shown: list[dict], judge, skipped: lis
              f"{direction['held-out AUROC']:.3f} [{direction['auroc_lo']:.3f}, {direction['auroc_hi']:.3f}], random "
              f"direction at that layer {direction['random @ layer']:.3f}; it rests on {direction['n misaligned']} "
              f"misaligned and {direction['n aligned']} aligned answers (excluded: {direction['excluded']}).", "",
-             f"Judge: {judge.name} ({judge.note or 'usable'})", "",
+             f"Judge: {judge.name} ({judge.note or 'usable'}). The answers' labels (misaligned / aligned) are the "
+             f"EM pipeline's verdicts from its judges: the direction's classes are only as good as that judge is on "
+             f"these questions.", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in shown]
     lines += ["", f"Paper: {PAPER}."]
