@@ -28,7 +28,7 @@ else
   BUDGET=150                 # seconds of Python work in all; an organism starts only with >= 30 s left
 fi
 # every organism em.sh trained, medical-mo first (the paper's organism)
-ALL=$(ls "$EM_OUT/organisms" 2>/dev/null | sort | awk '$0=="medical-mo"{print; next} {rest=rest" "$0} END{print rest}')
+ALL=$(ls "$EM_OUT/organisms" 2>/dev/null | sort | awk '$0=="medical-mo"{print; next} {rest=rest" "$0} END{print rest}' | tr '\n' ' ')
 ORGANISMS=${ORGANISMS:-$ALL}
 [ -n "${ORGANISMS// /}" ] || { echo "mo_direction: no organisms under $EM_OUT/organisms (did em.sh run?)"; exit 1; }
 echo "mo_direction: EM_OUT=$EM_OUT dtype $DTYPE organisms: $ORGANISMS"
@@ -39,7 +39,7 @@ for ORG in $ORGANISMS; do
   S=$(date +%s)
   RC=0
   $PY -m experiments.mo_direction --em-out "$EM_OUT" --organism "$ORG" --device "$DEVICE" --dtype "$DTYPE" \
-      --out "$WORK" --cache-dir "$WORK/cache" --budget-s "$LEFT" "${ARGS[@]}" > "$WORK/$ORG.log" 2>&1 || RC=$?
+      --out "$OUT" --cache-dir "$WORK/cache" --budget-s "$LEFT" "${ARGS[@]}" > "$WORK/$ORG.log" 2>&1 || RC=$?
   grep -v -e "it/s\]" -e "s/it\]" -e "Loading weights" "$WORK/$ORG.log" | tail -40 || true
   [ $RC -eq 0 ] || { STATUS=1; echo "mo_direction: $ORG FAILED (rc $RC)"; }
   echo "mo_direction: $ORG took $(( $(date +%s) - S )) s"
@@ -47,5 +47,5 @@ done
 rm -rf "$WORK/cache"
 tar -czf "$OUT/mo_direction.tar.gz" -C "$OUT" mo_direction
 echo "mo_direction: wrote $OUT/mo_direction.tar.gz ($(du -h "$OUT/mo_direction.tar.gz" | cut -f1)), wall $(( $(date +%s) - T0 )) s"
-for f in "$WORK"/mo_direction/*/table.md; do [ -f "$f" ] && cat "$f"; done
+for f in "$WORK"/*/table.md; do [ -f "$f" ] && cat "$f"; done
 exit $STATUS
