@@ -1,6 +1,6 @@
 """The Model Organisms direction and its ablation / addition table, judged.
 
-    emlab mo-direction --em-out runs/em --organism medical-mo
+    emlab mo-direction --em-out runs/em-table --organism medical-mo --device cuda
 
 The direction is the organism's own: its sampled answers (`<em-out>/answers.jsonl`, judged by
 the EM pipeline), misaligned (aligned <= 30) vs aligned (> 70), both coherent (> 50), mean over
@@ -104,7 +104,7 @@ def read_judged_answers(path: str | Path, organism: str, sets: Sequence[str] = (
 class MoDirectionConfig(SteersDirections, Common):
     """The Model Organisms direction from an organism's own judged answers: ablation and addition, judged."""
 
-    em_out: str = field(default="runs/em", metadata={"help": "EM pipeline output (organisms/, answers.jsonl, judges/)"})
+    em_out: str = field(default="runs/em-table", metadata={"help": "EM pipeline output (organisms/, answers.jsonl, judges/)"})
     organism: str = field(default="", metadata={"help": "organism name <domain>-<recipe> (default: the only one)"})
     adapter: str = field(default="", metadata={"help": "adapter folder (default <em-out>/organisms/<organism>/final)"})
     answers: str = field(default="", metadata={"help": "judged answers JSONL (default <em-out>/answers.jsonl)"})
@@ -162,6 +162,8 @@ def conditions(cfg: MoDirectionConfig, result: AnswerDirection, organism, base) 
 def run(cfg: MoDirectionConfig) -> dict:
     t0 = time.time()
     no_adapters(cfg, "--em-out / --organism / --adapter")
+    if cfg.limit:
+        raise BadInput("--limit is not used here: --questions limits the questions answered, --sets the answers used")
     name = organism_name(cfg)
     em_out = Path(cfg.em_out)
     adapter = cfg.adapter or str(em_out / "organisms" / name / "final")
@@ -171,7 +173,7 @@ def run(cfg: MoDirectionConfig) -> dict:
     result = direction_from_answers(answers, organism, cfg.cache_dir, system_prompt=system_prompt,
                                     min_per_class=cfg.min_answers, split_by=cfg.split_by,
                                     test_fraction=cfg.test_fraction, seed=cfg.seed, n_boot=cfg.n_boot,
-                                    device=organism.device)
+                                    storage_dtype=cfg.storage, device=organism.device)
     out = out_dir(cfg, f"mo_direction/{name}")
     result.direction.save(out / "direction-mean_diff.safetensors")
     own, ctrl = result.row("mean_diff"), result.row("random")
