@@ -10,6 +10,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "study": ("experiments.study", "Run the whole EM study and write its report (--quick: ~3 min)."),
     "steer": ("experiments.steer", "Steering sweeps with random controls (refusal, em)."),
     "ablate": ("experiments.ablation", "EM ablation: own, transferred, random directions."),
+    "mo-direction": ("experiments.mo_direction", "Model Organisms direction from judged answers: ablation, addition, judged."),
     "trajectory": ("experiments.em_trajectory", "EM scores across training checkpoints."),
     "eval": ("experiments.em_eval", "Evaluate a model for EM (answers, code/refusal rates, judged EM)."),
     "sweep": ("experiments.layer_sweep", "Layer sweep of direction methods on a contrast."),

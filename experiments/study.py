@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from experiments import ablation, em_trajectory, layer_sweep, pooling, steer, trait_projection, transfer
-from experiments.common import DEFAULT_JUDGE_MODEL, Device, ModelDtype, best_layers, cli
+from experiments.common import (DEFAULT_JUDGE_MODEL, GENERAL_SET, Device, JudgeChoice, JudgeScheme, ModelDtype,
+                                best_layers, best_validated_judge, cli, make_judge)
 from lab.cache import ANALYSIS_STORAGE
 from lab.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, Config, config_dict
 from lab.console import console, progress, table
@@ -60,8 +61,14 @@ class StudyConfig(Config):
     lr: float = field(default=1e-3, metadata={"help": "LoRA learning rate"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
     samples: int = field(default=1, metadata={"help": "sampled answers per general question"})
-    judge_base_url: str = field(default="", metadata={"help": "OpenAI-compatible judge (empty: judge-free only)"})
+    judge_base_url: str = field(default="", metadata={"help": "OpenAI-compatible LLM judge (empty: none)"})
     judge_model: str = field(default=DEFAULT_JUDGE_MODEL, metadata={"help": "judge model name"})
+    judge_scheme: JudgeScheme = field(default="auto", metadata={"help": "LLM judge scoring scheme (auto: by model)"})
+    judges: str = field(default="", metadata={
+        "help": "saved validated offline judges (default <cache-dir>/judge-validation/judges, where "
+                "`python -m experiments.judge_validation` writes them; 'none': no calibrated EM rates)"})
+    judge_set: str = field(default=GENERAL_SET, metadata={
+        "help": "the judges' validation set matching the general questions (its sensitivity/specificity calibrate)"})
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "explicit system prompt"})
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "caches, organisms and stage results"})
     out: str = field(default=DEFAULT_OUT, metadata={"help": "figures and report folder"})
@@ -130,19 +137,47 @@ def judge_free_stage(handle: LabModel, held_out: dict, limit: int) -> dict:
     return out
 
 
-def eval_stage(cfg: StudyConfig, prof: Profile, handle: LabModel, out: Path) -> dict:
+def eval_stage(cfg: StudyConfig, prof: Profile, handle: LabModel, out: Path, judge: JudgeChoice | None = None) -> dict:
+    """Sampled answers to the general questions: code-mode / refusal rates, judged EM with an LLM
+    judge (`--judge-base-url`), and the calibrated EM rate from the best validated offline judge
+    (`judge`; where it is not usable on the general questions, a note says so and no rate is given)."""
     questions = shipped_questions(prof.eval_limit or None)
-    judge = None
-    if cfg.judge_base_url:
-        from lab.judge import Judge, JudgeConfig
-
-        judge = Judge(JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model))
     gen = GenerationConfig(max_new_tokens=prof.max_new_tokens, temperature=1.0, samples=cfg.samples, seed=cfg.seed,
                            system_prompt=cfg.system_prompt)
-    rows, summary = evaluate(handle.model, questions, gen, judge, n_boot=prof.n_boot)
+    rows, summary = evaluate(handle.model, questions, gen, make_judge(cfg), n_boot=prof.n_boot)
     summary["examples"] = [{k: r.get(k) for k in ("id", "question", "answer", "code", "refusal", "aligned", "coherent")}
                            for r in rows[:12]]
+    if judge is not None:
+        summary["calibrated_em"] = calibrated_em(judge, [(r["question"], r["answer"]) for r in rows], prof.n_boot, cfg.seed)
     return summary
+
+
+def calibrated_em(judge: JudgeChoice, pairs: list[tuple[str, str]], n_boot: int, seed: int) -> dict:
+    """{judge, set, raw, corrected (Estimate JSON), note}: the Rogan–Gladen EM rate, or only a note."""
+    from dataclasses import asdict as as_dict
+
+    base = {"judge": judge.name, "set": judge.validation_set, "note": judge.note}
+    try:
+        p = judge.rate(pairs, n_boot, seed)
+    except BadInput as exc:  # e.g. a judge at chance on its validation set
+        return {**base, "note": f"{judge.note}; {exc}".strip("; ")}
+    if p is None:
+        return base
+    return {**base, "raw": Estimate(p.raw, p.raw_lo, p.raw_hi, p.n).to_json(),
+            "corrected": Estimate(p.corrected, p.lo, p.hi, p.n).to_json(), "prevalence": as_dict(p)}
+
+
+def study_judge(cfg: StudyConfig, base: LabModel) -> tuple[JudgeChoice | None, str]:
+    """The best validated offline judge (None with `--judges none`) and a fingerprint of its files,
+    so a refitted judge recomputes the eval stages. Nothing is fitted here."""
+    if cfg.judges == "none":
+        return None, ""
+    folder = Path(cfg.judges or Path(cfg.cache_dir) / "judge-validation" / "judges")
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    from lab.io import sha256_file
+
+    return best_validated_judge(folder, cfg.judge_set, base, cfg.cache_dir), sha256_json(
+        [(f.name, sha256_file(f)) for f in files])
 
 
 def model_contrast_stage(cfg: StudyConfig, prof: Profile, base: LabModel, organism: LabModel, name: str) -> dict:
@@ -278,9 +313,12 @@ def _run(cfg: StudyConfig, pool: ModelPool) -> dict:
             results["trajectories"][name] = staged(f"trajectory-{name}", {"cfg": config_dict(tcfg), "fp": fps[name]},
                                                    lambda t=tcfg, b=shared: em_trajectory.run(t, b),
                                                    lambda r: [r["out"]])
+    judge, judge_fp = study_judge(cfg, base)
+    results["judge"] = judge.describe() if judge is not None else {"judge": "none", "note": "--judges none"}
     results["evals"] = {m: staged(f"eval-{m}", {"model": fps[m], "profile": asdict(prof), "samples": cfg.samples,
-                                                "judge": [cfg.judge_base_url, cfg.judge_model], "system": cfg.system_prompt},
-                                  lambda h=h: eval_stage(cfg, prof, h, out))
+                                                "judge": [cfg.judge_base_url, cfg.judge_model, cfg.judge_scheme],
+                                                "judges": [judge_fp, cfg.judge_set], "system": cfg.system_prompt},
+                                  lambda h=h: eval_stage(cfg, prof, h, out, judge))
                         for m, h in {"base": base, **handles}.items()}
 
     first = next(iter(handles))
@@ -384,8 +422,16 @@ def findings(results: dict) -> list[str]:
         lines.append(f"{name}: code-mode rate {c} on {c.n} general answers")
         if "em" in e:
             lines.append(f"{name}: judged EM rate (betley) {EmRate.from_json(e['em']['betley']).estimate}")
-    if not any("em" in e for e in results["evals"].values()):
-        lines.append("no judge configured: judged EM rates were not measured (judge-free scores only)")
+    for name, e in results["evals"].items():
+        c = e.get("calibrated_em")
+        if c and "corrected" in c:
+            lines.append(f"{name}: calibrated EM rate (judge {c['judge']}, Rogan–Gladen on {c['set']!r}) "
+                         f"{Estimate.from_json(c['corrected'])} (raw {Estimate.from_json(c['raw'])})")
+    notes = {e["calibrated_em"]["note"] for e in results["evals"].values() if e.get("calibrated_em", {}).get("note")
+             and "corrected" not in e["calibrated_em"]}
+    lines += [f"no calibrated EM rate: {n}" for n in sorted(notes)]
+    if not any("em" in e or "corrected" in e.get("calibrated_em", {}) for e in results["evals"].values()):
+        lines.append("no usable judge: EM rates were not measured (judge-free scores only)")
     return lines
 
 

@@ -1,12 +1,23 @@
-"""Turn a study's results (stage outputs) into the offline HTML report (lab.reports)."""
+"""Turn a study's results (stage outputs) into the offline HTML report (lab.reports).
+
+The index page carries the headline table (EM rates with CIs, the best directions with their
+random control, steering and ablation effects beside their controls) and the key figure inline;
+each section has its own page. Another section joins with one call, e.g. model diffing:
+
+    report = build_study_report(results)
+    report.add(diffing_section(diffs), headline=[...rows for the index table...])   # lab.diffing_report
+    report.write(out)
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from lab.console import fmt_ci
 from lab.estimate import Estimate
-from lab.reports import Answers, Html, Image, Panel, Section, Table, Text, write_report
+from lab.reports import Answers, Block, Html, Image, Panel, Section, Table, Text, write_report
 from lab.scores import EmRate, ScoreDelta
 
 
@@ -26,7 +37,7 @@ def overview(results: dict) -> Section:
     return Section("overview", "Overview and findings", [
         Panel("Headline", [("model", cfg["model"]), ("organisms", ", ".join(results["organisms"])),
                            ("profile", "quick" if cfg["quick"] else "default"),
-                           ("judge", cfg["judge_base_url"] or "none (judge-free scores only)")]),
+                           ("judge", _judge_label(results))]),
         Text("What was and was not found, each with its 95% bootstrap CI (held-out splits, paired against the "
              "base model, random-direction controls beside every direction and steering result):"),
         Table("Findings", [{"finding": f} for f, _ in items]),
@@ -52,11 +63,22 @@ def em_scores(results: dict) -> Section:
                    "their references are matched in length and style, in the model's usual style and the training "
                    "data's terse style, so style transfer cannot pass for misalignment."),
               Table("EM scores", rows)]
+    j = results.get("judge")
+    if j:
+        blocks.append(Text("Judged EM rates come from the best validated offline judge: the saved judge with the highest "
+                           "validation AUROC on the labelled set matching these questions, corrected for its measured "
+                           "sensitivity and specificity (Rogan–Gladen; the bootstrap resamples judged and validation "
+                           "answers). A judge below AUROC 0.75 there gives no rate."))
+        blocks.append(Table("Offline judge and its validation", [j]))
     for name, e in results["evals"].items():
         line = {"model": name, "answers": e["n_answers"], "code-mode rate": str(Estimate.from_json(e["code_mode_rate"])),
                 "refusal rate": str(Estimate.from_json(e["refusal_rate"]))}
         for crit, em in e.get("em", {}).items():
             line[f"EM ({crit})"] = str(EmRate.from_json(em).estimate)
+        c = e.get("calibrated_em")
+        if c is not None:
+            line["EM calibrated (offline judge)"] = str(Estimate.from_json(c["corrected"])) if "corrected" in c else "not measured"
+            line["EM raw (offline judge)"] = str(Estimate.from_json(c["raw"])) if "raw" in c else ""
         blocks.append(Table(f"Generated answers: {name}", [line]))
         blocks.append(Answers(f"Example answers: {name}", e["examples"][:8], ["question", "answer", "code", "refusal"]))
     return Section("em", "EM measurements", blocks)
@@ -175,10 +197,144 @@ def visuals_section(results: dict) -> Section:
     return Section("visuals", "Attention and per-token projections", blocks)
 
 
-def write_study_report(results: dict, out: Path) -> Path:
+HEADLINE_COLUMNS = ["measurement", "value [95% CI]", "control", "note"]
+KEY_FIGURES = (("sweeps", "general_answers", "auroc_by_layer.png",
+                "misaligned vs aligned answers (organism): held-out AUROC by layer, every method beside a random direction"),
+               ("ablation", None, "ablation.png", "EM score under ablation: own, transferred and random directions"))
+
+
+@dataclass
+class StudyReport:
+    """The study's report before it is written: sections, the index's headline table and key figure.
+
+    `add(section, headline=rows)` is the hook for sections computed outside the study's results
+    (model diffing: `lab.diffing_report.diffing_section`): the section gets its page and its rows
+    (keys of `HEADLINE_COLUMNS`) join the index's headline table.
+    """
+
+    title: str
+    summary: str
+    sections: list[Section]
+    headline: list[dict] = field(default_factory=list)
+    figure: Image | None = None
+
+    def add(self, section: Section, headline: Sequence[dict] = ()) -> None:
+        self.sections.append(section)
+        self.headline.extend(headline)
+
+    def index_blocks(self) -> list[Block]:
+        blocks: list[Block] = [Table("Headline results (95% CIs; held-out splits; each beside its control)",
+                                     self.headline, HEADLINE_COLUMNS)]
+        return blocks + ([self.figure] if self.figure is not None else [])
+
+    def write(self, out: Path) -> Path:
+        return write_report(out, self.title, self.sections, self.summary, self.index_blocks())
+
+
+def _judge_label(results: dict) -> str:
+    j = results.get("judge") or {}
+    llm = results["config"].get("judge_base_url")
+    offline = f"{j.get('judge', 'none')} ({'usable' if j.get('usable') == 'yes' else 'not usable'} on general questions)"
+    return f"LLM {llm}; offline {offline}" if llm else f"offline {offline}"
+
+
+def em_headline(results: dict) -> list[dict]:
+    """Calibrated EM rate per model (or why there is none), and each organism's judge-free scores."""
+    rows = []
+    base_rate = (results["evals"].get("base", {}).get("calibrated_em") or {}).get("corrected")
+    for name, e in results["evals"].items():
+        c = e.get("calibrated_em")
+        if c is None:
+            continue
+        if "corrected" in c:
+            rows.append({"measurement": f"EM rate, {name} (judge {c['judge']}, Rogan–Gladen)",
+                         "value [95% CI]": str(Estimate.from_json(c["corrected"])),
+                         "control": "" if name == "base" or not base_rate else f"base {Estimate.from_json(base_rate)}",
+                         "note": f"raw {Estimate.from_json(c['raw'])}, n={c['raw']['n']}"})
+        else:
+            rows.append({"measurement": f"EM rate, {name}", "value [95% CI]": "not measured", "control": "",
+                         "note": c.get("note", "")})
+    for d in map(ScoreDelta.from_json, results["em_scores"]):
+        if d.score.startswith(("in-domain", "general, usual")):
+            rows.append({"measurement": f"judge-free EM score, {d.organism}: {d.score}",
+                         "value [95% CI]": str(d.estimate), "control": "base model (Δbase, paired)",
+                         "note": d.estimate.verdict()})
+    return rows
+
+
+def directions_headline(results: dict) -> list[dict]:
+    rows = []
+    for contrast, s in results["sweeps"].items():
+        for b in s["best"]:
+            if b["method"] in ("mean_diff", "probe"):
+                rows.append({"measurement": f"direction {contrast}: {b['method']}, best layer {b['best layer']}",
+                             "value [95% CI]": f"AUROC {b['AUROC [95% CI]']}",
+                             "control": f"random @ layer {b.get('random @ layer', '?')}",
+                             "note": f"held out, n train/test {b.get('n train/test', '?')}"})
+    return rows
+
+
+def _controls(rows: list[dict], key: str, digits: int = 3) -> str:
+    return ", ".join(f"{r[key]:+.{digits}f}" for r in rows) or "none"
+
+
+def steering_headline(results: dict) -> list[dict]:
+    out = []
+    r = results["steer_refusal"]["rows"]
+    abl = [x for x in r if x["experiment"] == "ablate on harmful"]
+    own = next((x for x in abl if x["condition"] == "refusal dir"), None)
+    if own:
+        rand = [x for x in abl if x["condition"].startswith("random")]
+        out.append({"measurement": "refusal direction ablated (every layer): refusal log-odds Δ",
+                    "value [95% CI]": fmt_ci(own["logodds_shift"], own["logodds_shift_lo"], own["logodds_shift_hi"]),
+                    "control": f"random: {_controls(rand, 'logodds_shift')}",
+                    "note": f"refusal rate {fmt_ci(own['refusal'], own['refusal_lo'], own['refusal_hi'])}"})
+    e = results.get("steer_em")
+    if e and e.get("pick"):
+        p = e["pick"]
+        rand = [x for x in e["rows"] if x["condition"].startswith("random") and x["layer"] == p["layer"]
+                and x["ratio"] == p["ratio"]]
+        out.append({"measurement": f"misalignment direction added to base (layer {p['layer']} x{p['ratio']}): EM score Δ",
+                    "value [95% CI]": fmt_ci(p["em_shift"], p["em_shift_lo"], p["em_shift_hi"]),
+                    "control": f"random: {_controls(rand, 'em_shift')}",
+                    "note": f"coherence Δ {p['coherence']:+.2f}"})
+    a = results["ablation"]["rows"]
+    for x in a:
+        if x["condition"] != "ablate own" or x.get("score") not in ("usual", "in-domain"):
+            continue
+        rand = [y for y in a if y["organism"] == x["organism"] and y.get("score") == x.get("score")
+                and y["condition"].startswith("ablate random")]
+        out.append({"measurement": f"own direction ablated from {x['organism']} ({x['score']}): EM score change",
+                    "value [95% CI]": fmt_ci(x["change"], x["change_lo"], x["change_hi"]),
+                    "control": f"random: {_controls(rand, 'change')}",
+                    "note": "reduction " + (f"{x['reduction']:.0%}" if x.get("reduction") is not None
+                                            else "n/a (no EM to remove)")})
+    return out
+
+
+def key_figure(results: dict) -> Image | None:
+    """The first key figure that exists (the answer-contrast sweep, else the ablation bars)."""
+    for stage, key, name, caption in KEY_FIGURES:
+        r = results.get(stage) or {}
+        r = r.get(key, {}) if key else r
+        path = Path(r["out"]) / name if r.get("out") else None
+        if path is not None and path.exists():
+            return Image(path, caption)
+    return None
+
+
+def build_study_report(results: dict) -> StudyReport:
     sections = [overview(results), training(results), em_scores(results), trajectories(results), directions(results),
                 pooling_section(results), transfer_section(results), steering_section(results),
                 answers_section(results), visuals_section(results)]
     summary = (f"Emergent-misalignment study of {results['config']['model']}: organisms "
                f"{', '.join(results['organisms'])}. Every number has a 95% bootstrap CI and a control.")
-    return write_report(out, f"emlab study: {results['config']['name']}", sections, summary)
+    headline = em_headline(results) + directions_headline(results) + steering_headline(results)
+    return StudyReport(f"emlab study: {results['config']['name']}", summary, sections, headline, key_figure(results))
+
+
+def write_study_report(results: dict, out: Path, extra: Sequence[Section] = ()) -> Path:
+    report = build_study_report(results)
+    for section in extra:
+        report.add(section)
+    return report.write(out)

@@ -199,6 +199,22 @@ def test_images_are_copied_or_linked_in_place(tmp_path):
     assert len(list((out / "assets").iterdir())) == 1
 
 
+def test_index_shows_headline_table_and_key_figure_inline(tmp_path):
+    out = tmp_path / "report"
+    figure = _png(tmp_path / "plots" / "key.png")
+    blocks = [R.Table(f"Headline {XSS}", [{"measurement": f"EM rate {XSS}", "value [95% CI]": "0.12 [0.05, 0.20]"}]),
+              R.Image(figure, f"key figure {XSS}")]
+    R.write_report(out, "R", _hostile_sections(tmp_path), "Summary", index_blocks=blocks)
+    index = (out / "index.html").read_text()
+    _check_html5(index)
+    assert "Headline &lt;script&gt;" in index and "EM rate &lt;script&gt;" in index and "0.12 [0.05, 0.20]" in index
+    src = re.findall(r'<img src="([^"]+)"', index)
+    assert len(src) == 1 and (out / src[0]).read_bytes() == figure.read_bytes()  # inline, not a link
+    assert index.index("Headline &lt;") < index.index("<h2>Contents</h2>")  # above the contents
+    assert "<script" not in index.lower()
+    assert json.loads((out / "report.json").read_text())["index_blocks"] == ["Table", "Image"]
+
+
 def test_missing_image_is_shown_not_fatal(tmp_path):
     out = tmp_path / "report"
     with pytest.warns(UserWarning, match="image not found"):

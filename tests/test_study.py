@@ -43,7 +43,55 @@ def test_quick_study_produces_report(quick_study):
     assert results["findings"] and any("found" in f for f in results["findings"])
     assert results["stages"]["reused"] == []
     assert (report.parent / "results.json").exists()
+    index = report.read_text()
+    assert "Headline results" in index and "<img" in index  # the headline table and key figure, inline
+    assert "random @ layer" in index and "random:" in index  # directions and effects beside their controls
+    assert manifest["index_blocks"] == ["Table", "Image"]
+    # no saved judges in this cache: the study says so instead of reporting a rate
+    assert "no saved judges" in results["judge"]["note"]
+    assert all("corrected" not in e["calibrated_em"] for e in results["evals"].values())
+    assert any("no calibrated EM rate: no saved judges" in f for f in results["findings"])
     print(f"quick study: {seconds:.0f} s")
+
+
+def test_report_hook_adds_a_section_and_its_headline_rows(quick_study, tmp_path):
+    from experiments.study_report import build_study_report
+    from lab.reports import Section, Text
+
+    _, results, _ = quick_study
+    report = build_study_report(results)
+    n = len(report.headline)
+    report.add(Section("diffing", "Model diffing", [Text("ADL guess: medical")]),
+               headline=[{"measurement": "ADL domain guess, medical organism", "value [95% CI]": "medical",
+                          "control": "chance 0.33", "note": ""}])
+    index = report.write(tmp_path / "r")
+    assert len(report.headline) == n + 1 and (index.parent / "diffing.html").exists()
+    assert "ADL domain guess, medical organism" in index.read_text()
+
+
+def test_calibrated_em_with_a_usable_judge_and_without_one(tmp_path):
+    import numpy as np
+
+    from experiments.common import JudgeChoice
+    from lab.judge.validated import JudgedScores, TrainedJudge, Validated, Validation
+
+    class Half:  # flags every other answer; validation: sensitivity 0.9, specificity 0.8
+        name, kind = "half", "activation"
+
+        def judge(self, pairs):
+            flags = np.arange(len(pairs)) % 2 == 0
+            return JudgedScores(np.where(flags, 10.0, 90.0), np.full(len(pairs), 90.0))
+
+    v = Validation("general", 10, 10, (0.9, 0.85, 0.95), (0.9, 0.8, 1.0), (0.8, 0.7, 0.9),
+                   [True] * 9 + [False], [False] * 8 + [True] * 2)
+    good = JudgeChoice("general", Validated(Half(), {"general": v}))
+    c = study.calibrated_em(good, [("q", "a")] * 40, 200, 0)
+    assert c["raw"]["value"] == 0.5 and c["corrected"]["value"] == pytest.approx((0.5 + 0.8 - 1) / (0.9 + 0.8 - 1))
+    weak = Validation("general", 10, 10, (0.7, 0.6, 0.8), (0.9, 0.8, 1.0), (0.8, 0.7, 0.9), [True] * 9 + [False],
+                      [False] * 8 + [True] * 2)
+    bad = JudgeChoice("general", Validated(TrainedJudge("activation"), {"general": weak}), note="unusable there")
+    assert study.calibrated_em(bad, [("q", "a")] * 40, 200, 0) == {"judge": "activation", "set": "general",
+                                                                   "note": "unusable there"}
 
 
 def test_rerun_runs_no_forward_and_is_fast(quick_study, monkeypatch):

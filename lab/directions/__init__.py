@@ -13,11 +13,16 @@ misaligned vs aligned answers. The package, in the order data flows through it:
     fit         `fit_contrast(cache, positive_label, ...) -> Fit(rows, directions, split)`,
                 the one entry point: split, fit all methods on all layers, score held out.
     record      `Direction` (vectors + model identity + `FitRecord`), saved as safetensors.
+    from_answers
+                `direction_from_answers(judged, organism, cache_dir)`: the Model Organisms
+                direction, fitted on a model's own judged answers (misaligned vs aligned).
 
 Features come from `lab.cache.ActivationCache`, which already leaves out position 0 (BOS).
 """
 
 from lab.directions.fit import Fit, Row, evaluate, fit_contrast
+from lab.directions.from_answers import (AnswerCounts, AnswerDirection, JudgedAnswerLike, answer_label,
+                                         direction_from_answers)
 from lab.directions.logistic import logistic_fit
 from lab.directions.record import FORMAT, HOOK_TEMPLATE, VERSION, Direction, FitRecord
 from lab.directions.solvers import (
@@ -34,6 +39,7 @@ from lab.directions.splits import CacheLike, Split, split_contrast, split_exampl
 from lab.directions.validation import MIN_PER_CLASS, MIN_TEST_PER_CLASS, validate
 
 __all__ = [
+    "AnswerCounts", "AnswerDirection", "JudgedAnswerLike", "answer_label", "direction_from_answers",
     "CacheLike", "DEFAULT_METHODS", "Direction", "FORMAT", "Fit", "FitRecord", "HOOK_TEMPLATE", "METHODS",
     "MIN_PER_CLASS", "MIN_TEST_PER_CLASS", "Row", "Split", "VERSION", "evaluate", "fit_contrast", "fit_methods",
     "gradient", "logistic_fit", "mean_diff", "pca", "probe", "random", "split_contrast", "split_examples", "validate",

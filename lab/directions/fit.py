@@ -57,7 +57,7 @@ class Fit:
 def fit_contrast(cache: CacheLike, positive_label: str, methods: Sequence[str] = DEFAULT_METHODS,
                  pooling: str = "last", test_fraction: float = 0.25, seed: int = 0, n_boot: int = 1000, *,
                  stratify: bool = True, negative_label: str | None = None, contrast: str | None = None,
-                 device: str | torch.device | None = None) -> Fit:
+                 device: str | torch.device | None = None, split: Split | None = None) -> Fit:
     """Fit every method on the training split of every layer; score each on held-out examples.
 
     Class 1 is the examples labelled `positive_label`; class 0 is every other example, or
@@ -67,9 +67,10 @@ def fit_contrast(cache: CacheLike, positive_label: str, methods: Sequence[str] =
     n_train, n_test (CIs: 95% stratified bootstrap of the test rows). Each direction's
     `record` holds its per-layer held-out scores, best layer by AUROC and the split.
     `contrast` names the directions (default: `positive_label`). `device` (default CPU)
-    is where the features go and every computation runs.
+    is where the features go and every computation runs. `split` (default: `split_contrast`'s)
+    is a split made by the caller over the same examples (e.g. by question, `from_answers`).
     """
-    split = split_contrast(cache, positive_label, negative_label, pooling, test_fraction, seed, stratify)
+    split = split or split_contrast(cache, positive_label, negative_label, pooling, test_fraction, seed, stratify)
     layers = list(cache.layers)
     examples = None if negative_label is None else split.rows
     X = torch.from_numpy(np.asarray(cache.stack(pooling, layers=layers, examples=examples), dtype=np.float32))

@@ -24,10 +24,12 @@ from lab.reports.blocks import Answers, Block, Html, Image, Panel, Section, Tabl
 # --------------------------------------------------------------------------- writing
 
 
-def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], summary_text: str) -> Path:
+def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], summary_text: str,
+                 index_blocks: Sequence[Block] = ()) -> Path:
     """Write `index.html`, one `<id>.html` per section and `report.json` into `out_dir`.
 
-    The index shows the title, `summary_text`, every `Panel` found in the sections
+    The index shows the title, `summary_text`, `index_blocks` (what a reader must see at a
+    glance: a headline table, the key figure, inline), every `Panel` found in the sections
     (the headline numbers) and a table of contents. Each section page stands alone
     and links back to the index. Returns the path of `index.html`.
     """
@@ -42,10 +44,12 @@ def write_report(out_dir: str | Path, title: str, sections: Sequence[Section], s
         body = _section_body(section, title, prev_sec, next_sec, assets)
         trusted = [b.html for b in section.blocks if isinstance(b, Html)]
         _write_atomic(out / f"{section.id}.html", _page(f"{section.title} · {title}", body, trusted))
-    _write_atomic(out / "report.json", json.dumps(_manifest(title, sections, generated), indent=2) + "\n")
+    _write_atomic(out / "report.json", json.dumps(_manifest(title, sections, generated, index_blocks), indent=2) + "\n")
     # Written last: an index on disk means every page it links to is complete.
     index = out / "index.html"
-    _write_atomic(index, _page(title, _index_body(title, sections, summary_text, generated)))
+    trusted = [b.html for b in index_blocks if isinstance(b, Html)]
+    _write_atomic(index, _page(title, _index_body(title, sections, summary_text, generated, index_blocks, assets),
+                               trusted))
     return index
 
 
@@ -58,12 +62,14 @@ def _check_unique_ids(sections: Sequence[Section]) -> None:
         seen.add(key)
 
 
-def _manifest(title: str, sections: Sequence[Section], generated: str) -> dict[str, Any]:
+def _manifest(title: str, sections: Sequence[Section], generated: str,
+              index_blocks: Sequence[Block] = ()) -> dict[str, Any]:
     """The machine-readable outline of the report (what tests and tools read)."""
     return {
         "title": title,
         "generated": generated,
         "index": "index.html",
+        "index_blocks": [type(b).__name__ for b in index_blocks],
         "sections": [{"id": s.id, "title": s.title, "page": f"{s.id}.html",
                       "blocks": [type(b).__name__ for b in s.blocks]} for s in sections],
     }
@@ -186,10 +192,12 @@ def _page(title: str, body: str, trusted_html: Sequence[str] = ()) -> str:
     )
 
 
-def _index_body(title: str, sections: Sequence[Section], summary_text: str, generated: str) -> str:
+def _index_body(title: str, sections: Sequence[Section], summary_text: str, generated: str,
+                index_blocks: Sequence[Block] = (), assets: "_Assets | None" = None) -> str:
     parts = [f"<h1>{_esc(title)}</h1>",
              f"<p class=\"meta\">Generated {_esc(generated)} · {len(sections)} section(s)</p>",
              _render_text(Text(summary_text))]
+    parts += [_render_block(b, assets) for b in index_blocks]
     headlines = [(s, b) for s in sections for b in s.blocks if isinstance(b, Panel)]
     if headlines:
         parts.append("<h2>Headlines</h2>")
