@@ -103,7 +103,7 @@ def run(cfg: DomainIdConfig) -> dict:
                             bar.advance(task)
                             continue
                         bar.update(task, info=f"train {name} {variant} s{seed}")
-                        train_lora(base.model, train, folder, tc)
+                        train_lora(base.model.for_training(), train, folder, tc)
                     org_cache = text_cache(handle_for(cfg, [str(adapter)]), prompts, cfg.cache_dir, cfg.storage)
                     row = {"organism": name, "truth": truth, "variant": variant, "seed": seed}
                     for reading in READINGS:
@@ -125,9 +125,9 @@ def run(cfg: DomainIdConfig) -> dict:
         for reading in READINGS:
             flags = [r[f"correct ({reading})"] for r in rows if r["variant"] == variant]
             acc = rate(flags, cfg.n_boot, cfg.seed)
-            summary_rows.append({"variant": variant, "layers": reading, "n": acc["n"],
-                                 "accuracy [95% CI]": fmt_ci(acc["rate"], acc["lo"], acc["hi"]), "chance": f"{chance:.3f}",
-                                 "accuracy": acc["rate"], "lo": acc["lo"], "hi": acc["hi"]})
+            summary_rows.append({"variant": variant, "layers": reading, "n": acc.n,
+                                 "accuracy [95% CI]": fmt_ci(acc.value, acc.lo, acc.hi), "chance": f"{chance:.3f}",
+                                 "accuracy": acc.value, "lo": acc.lo, "hi": acc.hi})
     console.print(table("ADL domain guesses", [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()
                                                 if k not in ("adapter",) and not k.startswith("relevance ")} for r in rows]))
     console.print(table(f"Accuracy vs chance ({len(candidates)} candidate domains)",

@@ -148,7 +148,7 @@ def run(cfg: DynamicsConfig) -> dict:
         if not (folder / "adapter" / "adapter_model.safetensors").exists():
             with console.status(f"training {recipe} ({tc.checkpoints_first_epoch} checkpoints in epoch 1) ..."):
                 t0 = time.monotonic()
-                train_lora(base.model, train, folder, tc)
+                train_lora(base.model.for_training(), train, folder, tc)
                 console.print(f"trained {recipe} in {time.monotonic() - t0:.1f} s")
         ckpts = run_checkpoints(folder)
         path = AdapterPath.from_checkpoints([p for _, p in ckpts], [s for s, _ in ckpts])
