@@ -90,7 +90,8 @@ def dynamics_panel(steps: Sequence[int], norms: Sequence[float], local: dict[int
         if pts:
             axes[1].plot([s for s, _ in pts], [c for _, c in pts], marker=".", label=f"k = {k}")
     axes[1].set_title("local cosine of B (step vs step - k)")
-    axes[1].legend(fontsize=7)
+    if any(local.values()):
+        axes[1].legend(fontsize=7)
     sc = axes[2].scatter(pca[:, 0], pca[:, 1] if pca.shape[1] > 1 else np.zeros(len(pca)), c=steps, cmap="viridis")
     axes[2].plot(pca[:, 0], pca[:, 1] if pca.shape[1] > 1 else np.zeros(len(pca)), color="0.7", lw=0.8)
     axes[2].set_title("PCA path of B")
