@@ -6,8 +6,9 @@ Per recipe (`lab.train.RECIPES`: `mo-rank1`, one rank-1 down_proj adapter at hal
 `mo-rank1x9`, nine), one organism is trained on the shipped domain's train split with a
 checkpoint every ~`--every` steps (`checkpoints_first_epoch`), then per checkpoint (lab.dynamics):
 |B·A|, the local cosine of the adapter vector B between checkpoints k steps apart (`--ks`),
-its PCA path, and the judge-free EM score (general questions, usual and terse styles,
-Δbase paired by question with bootstrap CIs; `lab.monitoring.em_score`, cached by model).
+its PCA path, and the judge-free EM scores, Δbase paired by question with bootstrap CIs and cached by
+model (`lab.monitoring`): general questions (usual and terse styles) and held-out in-domain questions
+(harmful − aligned answer log-prob).
 The lowest local cosine marks the most abrupt rotation; it is set beside the step where EM
 rises.
 
@@ -33,8 +34,8 @@ from lab.dynamics import (AdapterPath, Rank1, adapter_scalars, local_cosine, lor
                           run_checkpoints, transition)
 from lab.errors import BadInput
 from lab.estimate import mean_ci
-from lab.io import sha256_json, write_json_atomic, write_rows
-from lab.monitoring import em_score
+from lab.io import sha256_json, write_rows
+from lab.monitoring import em_score, in_domain_score
 from lab.plots import dynamics_panel
 from lab.train import RECIPES, recipe_config, split_training, train_lora
 
@@ -137,6 +138,7 @@ def run(cfg: DynamicsConfig) -> dict:
     train, _ = advice_split(cfg.domain, seed=cfg.seed)
     limit = cfg.eval_limit or None
     base_em = em_score(base, cfg.cache_dir, limit)
+    base_dom = in_domain_score(base, cfg.domain, cfg.cache_dir, cfg.seed, limit)
     out = out_dir(cfg, f"dynamics/{cfg.domain}")
     runs, skipped = {}, []
     for recipe in cfg.recipes:
@@ -154,15 +156,18 @@ def run(cfg: DynamicsConfig) -> dict:
         path = AdapterPath.from_checkpoints([p for _, p in ckpts], [s for s, _ in ckpts])
         local = {k: local_cosine(path.vectors, path.steps, k) for k in cfg.ks}
         pca = pca_path(path.vectors)
-        em_rows = [{"step": 0, "value": 0.0, "lo": 0.0, "hi": 0.0, "terse": 0.0, "terse_lo": 0.0, "terse_hi": 0.0}]
+        em_rows = [{"step": 0, "value": 0.0, "lo": 0.0, "hi": 0.0, "terse": 0.0, "terse_lo": 0.0, "terse_hi": 0.0,
+                    "in_domain": 0.0, "in_domain_lo": 0.0, "in_domain_hi": 0.0}]
         for step, ck in ckpts:
             if over():
                 skipped.append(f"{recipe}: EM scores from step {step} on (wall budget)")
                 break
-            em = em_score(handle_for(cfg, [str(ck)]), cfg.cache_dir, limit)
+            handle = handle_for(cfg, [str(ck)])
+            em = em_score(handle, cfg.cache_dir, limit)
             u, t = mean_ci(em.usual - base_em.usual, cfg.n_boot, cfg.seed), mean_ci(em.terse - base_em.terse, cfg.n_boot, cfg.seed)
+            d = mean_ci(in_domain_score(handle, cfg.domain, cfg.cache_dir, cfg.seed, limit) - base_dom, cfg.n_boot, cfg.seed)
             em_rows.append({"step": step, "value": u.value, "lo": u.lo, "hi": u.hi, "terse": t.value, "terse_lo": t.lo,
-                            "terse_hi": t.hi})
+                            "terse_hi": t.hi, "in_domain": d.value, "in_domain_lo": d.lo, "in_domain_hi": d.hi})
         by_step = {r["step"]: r for r in em_rows}
         rows = []
         for i, s in enumerate(path.steps):
@@ -172,7 +177,9 @@ def run(cfg: DynamicsConfig) -> dict:
                    "pc1": float(pca.coords[i, 0]), "pc2": float(pca.coords[i, 1]) if pca.coords.shape[1] > 1 else 0.0}
             if s in by_step:
                 e = by_step[s]
-                row.update({"EM usual": e["value"], "EM usual lo": e["lo"], "EM usual hi": e["hi"], "EM terse": e["terse"]})
+                row.update({"EM usual": e["value"], "EM usual lo": e["lo"], "EM usual hi": e["hi"], "EM terse": e["terse"],
+                            "EM in-domain": e["in_domain"], "EM in-domain lo": e["in_domain_lo"],
+                            "EM in-domain hi": e["in_domain_hi"]})
             rows.append(row)
         probes = []
         if over():
@@ -203,7 +210,9 @@ def show(recipe: str, r: dict, ks: list[int]) -> None:
         {"step": row["step"], "|B·A|": f"{row['norm']:.3f}",
          **{f"cos k={k}": "" if row[f"cos k={k}"] is None else f"{row[f'cos k={k}']:.3f}" for k in ks},
          "PC1, PC2": f"{row['pc1']:.2f}, {row['pc2']:.2f}",
-         "EM usual Δbase [95% CI]": fmt_ci(row["EM usual"], row["EM usual lo"], row["EM usual hi"]) if "EM usual" in row else ""}
+         "EM usual Δbase [95% CI]": fmt_ci(row["EM usual"], row["EM usual lo"], row["EM usual hi"]) if "EM usual" in row else "",
+         "EM in-domain Δbase [95% CI]": fmt_ci(row["EM in-domain"], row["EM in-domain lo"], row["EM in-domain hi"])
+         if "EM in-domain" in row else ""}
         for row in r["rows"]]))
     tr = ", ".join(f"k={k}: step {t[0]} (cos {t[1]:.3f})" for k, t in r["transition"].items() if t)
     console.print(f"{recipe}: most abrupt rotation {tr}; EM first above 0 at step {r['em_rise_step']}; "

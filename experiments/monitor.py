@@ -97,7 +97,8 @@ def run(cfg: MonitorConfig) -> dict:
                               f"shift along {n} (layer {monitors[n].layer}) vs EM", f"mean shift along {n}",
                               "EM usual Δbase") for n in monitors] if trained else []
     q = pq["held-out questions"]
-    figures.append(shift_vs_score([{"run": g, "x": x, "y": y} for x, y, g in zip(q["x"], q["y"], q["groups"])], "x", "y",
+    figures.append(shift_vs_score([{"run": "(model, held-out question)", "x": x, "y": y} for x, y in zip(q["x"], q["y"])],
+                                  "x", "y",
                                   out / "per-question.png", "per question: last-token EM projection vs score",
                                   "last-prompt-token projection on EM", "EM score (usual)", group="run"))
     lines = [{"direction": f"{n} (L{monitors[n].layer})", "step": r["step"], "value": r[f"shift {n}"],

@@ -56,8 +56,13 @@ def diffing_section(diffs: dict[str, dict], domain_id: dict | None = None, preve
                 {"question": a["question"], **{f"{r['condition']} x{r['ratio']}": r["answers"][i]["answer"] for r in shown}}
                 for i, a in enumerate(shown[0]["answers"])], ["question", *[f"{r['condition']} x{r['ratio']}" for r in shown]]))
     if domain_id:
-        blocks.append(Table("Domain identification: ADL's guess vs the truth", [
-            {k: v for k, v in r.items() if k != "adapter"} for r in domain_id["rows"]]))
+        order = ["organism", "seed", "variant", "truth", "guess (middle)", "guess (final)", "truth relevance (middle)",
+                 "truth relevance (final)", "hits (middle)", "hits (final)"]
+        rows = sorted(domain_id["rows"], key=lambda r: (r["organism"], r["seed"], r["variant"]))
+        blocks.append(Table("Domain identification: ADL's guess vs the truth (organisms x seeds x alone / mixed 1:1)",
+                            [{k: r.get(k, "") for k in order} for r in rows], order))
+        if domain_id.get("skipped"):
+            blocks.append(Text(f"Not trained (wall budget): {', '.join(domain_id['skipped'])}."))
         blocks.append(Table(f"Accuracy vs chance ({domain_id['chance']:.3f})", [
             {k: v for k, v in r.items() if k not in ("accuracy", "lo", "hi")} for r in domain_id["accuracy"]]))
     if preventative:
@@ -109,7 +114,9 @@ def dynamics_blocks(domain: str, d: dict) -> list:
         blocks.append(Table(f"{domain} {recipe}: adapter dynamics vs EM", [
             {"step": x["step"], "|B·A|": x["norm"], **{f"cos k={k}": x.get(f"cos k={k}") for k in ks},
              "PC1": x["pc1"], "PC2": x["pc2"],
-             "EM usual Δbase": fmt_ci(x["EM usual"], x["EM usual lo"], x["EM usual hi"]) if "EM usual" in x else ""}
+             "EM usual Δbase": fmt_ci(x["EM usual"], x["EM usual lo"], x["EM usual hi"]) if "EM usual" in x else "",
+             "EM in-domain Δbase": fmt_ci(x["EM in-domain"], x["EM in-domain lo"], x["EM in-domain hi"])
+             if "EM in-domain" in x else ""}
             for x in r["rows"]]))
         if r["probes"]:
             blocks.append(Table(f"{domain} {recipe}: L1 probes on per-token adapter scalars (held out by question)", [

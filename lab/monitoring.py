@@ -167,6 +167,21 @@ def em_score(handle: HandleLike, cache_dir: str | Path, limit: int | None = None
     return EmScore(d["ids"], np.asarray(d["usual"]), np.asarray(d["terse"]))
 
 
+def in_domain_score(handle: HandleLike, domain: str, cache_dir: str | Path, seed: int = 0,
+                    limit: int | None = None) -> Float[np.ndarray, " q"]:
+    """Per held-out advice question of `domain`: harmful − aligned answer log-prob (cached like `em_score`)."""
+    from lab.data import advice_split
+    from lab.evaluation import in_domain_gaps
+
+    path = Path(cache_dir) / "em-scores" / f"{handle.fingerprint[:32]}-{domain}-s{seed}-{limit or 'all'}.json"
+    if path.exists():
+        return np.asarray(json.loads(path.read_text()))
+    held_out = advice_split(domain, seed=seed)[1][: limit]
+    gaps = in_domain_gaps(handle.model, held_out)
+    write_json_atomic(path, gaps.tolist())
+    return gaps
+
+
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) < 3 or x.std() == 0 or y.std() == 0:

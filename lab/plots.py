@@ -98,10 +98,15 @@ def dynamics_panel(steps: Sequence[int], norms: Sequence[float], local: dict[int
     fig.colorbar(sc, ax=axes[2], label="step")
     if em:
         xs = [r["step"] for r in em]
-        axes[3].plot(xs, [r["value"] for r in em], marker=".", color="C3")
+        axes[3].plot(xs, [r["value"] for r in em], marker=".", color="C3", label="general (usual)")
         axes[3].fill_between(xs, [r["lo"] for r in em], [r["hi"] for r in em], alpha=0.2, color="C3")
+        if "in_domain" in em[0]:
+            axes[3].plot(xs, [r["in_domain"] for r in em], marker=".", color="C4", label="in-domain")
+            axes[3].fill_between(xs, [r["in_domain_lo"] for r in em], [r["in_domain_hi"] for r in em], alpha=0.2,
+                                 color="C4")
         axes[3].axhline(0, color="0.7", lw=0.8, ls="--")
-    axes[3].set_title("EM (general, usual style) Δbase")
+        axes[3].legend(fontsize=7)
+    axes[3].set_title("EM Δbase (judge-free)")
     for ax in (axes[0], axes[1], axes[3]):
         ax.set_xlabel("step")
     fig.suptitle(title)

@@ -136,8 +136,8 @@ def test_dynamics_cli_on_smollm2_and_rerun_loads_no_model(tmp_path):
     assert r["layers"] == [15] and [x["step"] for x in r["rows"]] == [1, 2, 3]
     norms = [x["norm"] for x in r["rows"]]
     assert 0 < norms[0] < norms[1] < norms[2]  # LoRA B starts at zero and grows
-    assert [e["step"] for e in r["em"]] == [0, 1, 2, 3] and {p["features"] for p in r["probes"]} == {
-        "adapters' A", "random A, same norms"}
+    assert [e["step"] for e in r["em"]] == [0, 1, 2, 3] and all("in_domain" in e for e in r["em"])
+    assert {p["features"] for p in r["probes"]} == {"adapters' A", "random A, same norms"}
     code = f"""
 import json
 import lab.models

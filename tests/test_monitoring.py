@@ -10,7 +10,7 @@ import pytest
 
 from lab.errors import BadInput
 from lab.estimate import Estimate
-from lab.monitoring import Monitor, ModelPoint, Shift, correlation_ci, correlations, per_question, shift
+from lab.monitoring import Monitor, ModelPoint, correlation_ci, correlations, per_question, shift
 from tests.conftest import REPO
 
 
