@@ -156,6 +156,7 @@ def run(cfg: DynamicsConfig) -> dict:
         path = AdapterPath.from_checkpoints([p for _, p in ckpts], [s for s, _ in ckpts])
         local = {k: local_cosine(path.vectors, path.steps, k) for k in cfg.ks}
         pca = pca_path(path.vectors)
+        settled = tc.warmup_steps + cfg.every  # past the warm-up, where B grows out of zero in no settled direction
         em_rows = [{"step": 0, "value": 0.0, "lo": 0.0, "hi": 0.0, "terse": 0.0, "terse_lo": 0.0, "terse_hi": 0.0,
                     "in_domain": 0.0, "in_domain_lo": 0.0, "in_domain_hi": 0.0}]
         for step, ck in ckpts:
@@ -191,7 +192,8 @@ def run(cfg: DynamicsConfig) -> dict:
                              f"{cfg.domain} {recipe} (adapters at layers {path.layers})")
         runs[recipe] = {"folder": str(folder), "train_config": asdict(tc), "layers": path.layers, "rows": rows,
                         "em": em_rows, "pca_explained": pca.explained.tolist(), "figure": str(fig), "probes": probes,
-                        "transition": {str(k): transition(local[k]) for k in cfg.ks},
+                        "transition": {str(k): transition(local[k], settled) for k in cfg.ks},
+                        "transition_any_step": {str(k): transition(local[k]) for k in cfg.ks}, "settled_from": settled,
                         "em_rise_step": em_rise(em_rows)}
         write_rows(rows, out / f"{recipe}-rows")
         show(recipe, runs[recipe], cfg.ks)
@@ -215,7 +217,8 @@ def show(recipe: str, r: dict, ks: list[int]) -> None:
          if "EM in-domain" in row else ""}
         for row in r["rows"]]))
     tr = ", ".join(f"k={k}: step {t[0]} (cos {t[1]:.3f})" for k, t in r["transition"].items() if t)
-    console.print(f"{recipe}: most abrupt rotation {tr}; EM first above 0 at step {r['em_rise_step']}; "
+    console.print(f"{recipe}: most abrupt rotation (vs checkpoints from step {r['settled_from']} on) {tr}; "
+                  f"EM first above 0 at step {r['em_rise_step']}; "
                   f"PCA explained {', '.join(f'{x:.2f}' for x in r['pca_explained'])}")
     if r["probes"]:
         console.print(table(f"{recipe}: L1 probes on per-token adapter scalars (held out by question)", [

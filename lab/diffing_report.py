@@ -108,7 +108,8 @@ def dynamics_blocks(domain: str, d: dict) -> list:
     for recipe, r in d["runs"].items():
         ks = [k for k in r["transition"]]
         tr = "; ".join(f"k = {k}: step {t[0]} (cos {t[1]:.3f})" for k, t in r["transition"].items() if t)
-        blocks.append(Text(f"{domain} {recipe} (rank-1 adapters at layers {r['layers']}): lowest local cosine {tr}; "
+        blocks.append(Text(f"{domain} {recipe} (rank-1 adapters at layers {r['layers']}): lowest local cosine "
+                           f"(against checkpoints from step {r.get('settled_from', 0)} on) {tr}; "
                            f"EM (usual) first above 0 at step {r['em_rise_step']}; PCA explained "
                            f"{', '.join(f'{x:.2f}' for x in r['pca_explained'])}."))
         blocks.append(Table(f"{domain} {recipe}: adapter dynamics vs EM", [

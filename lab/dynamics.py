@@ -128,9 +128,14 @@ def local_cosine(vectors: Float[np.ndarray, "ckpt dims"], steps: Sequence[int], 
     return out
 
 
-def transition(local: Sequence[tuple[int, int, float]]) -> tuple[int, float] | None:
-    """The step where the adapter rotates most abruptly (lowest local cosine) and that cosine."""
-    ok = [(s, c) for s, _, c in local if not np.isnan(c)]
+def transition(local: Sequence[tuple[int, int, float]], min_earlier: int = 0) -> tuple[int, float] | None:
+    """The step where the adapter rotates most abruptly (lowest local cosine) and that cosine.
+
+    `min_earlier`: ignore comparisons with checkpoints before this step. B starts at zero, so
+    its first few checkpoints point wherever the first gradients did and the earliest local
+    cosines are low for no reason but that; a transition is looked for after them.
+    """
+    ok = [(s, c) for s, e, c in local if not np.isnan(c) and e >= min_earlier]
     return min(ok, key=lambda x: x[1]) if ok else None
 
 

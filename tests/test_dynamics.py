@@ -156,3 +156,11 @@ print(json.dumps(s["runs"]["mo-rank1"]["rows"]))
     assert json.loads(out.stdout.strip().splitlines()[-1]) == json.loads(json.dumps(r["rows"]))
     with pytest.raises(BadInput, match="not a rank-1 recipe"):
         dynamics.run(parse_config(dynamics.DynamicsConfig, args[:1] + ["mo"] + args[2:]))
+
+
+def test_transition_ignores_the_warm_up_when_asked():
+    steps, vecs = planted_path()
+    vecs[0] = np.eye(vecs.shape[1])[5]  # the first checkpoint points elsewhere (B just out of zero)
+    local = local_cosine(vecs, steps, 5)
+    assert transition(local)[0] == 10  # the warm-up artefact is the lowest overall
+    assert transition(local, min_earlier=10)[0] == 50  # past it, the planted rotation

@@ -3,7 +3,7 @@
 # along base-model directions per checkpoint, and the domain-identification benchmark (2 seeds, 1:1 mixed
 # controls for medical, financial, insecure code).
 #   GPUs: 1 (cuda:0 of CUDA_VISIBLE_DEVICES).  Wall: <= 8 min. Python wall budgets, most important first:
-#   dynamics 2.5 min, monitoring 2 min, domain-id 1.5 min (each stops starting new work past its budget and
+#   dynamics 2 min, monitoring 1.5 min, domain-id 1.5 min (each stops starting new work past its budget and
 #   says so), plus training two r16 organisms for monitoring (~20 s) and the report (~10 s).
 #   Insecure code needs $SHARED/data/insecure-code/insecure_n500.jsonl (SHARED: ./shared if the device copy
 #   has it, else ../shared); without it the domain-id table has medical and financial only (it says so).
@@ -31,9 +31,9 @@ if [ -n "${SMOKE:-}" ]; then
 else
   # rank-1 recipes with micro-batch 2 (a checkpoint every ~5 of ~120 steps in one epoch); lr 2e-4 with the
   # recipe's warm-up and linear decay (the paper's 2e-5 barely moves a 135M model in 120 steps)
-  DYN=(--lr 2e-4 --batch-size 2 --every 5 --budget-min "${DYN_MIN:-2.5}")
+  DYN=(--lr 2e-4 --batch-size 2 --every 5 --budget-min "${DYN_MIN:-2}")
   ORG=(--lr 1e-3 --batch-size 8 --max-steps 40 --checkpoints 8)
-  MON=(--max-checkpoints 8 --budget-min "${MON_MIN:-2}")
+  MON=(--max-checkpoints 8 --budget-min "${MON_MIN:-1.5}")
   DOM=(--seeds 0 1 --steps 20 --budget-min "${DOM_MIN:-1.5}")
 fi
 stamp() { echo "diffing: $1 at $(( $(date +%s) - T0 )) s"; }
