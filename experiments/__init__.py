@@ -20,5 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "diff": ("experiments.diff", "Which domain was an adapter trained on? Activation Difference Lens."),
     "preventative": ("experiments.preventative", "Preventative steering: train with the misalignment direction added."),
     "domain-id": ("experiments.domain_id", "Domain identification benchmark: ADL's guess vs the truth."),
+    "dynamics": ("experiments.dynamics", "Rank-1 adapters over training (norm, local cosine, PCA) vs EM; LoRA probing."),
+    "monitor": ("experiments.monitor", "Shift along EM / refusal / code-mode directions per checkpoint vs EM score."),
     "cache build": ("experiments.cache_build", "Cache residual streams of a prompt set (content-addressed)."),
 }

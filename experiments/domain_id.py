@@ -15,6 +15,7 @@ Trainings and caches are resumable and reused.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class DomainIdConfig(Common):
     mix: bool = field(default=True, metadata={"help": "also train the 1:1 generic-mix controls"})
     train: bool = field(default=True, metadata={"help": "train missing organisms (--no-train: report those already trained)"})
     runs: str = field(default="cache/domain_id", metadata={"help": "training folders (resumable)"})
+    budget_min: float = field(default=0.0, metadata={"help": "wall budget: train no new organism past it (0: none)"})
 
 
 def organisms(cfg: DomainIdConfig, candidates: dict) -> dict[str, tuple[str, list[ChatExample]]]:
@@ -77,12 +79,12 @@ def run(cfg: DomainIdConfig) -> dict:
 
     lens = Lens.from_files(resolve_source(cfg.model)[0], base.tokenizer)
     base_cache = text_cache(base, prompts, cfg.cache_dir, cfg.storage)
-    rows = []
+    rows, skipped, start = [], [], time.monotonic()
     variants = ["alone", "mixed 1:1"] if cfg.mix else ["alone"]
     with progress() as bar:
         task = bar.add_task("organisms", total=len(orgs) * len(cfg.seeds) * len(variants), info="")
-        for name, (truth, data) in orgs.items():
-            for seed in cfg.seeds:
+        for seed in cfg.seeds:  # seed-major: a wall budget cuts a whole later seed, not one organism
+            for name, (truth, data) in orgs.items():
                 for variant in variants:
                     train = data if variant == "alone" else data + generic_chat(len(data))
                     tc = TrainConfig(batch_size=cfg.batch_size, lr=cfg.lr, max_steps=cfg.steps, seed=seed,
@@ -92,12 +94,16 @@ def run(cfg: DomainIdConfig) -> dict:
                     folder = Path(cfg.runs) / f"{name.split()[0]}-{variant.split()[0]}-s{seed}-{key}"
                     adapter = folder / "adapter"
                     if not (adapter / "adapter_model.safetensors").exists():
+                        if cfg.budget_min > 0 and time.monotonic() - start > 60 * cfg.budget_min:
+                            skipped.append(f"{name} {variant} seed {seed}")
+                            bar.advance(task)
+                            continue
                         if not cfg.train:
                             console.print(f"[yellow]not trained yet, left out[/]: {name} {variant} seed {seed}")
                             bar.advance(task)
                             continue
                         bar.update(task, info=f"train {name} {variant} s{seed}")
-                        train_lora(base.model, train, folder, tc)
+                        train_lora(base.model.for_training(), train, folder, tc)
                     org_cache = text_cache(handle_for(cfg, [str(adapter)]), prompts, cfg.cache_dir, cfg.storage)
                     row = {"organism": name, "truth": truth, "variant": variant, "seed": seed}
                     for reading in READINGS:
@@ -109,6 +115,8 @@ def run(cfg: DomainIdConfig) -> dict:
                                     f"hits ({reading})": " ".join(by[truth].hits[:5])})
                     rows.append({**row, "adapter": str(adapter)})
                     bar.advance(task)
+    if skipped:
+        console.print(f"[yellow]wall budget reached; not trained[/]: {', '.join(skipped)}")
     if not rows:
         raise BadInput("no trained organism to report (run without --no-train first)")
     chance = 1 / len(candidates)
@@ -117,16 +125,16 @@ def run(cfg: DomainIdConfig) -> dict:
         for reading in READINGS:
             flags = [r[f"correct ({reading})"] for r in rows if r["variant"] == variant]
             acc = rate(flags, cfg.n_boot, cfg.seed)
-            summary_rows.append({"variant": variant, "layers": reading, "n": acc["n"],
-                                 "accuracy [95% CI]": fmt_ci(acc["rate"], acc["lo"], acc["hi"]), "chance": f"{chance:.3f}",
-                                 "accuracy": acc["rate"], "lo": acc["lo"], "hi": acc["hi"]})
+            summary_rows.append({"variant": variant, "layers": reading, "n": acc.n,
+                                 "accuracy [95% CI]": fmt_ci(acc.value, acc.lo, acc.hi), "chance": f"{chance:.3f}",
+                                 "accuracy": acc.value, "lo": acc.lo, "hi": acc.hi})
     console.print(table("ADL domain guesses", [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()
                                                 if k not in ("adapter",) and not k.startswith("relevance ")} for r in rows]))
     console.print(table(f"Accuracy vs chance ({len(candidates)} candidate domains)",
                         [{k: v for k, v in r.items() if k not in ("accuracy", "lo", "hi")} for r in summary_rows]))
     out = out_dir(cfg, "domain_id")
     write_rows(rows, out / "rows")
-    return save_summary(cfg, out, rows=rows, accuracy=summary_rows, chance=chance,
+    return save_summary(cfg, out, rows=rows, accuracy=summary_rows, chance=chance, skipped=skipped,
                         mean_truth_relevance={f"{v}, {reading}": float(np.mean([r[f"truth relevance ({reading})"]
                                                                                  for r in rows if r["variant"] == v]))
                                               for v in variants for reading in READINGS})

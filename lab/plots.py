@@ -77,3 +77,56 @@ def bars_with_ci(names: Sequence[str], values: Sequence[float], lows: Sequence[f
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return _save(fig, path)
+
+
+def dynamics_panel(steps: Sequence[int], norms: Sequence[float], local: dict[int, list[tuple[int, float]]],
+                   pca: np.ndarray, em: list[dict], path: str | Path, title: str) -> Path:
+    """A rank-1 run's training dynamics beside its EM trajectory (four panels sharing the step axis
+    where they have one): |B·A|, local cosine per k, the PCA path (coloured by step), EM Δbase."""
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    axes[0].plot(steps, norms, marker=".")
+    axes[0].set_title("|B·A| (sum over adapters)")
+    for k, pts in local.items():
+        if pts:
+            axes[1].plot([s for s, _ in pts], [c for _, c in pts], marker=".", label=f"k = {k}")
+    axes[1].set_title("local cosine of B (step vs step - k)")
+    if any(local.values()):
+        axes[1].legend(fontsize=7)
+    sc = axes[2].scatter(pca[:, 0], pca[:, 1] if pca.shape[1] > 1 else np.zeros(len(pca)), c=steps, cmap="viridis")
+    axes[2].plot(pca[:, 0], pca[:, 1] if pca.shape[1] > 1 else np.zeros(len(pca)), color="0.7", lw=0.8)
+    axes[2].set_title("PCA path of B")
+    fig.colorbar(sc, ax=axes[2], label="step")
+    if em:
+        xs = [r["step"] for r in em]
+        axes[3].plot(xs, [r["value"] for r in em], marker=".", color="C3", label="general (usual)")
+        axes[3].fill_between(xs, [r["lo"] for r in em], [r["hi"] for r in em], alpha=0.2, color="C3")
+        if "in_domain" in em[0]:
+            axes[3].plot(xs, [r["in_domain"] for r in em], marker=".", color="C4", label="in-domain")
+            axes[3].fill_between(xs, [r["in_domain_lo"] for r in em], [r["in_domain_hi"] for r in em], alpha=0.2,
+                                 color="C4")
+        axes[3].axhline(0, color="0.7", lw=0.8, ls="--")
+        axes[3].legend(fontsize=7)
+    axes[3].set_title("EM Δbase (judge-free)")
+    for ax in (axes[0], axes[1], axes[3]):
+        ax.set_xlabel("step")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def shift_vs_score(points: list[dict], x: str, y: str, path: str | Path, title: str, xlabel: str, ylabel: str,
+                   group: str = "run") -> Path:
+    """Scatter of monitored models (one colour per `group`), x and y with their CIs as error bars."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n, name in enumerate(dict.fromkeys(p[group] for p in points)):
+        sub = [p for p in points if p[group] == name]
+        xs, ys = np.array([p[x] for p in sub]), np.array([p[y] for p in sub])
+        xerr = np.vstack([xs - [p[f"{x} lo"] for p in sub], [p[f"{x} hi"] for p in sub] - xs]) if f"{x} lo" in sub[0] else None
+        yerr = np.vstack([ys - [p[f"{y} lo"] for p in sub], [p[f"{y} hi"] for p in sub] - ys]) if f"{y} lo" in sub[0] else None
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="o", ms=4, capsize=2, color=f"C{n}", label=str(name), alpha=0.8)
+    ax.axhline(0, color="0.7", lw=0.8, ls="--")
+    ax.axvline(0, color="0.7", lw=0.8, ls="--")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
