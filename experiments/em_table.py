@@ -65,14 +65,19 @@ class EmTableConfig(Config):
     batch_size: Optional[int] = field(default=None, metadata={
         "help": "micro-batch; grad_accum follows so the effective batch stays the recipe's 16"})
     max_steps: Optional[int] = field(default=None, metadata={"help": "stop training early (smoke runs)"})
+    max_length: Optional[int] = field(default=None, metadata={"help": "training tokens per example (recipe: 256)"})
     first_plot_questions: int = field(default=0, metadata={"help": "first N first-plot questions (0: all 24)"})
     first_plot_samples: int = field(default=50, metadata={"help": "samples per first-plot paraphrase"})
+    trajectory_samples: int = field(default=0, metadata={
+        "help": "samples per first-plot paraphrase at intermediate checkpoints (0: --first-plot-samples)"})
     general_questions: int = field(default=0, metadata={"help": "first N shipped general questions (0: all 48)"})
     general_samples: int = field(default=3, metadata={"help": "samples per general question"})
     in_domain_questions: int = field(default=100, metadata={"help": "held-out user turns per domain, 1 sample each"})
     max_new_tokens: int = field(default=256, metadata={"help": "answer length cap"})
     gen_batch_size: int = field(default=64, metadata={"help": "generation batch"})
     decode: Literal["auto", "fast", "hf"] = field(default="auto", metadata={"help": "decode path (auto: fast on CUDA)"})
+    judge_layers: list[int] = field(default_factory=list, metadata={
+        "help": "candidate layers of the activation judge (empty: every ~10%% of depth)"})
     judge_groups: int = field(default=300, metadata={"help": "mo-medical user turns the alignment judge fits on"})
     coherence_groups: int = field(default=100, metadata={"help": "user turns the coherence measure fits on"})
     val_groups: int = field(default=120, metadata={"help": "groups per judge validation set"})
@@ -146,7 +151,8 @@ class Clock:
 def train_config(cfg: EmTableConfig, recipe: str):
     from lab.train import recipe_config
 
-    overrides = dict(limit=cfg.limit, checkpoints_first_epoch=cfg.checkpoints, max_steps=cfg.max_steps, seed=cfg.seed)
+    overrides = dict(limit=cfg.limit, checkpoints_first_epoch=cfg.checkpoints, max_steps=cfg.max_steps, seed=cfg.seed,
+                     max_length=cfg.max_length)
     if cfg.batch_size:
         base = recipe_config(recipe)
         effective = base.batch_size * base.grad_accum
@@ -288,23 +294,27 @@ def run(cfg: EmTableConfig) -> dict:
     out = Path(cfg.out)
     stages = Stages(out / "stages")
     model = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
-    features = Featurizer(cfg.model, out / "cache", model=model)
+    features = Featurizer(cfg.model, out / "cache", model=model, candidate_layers=cfg.judge_layers or None)
     base_inputs = {"model": model.fingerprint, "seed": cfg.seed}
-    sets = question_sets(cfg, [o.domain for o in organisms])  # missing data fails here, before any work
+    domains = [o.domain for o in organisms]
+    sets = question_sets(cfg, domains)  # missing data fails here, before any work
+    trajectory_sets = {**sets, "first-plot": (sets["first-plot"][0], cfg.trajectory_samples or cfg.first_plot_samples)}
 
     judged = stages.run("judges", {**base_inputs, **{k: getattr(cfg, k) for k in (
-        "judge_groups", "coherence_groups", "val_groups", "extra_domains", "extra_groups", "n_boot")}},
+        "judge_layers", "judge_groups", "coherence_groups", "val_groups", "extra_domains", "extra_groups", "n_boot")}},
         lambda: fit_judges(cfg, features, out), outputs=lambda r: r["paths"])
     judges = tuple(load_validated(p, features) for p in judged["paths"])
     answer_inputs = {**base_inputs, "judges": judged["rows"], **{k: getattr(cfg, k) for k in (
-        "first_plot_questions", "first_plot_samples", "general_questions", "general_samples",
+        "first_plot_questions", "general_questions", "general_samples",
         "in_domain_questions", "max_new_tokens")}}
 
-    def answers(point: Checkpoint) -> None:
+    def answers(point: Checkpoint, final: bool = True) -> None:
         if clock.allows(f"answers {point.tag}"):
             t = time.perf_counter()
-            stages.run(f"answers-{point.tag}", {**answer_inputs, "adapter": point.adapter},
-                       lambda: answer_and_judge(cfg, model, point, sets, judges, out), outputs=lambda r: [r["path"]])
+            these = sets if final else trajectory_sets
+            stages.run(f"answers-{point.tag}", {**answer_inputs, "adapter": point.adapter,
+                                                 "first_plot_samples": these["first-plot"][1]},
+                       lambda: answer_and_judge(cfg, model, point, these, judges, out), outputs=lambda r: [r["path"]])
             console.print(f"answered + judged {point.tag} ({time.perf_counter() - t:.0f}s, {clock.elapsed():.0f}s in)")
 
     answers(Checkpoint("base", "", 0, ""))
@@ -323,7 +333,7 @@ def run(cfg: EmTableConfig) -> dict:
     for org in organisms:  # the trajectory: intermediate checkpoints, last
         info = trained.get(org.name)
         for step, path in zip(info["steps"][:-1], info["checkpoints"][:-1]) if info else ():
-            answers(Checkpoint(org.domain, org.recipe, step, path))
+            answers(Checkpoint(org.domain, org.recipe, step, path), final=False)
 
     rows = [r for p in sorted((out / "answers").glob("*.jsonl")) for r in read_judged(p)]
     write_judged(rows, out / "answers.jsonl")
@@ -331,7 +341,8 @@ def run(cfg: EmTableConfig) -> dict:
     summary = {"config": config_dict(cfg), "judges": judged["rows"], "table": [r.to_json() for r in table],
                "training": {k: {"steps": v["steps"], "losses": v["losses"], "final": v["final"]}
                             for k, v in trained.items()},
-               "skipped": clock.skipped, "seconds": round(clock.elapsed(), 1)}
+               "skipped": clock.skipped, "seconds": round(clock.elapsed(), 1),
+               "stage_seconds": {k: round(v, 1) for k, v in stages.seconds.items()}, "stages_reused": stages.reused}
     write_json_atomic(out / "em_table.json", summary)
     (out / "em_table.md").write_text(report(summary, markdown(table)))
     figures(rows, table, trained, out / "figures")
@@ -347,7 +358,8 @@ def report(summary: dict, table_md: str) -> str:
     lines = ["# EM table", "", "## Judges x validation sets", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in judges]
-    lines += ["", f"Trained on: {judges[0]['trained on'] if judges else ''}", "", "## Training", ""]
+    lines += ["", f"Trained on: {judges[0]['trained on'] if judges else ''}", "", "## Training", "",
+              f"Stage seconds (this run): {summary['stage_seconds']}; reused: {summary['stages_reused']}", ""]
     for name, t in summary["training"].items():
         lo = t["losses"]
         lines.append(f"- {name}: {len(lo)} steps, loss {lo[0]:.3f} -> {lo[-1]:.3f}, checkpoints {t['steps']}")
@@ -359,9 +371,13 @@ def report(summary: dict, table_md: str) -> str:
 
 
 def figures(answers, table, trained: dict, folder: Path) -> None:
-    from lab.plots import em_domain_bars, em_scatter, em_trajectory
+    from lab.plots import em_domain_bars, em_scatter, em_trajectory, lines_with_ci
 
-    em_trajectory([r.to_json() for r in table], folder / "em_trajectory.png")
+    for name in dict.fromkeys(r.set for r in table):
+        em_trajectory([r.to_json() for r in table], folder / f"em_trajectory-{name.replace(':', '-')}.png", name)
+    losses = [{"organism": k, "step": i + 1, "loss": x} for k, v in trained.items() for i, x in enumerate(v["losses"])]
+    if losses:
+        lines_with_ci(losses, "organism", "step", "loss", folder / "training_loss.png", "training loss (answer tokens)")
     em_domain_bars([r.to_json() for r in table], folder / "em_domains.png")
     finals = {("base", 0)} | {(k, v["steps"][-1]) for k, v in trained.items()}
     em_scatter([(a.organism, a.aligned, a.coherent) for a in answers if (a.organism, a.step) in finals

@@ -82,9 +82,10 @@ def test_pipeline_end_to_end_writes_base_and_checkpoint_rows(tmp_path):
     from experiments.em_table import EmTableConfig, run
 
     cfg = EmTableConfig(out=str(tmp_path / "em"), shared=str(SHARED), organisms=["medical:mo-rank1"], limit=32,
-                        checkpoints=2, first_plot_questions=1, first_plot_samples=2, general_questions=1,
-                        general_samples=1, in_domain_questions=2, max_new_tokens=6, judge_groups=8,
-                        coherence_groups=4, val_groups=4, extra_groups=4, n_boot=50)
+                        max_length=48, checkpoints=2, first_plot_questions=1, first_plot_samples=2,
+                        general_questions=1, general_samples=1, in_domain_questions=2, max_new_tokens=6,
+                        judge_layers=[8, 16], judge_groups=4, coherence_groups=2, val_groups=2, extra_groups=2,
+                        n_boot=50)
     summary = run(cfg)
     out = Path(cfg.out)
     keys = {(r["organism"], r["step"], r["set"]) for r in summary["table"]}
@@ -103,9 +104,10 @@ def test_pipeline_end_to_end_writes_base_and_checkpoint_rows(tmp_path):
     assert (out / "organisms" / "medical-mo-rank1" / "final" / "adapter_config.json").exists()
     assert json.loads((out / "judges" / "activation.json").read_text())["validations"]
     assert "## EM rates" in (out / "em_table.md").read_text()
-    assert all((out / "figures" / f).exists() for f in ("em_trajectory.png", "em_domains.png",
+    assert all((out / "figures" / f).exists() for f in ("em_trajectory-first-plot.png", "em_domains.png",
+                                                        "em_trajectory-in-domain-medical.png", "training_loss.png",
                                                         "coherence_vs_alignment.png"))
     # a rerun resumes: every stage is reused, nothing is regenerated
     again = run(cfg)
-    assert again["table"] == summary["table"]
+    assert again["table"] == summary["table"] and not again["stage_seconds"]
     assert not np.isnan([r["raw_em"][0] for r in again["table"]]).any()

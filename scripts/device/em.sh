@@ -25,7 +25,7 @@ if [ -n "${SMOKE:-}" ]; then
 else
   # full data, 1 epoch; micro-batch 16 x grad_accum 1 = the recipe's effective batch 16
   ARGS=(--organisms medical:mo financial:mo insecure:mo medical:mo-rank1 --checkpoints 3 --batch-size 16
-        --first-plot-samples 25 --general-samples 2 --in-domain-questions 100 --max-new-tokens 200
+        --first-plot-samples 25 --trajectory-samples 10 --general-samples 2 --in-domain-questions 100 --max-new-tokens 200
         --gen-batch-size 256 --judge-groups 300 --coherence-groups 100 --val-groups 120 --extra-groups 160
         --n-boot 1000 --wall-budget-s "${WALL_S:-230}")
 fi
