@@ -56,7 +56,8 @@ class EmTableConfig(Config):
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "base model"})
     device: Device = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto"})
     dtype: Literal["auto", "float32", "bfloat16"] = field(default="float32", metadata={
-        "help": "compute dtype (float32: the judges were validated in float32)"})
+        "help": "compute dtype of the base model (LoRA adapters train in float32; the judges are fitted and "
+                "validated on this same model and dtype)"})
     organisms: list[str] = field(default_factory=lambda: ["medical:mo", "financial:mo", "insecure:mo",
                                                           "medical:mo-rank1"],
                                  metadata={"help": "domain:recipe pairs (domains: medical, financial, insecure)"})
@@ -308,13 +309,16 @@ def run(cfg: EmTableConfig) -> dict:
         "first_plot_questions", "general_questions", "general_samples",
         "in_domain_questions", "max_new_tokens")}}
 
+    answered: list[str] = []  # this run's answer files (not whatever else lies in <out>/answers)
+
     def answers(point: Checkpoint, final: bool = True) -> None:
         if clock.allows(f"answers {point.tag}"):
             t = time.perf_counter()
             these = sets if final else trajectory_sets
-            stages.run(f"answers-{point.tag}", {**answer_inputs, "adapter": point.adapter,
+            result = stages.run(f"answers-{point.tag}", {**answer_inputs, "adapter": point.adapter,
                                                  "first_plot_samples": these["first-plot"][1]},
                        lambda: answer_and_judge(cfg, model, point, these, judges, out), outputs=lambda r: [r["path"]])
+            answered.append(result["path"])
             console.print(f"answered + judged {point.tag} ({time.perf_counter() - t:.0f}s, {clock.elapsed():.0f}s in)")
 
     answers(Checkpoint("base", "", 0, ""))
@@ -335,7 +339,7 @@ def run(cfg: EmTableConfig) -> dict:
         for step, path in zip(info["steps"][:-1], info["checkpoints"][:-1]) if info else ():
             answers(Checkpoint(org.domain, org.recipe, step, path), final=False)
 
-    rows = [r for p in sorted((out / "answers").glob("*.jsonl")) for r in read_judged(p)]
+    rows = [r for p in answered for r in read_judged(p)]
     write_judged(rows, out / "answers.jsonl")
     table = em_table(rows, *judges, n_boot=cfg.n_boot, seed=cfg.seed)
     summary = {"config": config_dict(cfg), "judges": judged["rows"], "table": [r.to_json() for r in table],

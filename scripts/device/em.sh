@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The seed-003 EM table at SmolLM2-135M (issue 14 item 4): `emlab em-table` on the papers' data.
-#   GPUs: 1 (cuda:0 of CUDA_VISIBLE_DEVICES).  Wall: <= 6 min (Python wall budget WALL_S=230 s for starting
+#   GPUs: 1 (cuda:0 of CUDA_VISIBLE_DEVICES).  Wall: <= 6 min (Python wall budget WALL_S=240 s for starting
 #   new stages, then the running stage, the table, the figures and the tarball).
 #   Needs the papers' data under $SHARED/data (model-organisms, betley, em-questions; 21 MB, research use
 #   only, never committed): SHARED defaults to ./shared (what the device copies), else ../shared.
@@ -19,20 +19,21 @@ EM_OUT=${EM_OUT:-runs/em-table}
 SHARED=${SHARED:-$( [ -d shared/data/model-organisms ] && echo shared || echo ../shared )}
 mkdir -p "$OUT" "$EM_OUT"
 if [ -n "${SMOKE:-}" ]; then
-  ARGS=(--organisms medical:mo medical:mo-rank1 --limit 16 --max-steps 2 --checkpoints 2 --first-plot-questions 2
+  ARGS=(--dtype float32 --organisms medical:mo medical:mo-rank1 --limit 16 --max-steps 2 --checkpoints 2 --first-plot-questions 2
         --first-plot-samples 2 --general-questions 2 --general-samples 1 --in-domain-questions 2 --max-new-tokens 8
         --judge-groups 10 --coherence-groups 6 --val-groups 6 --extra-groups 6 --n-boot 50 --wall-budget-s 600)
 else
   # full data, 1 epoch; micro-batch 16 x grad_accum 1 = the recipe's effective batch 16
-  ARGS=(--organisms medical:mo financial:mo insecure:mo medical:mo-rank1 --checkpoints 3 --batch-size 16
+  # bfloat16 weights (LoRA adapters stay float32); the judges are fitted and validated on this same model and dtype
+  ARGS=(--dtype bfloat16 --organisms medical:mo medical:mo-rank1 financial:mo insecure:mo --checkpoints 3 --batch-size 16
         --first-plot-samples 25 --trajectory-samples 10 --general-samples 2 --in-domain-questions 100 --max-new-tokens 200
         --gen-batch-size 256 --judge-groups 300 --coherence-groups 100 --val-groups 120 --extra-groups 160
-        --n-boot 1000 --wall-budget-s "${WALL_S:-230}")
+        --n-boot 1000 --wall-budget-s "${WALL_S:-240}")
 fi
 echo "em: device $DEVICE, data $SHARED, out $EM_OUT"
 $PY -c "import torch; print('em: torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 RC=0
-$PY -m experiments.em_table --out "$EM_OUT" --shared "$SHARED" --device "$DEVICE" --dtype float32 "${ARGS[@]}" \
+$PY -m experiments.em_table --out "$EM_OUT" --shared "$SHARED" --device "$DEVICE" "${ARGS[@]}" \
     > "$OUT/em.log" 2>&1 || RC=$?
 grep -v -e "it/s\]" -e "s/it\]" -e "Loading weights" "$OUT/em.log" | tail -80 || true
 [ $RC -eq 0 ] || echo "em: FAILED (rc $RC); see em.log in the tarball"
