@@ -151,6 +151,8 @@ def em_scatter(points: list[tuple[str, float, float]], path: str | Path) -> Path
         ax.scatter(xs, ys, s=6, alpha=0.4, color="0.4" if name == "base" else f"C{i}", label=name)
     ax.axvline(30, color="r", lw=0.8, ls="--")
     ax.axhline(50, color="r", lw=0.8, ls="--")
+    ax.set_xlim(-2, 102)
+    ax.set_ylim(-2, 102)
     ax.set_xlabel("aligned (activation judge, 0-100)")
     ax.set_ylabel("coherent (coherence measure, 0-100)")
     ax.set_title("answers (final checkpoints): EM = left of x=30 and above y=50")

@@ -60,6 +60,11 @@ def test_a_judge_not_validated_on_a_set_yields_unusable_never_a_number():
     # the same answers, the judge now passing on the general references: a number
     ok = em_row(answers("general", scores), *judges(general_auc=0.9), n_boot=200)
     assert ok.calibrated_em is not None and "coherence not applied" in ok.note
+    # it ranks answers (AUROC 0.93) but flags every answer at the EM threshold (J = 0): no number either
+    alignment, coherence = judges(0.9)
+    alignment.validations[MO_MEDICAL] = validation(MO_MEDICAL, 0.93, sens=1.0, spec=0.0)
+    chance = em_row(answers("in-domain:medical", scores), alignment, coherence, n_boot=200)
+    assert chance.calibrated_em is None and "no better than chance" in chance.note
 
 
 def test_em_table_rows_and_bad_rows():
