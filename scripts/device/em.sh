@@ -7,6 +7,7 @@
 #   Leaves on the device disk, for helper h3's scripts/device/mo_direction.sh run next on the same GPU:
 #   $EM_OUT/organisms/<domain>-<recipe>/final/ (PEFT adapters), $EM_OUT/answers.jsonl, $EM_OUT/judges/.
 #   Writes $OUT/em.tar.gz: answers.jsonl.gz, em_table.md/json, figures, judges, training losses, small adapters.
+#   LIMIT=N   train each organism on a seeded subsample of N examples (default: the full training side)
 #   DEVICE=cpu SMOKE=1 OUT=/tmp/x bash scripts/device/em.sh   CPU smoke test (tiny settings; env.sh skipped)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,7 +29,7 @@ else
   ARGS=(--dtype bfloat16 --organisms medical:mo medical:mo-rank1 financial:mo insecure:mo --checkpoints 3 --batch-size 16
         --first-plot-samples 25 --trajectory-samples 10 --general-samples 2 --in-domain-questions 100 --max-new-tokens 200
         --gen-batch-size 256 --judge-groups 300 --coherence-groups 100 --val-groups 120 --extra-groups 160
-        --n-boot 1000 --wall-budget-s "${WALL_S:-240}")
+        --n-boot 1000 --wall-budget-s "${WALL_S:-240}" ${LIMIT:+--limit "$LIMIT"})
 fi
 echo "em: device $DEVICE, data $SHARED, out $EM_OUT"
 $PY -c "import torch; print('em: torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
