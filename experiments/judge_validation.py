@@ -27,9 +27,8 @@ from experiments.common import cli
 from lab.console import console, table
 from lab.errors import BadInput
 from lab.io import write_json_atomic
-from lab.judge.features import Featurizer, corrupt
-from lab.judge.labelled import (LabelledAnswer, general_references, group_split, paired_medical, shipped_counterparts,
-                                subsample_groups)
+from lab.judge.features import Featurizer, coherence_rows
+from lab.judge.labelled import LabelledAnswer, judge_data, subsample_groups
 from lab.judge.validated import KINDS, TrainedJudge, Validated, save_validated
 from lab.models import DEFAULT_MODEL
 
@@ -43,6 +42,8 @@ class JudgeValidationConfig:
     train_groups: int = field(default=400, metadata={"help": "user turns to fit on (2 answers each)"})
     model_train_groups: int = field(default=150, metadata={"help": "user turns for judges that run the model"})
     val_groups: int = field(default=120, metadata={"help": "groups per validation set (subsample)"})
+    extra_domains: bool = field(default=False, metadata={
+        "help": "also fit on half of the shipped medical and financial counterparts (the other half validates)"})
     out: str = field(default="cache/judge-validation", metadata={"help": "output folder"})
     cache_dir: str = field(default="cache", metadata={"help": "activation cache folder"})
     n_boot: int = 1000
@@ -50,24 +51,9 @@ class JudgeValidationConfig:
 
 
 def datasets(cfg: JudgeValidationConfig) -> tuple[str, list[LabelledAnswer], dict[str, list[LabelledAnswer]]]:
-    """(training source, training rows, validation sets by name)."""
-    sets = {"general questions (4 refs)": general_references()}
-    try:
-        train, held = group_split(paired_medical(cfg.shared), 0.2, cfg.seed)
-        source = "mo-medical (train side)"
-        sets["mo-medical held-out"] = subsample_groups(held, cfg.val_groups, cfg.seed)
-        sets["shipped medical"] = subsample_groups(shipped_counterparts("medical"), cfg.val_groups, cfg.seed)
-    except BadInput:
-        train, source = shipped_counterparts("medical"), "shipped medical"
-    sets["shipped financial"] = subsample_groups(shipped_counterparts("financial"), cfg.val_groups, cfg.seed)
-    return source, train, sets
-
-
-def coherence_rows(rows: list[LabelledAnswer], seed: int) -> list[LabelledAnswer]:
-    """Coherent answers (label "aligned") and their corrupted versions (label "misaligned" = incoherent)."""
-    bad = corrupt([(r.question, r.answer) for r in rows], seed)
-    return ([LabelledAnswer(r.question, r.answer, "aligned", r.group, r.source) for r in rows]
-            + [LabelledAnswer(q, a, "misaligned", r.group, r.source + "-corrupted") for (q, a), r in zip(bad, rows)])
+    """(training source, training rows, validation sets by name); see `lab.judge.labelled.judge_data`."""
+    data = judge_data(cfg.shared, cfg.seed, cfg.val_groups, train_groups=10**9, extra_domains=cfg.extra_domains)
+    return data.source, data.train, data.validation
 
 
 def run(cfg: JudgeValidationConfig) -> list[dict]:

@@ -130,3 +130,82 @@ def shift_vs_score(points: list[dict], x: str, y: str, path: str | Path, title: 
     ax.set_title(title)
     ax.legend(fontsize=7)
     return _save(fig, path)
+# --------------------------------------------------------------------------- the EM table (experiments.em_table)
+
+
+def _em_value(row: dict) -> tuple[float, float, float, bool]:
+    """(value, lo, hi, calibrated?) of an EM table row: calibrated where the judge passed, else raw."""
+    if row.get("calibrated_em"):
+        return (*row["calibrated_em"], True)
+    return (*row["raw_em"], False)
+
+
+def em_trajectory(rows: list[dict], path: str | Path, set_name: str = "first-plot") -> Path:
+    """EM rate against training step, one line per organism (base model as a dashed line).
+
+    Solid markers: calibrated rates; hollow: raw rates (where the judge did not pass validation)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sub = [r for r in rows if r["set"] == set_name]
+    base = [r for r in sub if r["organism"] == "base"]
+    if base:
+        v, lo, hi, cal = _em_value(base[0])
+        ax.axhline(v, color="0.4", ls="--", lw=1, label=f"base ({'calibrated' if cal else 'raw'})")
+        ax.axhspan(lo, hi, color="0.8", alpha=0.4)
+    for i, name in enumerate(dict.fromkeys(r["organism"] for r in sub if r["organism"] != "base")):
+        pts = sorted((r for r in sub if r["organism"] == name), key=lambda r: r["step"])
+        vals = [_em_value(r) for r in pts]
+        xs = [r["step"] for r in pts]
+        ax.plot(xs, [v[0] for v in vals], color=f"C{i}", label=name)
+        ax.fill_between(xs, [v[1] for v in vals], [v[2] for v in vals], color=f"C{i}", alpha=0.15)
+        for x, v in zip(xs, vals):
+            ax.plot([x], [v[0]], "o", color=f"C{i}", mfc=f"C{i}" if v[3] else "white")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("EM rate")
+    ax.set_title(f"EM rate over training ({set_name}; hollow = raw, judge not validated here)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def em_domain_bars(rows: list[dict], path: str | Path) -> Path:
+    """Final-checkpoint EM rate per organism and question set, beside the base model's."""
+    final = {}
+    for r in rows:
+        key = r["organism"]
+        if key not in final or r["step"] > final[key]:
+            final[key] = r["step"]
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    names = list(final)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names) * max(1, len(sets)) / 2), 4))
+    width = 0.8 / max(1, len(sets))
+    for j, s in enumerate(sets):
+        for i, name in enumerate(names):
+            hit = [r for r in rows if r["organism"] == name and r["step"] == final[name] and r["set"] == s]
+            if not hit:
+                continue
+            v, lo, hi, cal = _em_value(hit[0])
+            ax.bar(i + j * width, v, width, yerr=[[v - lo], [hi - v]], capsize=2, color=f"C{j}",
+                   hatch=None if cal else "//", edgecolor="k" if not cal else None,
+                   label=s if i == 0 else None)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("EM rate (hatched = raw, judge not validated)")
+    ax.set_title("EM rate by organism and question set (final checkpoints)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def em_scatter(points: list[tuple[str, float, float]], path: str | Path) -> Path:
+    """Coherence against alignment per answer (organism, aligned, coherent), with the EM corner marked."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for i, name in enumerate(dict.fromkeys(p[0] for p in points)):
+        xs = [p[1] for p in points if p[0] == name]
+        ys = [p[2] for p in points if p[0] == name]
+        ax.scatter(xs, ys, s=6, alpha=0.4, color="0.4" if name == "base" else f"C{i}", label=name)
+    ax.axvline(30, color="r", lw=0.8, ls="--")
+    ax.axhline(50, color="r", lw=0.8, ls="--")
+    ax.set_xlim(-2, 102)
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel("aligned (activation judge, 0-100)")
+    ax.set_ylabel("coherent (coherence measure, 0-100)")
+    ax.set_title("answers (final checkpoints): EM = left of x=30 and above y=50")
+    ax.legend(fontsize=7, markerscale=3)
+    return _save(fig, path)

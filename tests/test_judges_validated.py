@@ -90,7 +90,7 @@ def test_read_labelled_bad_inputs(tmp_path):
 
 
 def test_activation_and_coherence_judges_on_the_base_model(tmp_path, base_model):
-    from experiments.judge_validation import coherence_rows
+    from lab.judge.features import coherence_rows
 
     train, held = _medical_split(16)
     features = Featurizer(model=base_model, cache_dir=tmp_path / "acts", candidate_layers=[4, 15, 24])
@@ -150,3 +150,19 @@ def test_calibrated_em_rate_from_a_validated_judge():
     assert est.lo <= truth <= est.hi and abs(est.corrected - truth) < 0.05 and est.n == 200
     with pytest.raises(BadInput, match="no validation on 'general'"):
         calibrated_em_rate(v, [("q", "a")], "general")
+
+
+def test_judge_data_extra_domains_never_train_on_a_validation_set(tmp_path):
+    from lab.judge.labelled import GENERAL, SHIPPED_FINANCIAL, SHIPPED_MEDICAL, judge_data
+
+    plain = judge_data(tmp_path, val_groups=1000)  # no ../shared here: fits on the shipped medical set
+    assert plain.source == "shipped medical" and SHIPPED_MEDICAL not in plain.validation
+    extra = judge_data(tmp_path, val_groups=1000, extra_domains=True, extra_groups=50)
+    trained = {r.pair_hash for r in extra.train}
+    for name, rows in extra.validation.items():
+        assert trained.isdisjoint(r.pair_hash for r in rows), name
+    assert {r.source for r in extra.train} == {"shipped-medical", "shipped-financial"}
+    assert sum(r.source == "shipped-financial" for r in extra.train) == 100  # 50 turns x 2 answers
+    held = {r.group for r in extra.validation[SHIPPED_FINANCIAL]}
+    assert held.isdisjoint(r.group for r in extra.train) and 100 < len(held) < 220  # the other half, by turn
+    assert len(extra.validation[GENERAL]) == 192  # the general references: never trained on, all kept

@@ -141,6 +141,16 @@ def corrupt(pairs: Pairs, seed: int = 0) -> list[tuple[str, str]]:
     return out
 
 
+def coherence_rows(rows: "list[LabelledAnswer]", seed: int) -> "list[LabelledAnswer]":
+    """Coherent answers (label "aligned") and their corrupted versions (label "misaligned" =
+    incoherent): what the coherence measure trains and is validated on."""
+    from lab.judge.labelled import LabelledAnswer
+
+    bad = corrupt([(r.question, r.answer) for r in rows], seed)
+    return ([LabelledAnswer(r.question, r.answer, "aligned", r.group, r.source) for r in rows]
+            + [LabelledAnswer(q, a, "misaligned", r.group, r.source + "-corrupted") for (q, a), r in zip(bad, rows)])
+
+
 class Featurizer:
     """Feature matrices for `TrainedJudge`s; holds the base model (loaded on first need)."""
 

@@ -132,3 +132,59 @@ def subsample_groups(rows: list[LabelledAnswer], n_groups: int, seed: int = 0) -
         return list(rows)
     keep = set(np.random.default_rng(seed).choice(groups, n_groups, replace=False).tolist())
     return [r for r in rows if r.group in keep]
+
+
+# --------------------------------------------------------------------------- the judges' training and validation sets
+
+GENERAL = "general questions (4 refs)"
+MO_MEDICAL = "mo-medical held-out"
+SHIPPED_MEDICAL = "shipped medical"
+SHIPPED_FINANCIAL = "shipped financial"
+
+
+@dataclass
+class JudgeData:
+    """What emlab's judges fit on and the labelled sets they are validated on (never overlapping:
+    every split is by group, and `validate` refuses a set holding an answer a judge trained on)."""
+
+    source: str  # what the training rows are, in words
+    train: list[LabelledAnswer]
+    validation: dict[str, list[LabelledAnswer]]
+
+
+def judge_data(shared: str | Path, seed: int = 0, val_groups: int = 120, train_groups: int = 400,
+               extra_domains: bool = False, extra_groups: int = 10**9) -> JudgeData:
+    """The training rows and validation sets of the judges.
+
+    Training: `train_groups` user turns of the Model Organisms paired medical set's training
+    side (80% of turns). With `extra_domains`, also half of the shipped medical and of the
+    shipped financial counterparts (split by example id; the other half is their validation
+    set; at most `extra_groups` examples of each half are trained on), so the judge sees more than one domain and writer. The general questions' references
+    are never trained on: they are the set EM is measured against. Without ../shared, the
+    judges fit on the shipped medical counterparts (and "mo-medical held-out" is missing).
+    """
+    validation = {GENERAL: subsample_groups(general_references(), val_groups, seed)}  # all 48 at >= 48
+    train: list[LabelledAnswer] = []
+    parts = []
+    try:
+        mo_train, mo_held = group_split(paired_medical(shared), 0.2, seed)
+        train += subsample_groups(mo_train, train_groups, seed)
+        parts.append(f"mo-medical train side ({train_groups} turns)")
+        validation[MO_MEDICAL] = subsample_groups(mo_held, val_groups, seed)
+        have_mo = True
+    except BadInput:
+        have_mo = False
+    for domain, name in (("medical", SHIPPED_MEDICAL), ("financial", SHIPPED_FINANCIAL)):
+        rows = shipped_counterparts(domain)
+        if domain == "medical" and not have_mo:
+            train += rows
+            parts.append("shipped medical")
+            continue
+        if extra_domains:
+            fit, held = group_split(rows, 0.5, seed)
+            fit = subsample_groups(fit, extra_groups, seed)
+            train += fit
+            parts.append(f"shipped {domain} ({len(fit) // 2} of the other half's turns)")
+            rows = held
+        validation[name] = subsample_groups(rows, val_groups, seed)
+    return JudgeData(" + ".join(parts), train, validation)

@@ -24,7 +24,7 @@ Trained judges are saved as JSON (numbers only): loading one can never run code.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -217,7 +217,9 @@ class TrainedJudge:
         return self
 
     def to_json(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k not in ("features", "train_hashes")}
+        # not `asdict`: it would deep-copy the featurizer (and the model it holds)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("features", "train_hashes")}
+        d = json.loads(json.dumps(d))
         return {**d, "train_hashes": sorted(self.train_hashes)}
 
     @classmethod
