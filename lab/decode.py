@@ -176,8 +176,10 @@ def unsupported(model) -> str | None:
 def _runner(model: ModelLike, batch: int, width: int, length: int, interventions: tuple, graph: bool) -> _Runner:
     if not graph:  # without a graph there is nothing to reuse; keep no cache alive
         return _Runner(model, batch, width, length, interventions, graph)
-    key = (id(model.hf), model.hf.config._attn_implementation, batch, width, length,
-           tuple(id(iv) for iv in interventions))
+    # a graph replays the kernels (and LoRA tensors) it captured: switching adapters in place on the same
+    # HF module must not reuse it, so the key holds the adapters' state, not only the module
+    key = (id(model.hf), getattr(model, "weights_state", None), model.hf.config._attn_implementation, batch, width,
+           length, tuple(id(iv) for iv in interventions))
     if key not in _RUNNERS:
         while len(_RUNNERS) >= MAX_RUNNERS:
             _RUNNERS.popitem(last=False)

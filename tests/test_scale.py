@@ -82,6 +82,10 @@ def test_adapters_switch_in_place_and_match_merged_models(two_adapters):
         with torch.no_grad():
             live = {tag: [view.hf(x).logits for x in ids] for tag, view, _ in views}
         assert pool.loads == 1 and len(pool.residents) == 1
+        # what captured decode graphs are keyed by: one HF module, but a different state per adapter set
+        states = {tag: view.weights_state for tag, view, _ in views}
+        assert len({id(view.hf) for _, view, _ in views}) == 1
+        assert len(set(states.values())) == 4 and states["base"] == base.weights_state
     with torch.no_grad():
         for tag, view, adapters in views:
             ref = _merged(base.info["path"], adapters)

