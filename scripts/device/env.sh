@@ -32,7 +32,7 @@ if [ ! -f "$SMOL_GGUF" ] && [ -f /root/gguf-parts/part-0 ] && [ -f /root/gguf-pa
   cat /root/gguf-parts/part-0 /root/gguf-parts/part-1 > "$SMOL_GGUF"
 fi
 if [ -f "$SMOL_GGUF" ]; then
-  SMOL_DIR=$(python3 -c "from lab.models.store import REGISTRY, ensure_converted; print(ensure_converted(REGISTRY['smollm2-135m-instruct']))" 2>&1 | tail -1)
+  SMOL_DIR=$(python3 -c "from lab.models.store import REGISTRY, ensure_converted; print(ensure_converted(REGISTRY['smollm2-135m-instruct']))" 2>&1 | tail -1) || true
   if [ -f "$SMOL_DIR/model.safetensors" ]; then
     [ -f /root/.smol-hash-done ] || { python3 scripts/device/smollm2_tensor_hash.py "$SMOL_DIR/model.safetensors" && touch /root/.smol-hash-done; }
   else
@@ -41,3 +41,4 @@ if [ -f "$SMOL_GGUF" ]; then
 else
   echo "env.sh: SmolLM2 weights not here yet ($(ls /root/gguf-parts | tr '\n' ' '))"
 fi
+true  # sourcing this never fails the caller's `set -e`; what went wrong is printed above
