@@ -133,16 +133,19 @@ class _Runner:
         Capture runs the step for real: buffers are restored afterwards so the caller's
         decode continues from where it was."""
         saved = (self.pos.clone(), self.cache.layers[0].cumulative_length.clone(), self.logits.clone())
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            self._step()
+        # the model's GPU, not the process's current one: a rank on cuda:1 whose current device is still
+        # cuda:0 would capture on a cuda:0 stream while its kernels run on cuda:1 (capture error)
+        with torch.cuda.device(self.pos.device):
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._step()
+                self._restore(saved)
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._step()
             self._restore(saved)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._step()
-        self._restore(saved)
 
     def _restore(self, saved) -> None:
         self.pos.copy_(saved[0])

@@ -73,6 +73,7 @@ class Ranks:
         import torch
 
         if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+            torch.cuda.set_device(self.local)  # streams, graphs and NCCL of this process default to its GPU
             return f"cuda:{self.local}"
         return requested
 

@@ -14,7 +14,7 @@ from lab.data import render
 from tests.conftest import MODEL, REPO
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "COLUMNS": "200",
-       "PYTHONPATH": str(REPO)}
+       "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
 
 
 def torchrun(module: str, *args: str, n: int = 2) -> str:
