@@ -206,7 +206,10 @@ def test_tl_hooks_refuse_a_cached_decode_step(base_model, direction):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=pytest.mark.xfail(strict=True, reason=(
+    "measured on an H200, 2026-11-30: in bf16 the fast path gives 0.542 of HF generate's greedy tokens, first "
+    "mismatch per prompt at [10, 17, 24, 16, none, 0] of 32 (a near-tie flips, then the continuations differ); "
+    "fp32 is exact under none/add/ablate")))])
 def test_cuda_fast_greedy_equals_hf_generate_on_real_weights(dtype):
     """Real SmolLM2 on the GPU: the fast path (static cache, captured graph, bucketed shapes) gives
     generate's greedy tokens with no intervention, with add and with ablate. In bf16 the two paths
