@@ -69,6 +69,9 @@ class StudyConfig(Config):
                 "`python -m experiments.judge_validation` writes them; 'none': no calibrated EM rates)"})
     judge_set: str = field(default=GENERAL_SET, metadata={
         "help": "the judges' validation set matching the general questions (its sensitivity/specificity calibrate)"})
+    diffing: str = field(default="", metadata={
+        "help": "output folder of the model-diffing verbs (diff, domain-id, preventative, monitor, dynamics) to show "
+                "as a report section (empty: none; nothing is rerun)"})
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "explicit system prompt"})
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "caches, organisms and stage results"})
     out: str = field(default=DEFAULT_OUT, metadata={"help": "figures and report folder"})
@@ -259,6 +262,8 @@ def run(cfg: StudyConfig, pool: ModelPool | None = None) -> dict:
 
 def _run(cfg: StudyConfig, pool: ModelPool) -> dict:
     t0 = time.time()
+    if cfg.diffing and not Path(cfg.diffing).is_dir():  # refused before any work, not after the whole study
+        raise BadInput(f"--diffing {cfg.diffing}: no such folder")
     prof = profile(cfg)
     data = organism_data(cfg)
     base = LabModel(cfg.model, [], dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map, pool=pool)
@@ -374,7 +379,12 @@ def _run(cfg: StudyConfig, pool: ModelPool) -> dict:
     from experiments.study_report import write_study_report
 
     results["findings"] = findings(results)
-    report = write_study_report(results, out)
+    extra = []
+    if cfg.diffing:
+        from lab.diffing_report import diffing_section_from
+
+        extra.append(diffing_section_from(cfg.diffing))
+    report = write_study_report(results, out, extra=extra)
     results["report"] = str(report)
     from lab.io import write_json_atomic
 

@@ -168,3 +168,14 @@ def test_killed_study_resumes_to_identical_results(quick_study, tmp_path):
     for key in ("em_scores", "findings"):
         assert resumed[key] == json.loads(json.dumps(reference[key])), key
     assert resumed["sweeps"]["refusal"]["best"] == reference["sweeps"]["refusal"]["best"]
+
+
+def test_missing_diffing_folder_is_refused_before_any_work(tmp_path):
+    from lab.errors import BadInput
+    from lab.models import ModelPool
+
+    cfg = _config(tmp_path)
+    cfg.diffing = str(tmp_path / "no-such-folder")
+    with ModelPool() as pool, pytest.raises(BadInput, match="no-such-folder"):
+        study.run(cfg, pool)
+    assert pool.loads == 0 and not (tmp_path / "cache").exists() and not (tmp_path / "figures").exists()
