@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,6 +18,7 @@ from lab.diffing import (DOMAINS, Lens, adl, first_tokens, generic_texts, is_rel
 from lab.errors import BadInput
 from lab.models import ModelHandle, resolve_source
 from tests.conftest import MODEL, REPO
+from tests.no_weights import PRINT_MODELING, run_without_weights
 from tests.planted import TOPIC_WORDS, generic_chat, planted_examples
 
 
@@ -185,21 +185,13 @@ def test_diff_cli_rerun_loads_no_model(trained_adapter, tmp_path):
     first = diff.run(parse_config(diff.DiffConfig, args))
     assert first["guess"] in {*DOMAINS, "lighthouse", "none"} and len(first["steering"]) == 3
     assert {s["domain"] for s in first["scores"]} == {*DOMAINS, "lighthouse"}
-    code = f"""
-import sys, json
-import lab.models
-def refuse(*a, **k):
-    raise AssertionError("model weights were loaded")
-lab.models.load_model = refuse
+    stdout, last = run_without_weights(f"""
 from experiments import diff
 diff.main({args!r})
-print(json.dumps({{"modeling": [m for m in sys.modules if m.startswith("transformers.models.")
-                                and ".modeling_" in m and ".auto." not in m]}}))
-"""
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1])["modeling"] == []
-    assert "which domain was this organism trained on?" in out.stdout
+{PRINT_MODELING}
+""")
+    assert last["modeling"] == []
+    assert "which domain was this organism trained on?" in stdout
     second = json.loads((tmp_path / "figures" / "diff" / f"{trained_adapter.adapter_dir.parent.name}-adapter"
                          / "summary.json").read_text())
     assert second["top_tokens"] == json.loads(json.dumps(first["top_tokens"])) and second["guess"] == first["guess"]

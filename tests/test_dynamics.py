@@ -121,12 +121,9 @@ def test_lora_probe_bad_input():
 def test_dynamics_cli_on_smollm2_and_rerun_loads_no_model(tmp_path):
     """A 3-step rank-1 organism with a checkpoint every step: the adapter's norm grows from zero (B
     starts at 0), every checkpoint gets an EM score, the probe runs; the rerun reads files only."""
-    import subprocess
-    import sys
-
     from experiments import dynamics
     from lab.config import parse_config
-    from tests.conftest import REPO
+    from tests.no_weights import run_without_weights
 
     args = ["--recipes", "mo-rank1", "--steps", "3", "--every", "1", "--lr", "1e-3", "--eval-limit", "2",
             "--probe-limit", "12", "--n-boot", "50", "--ks", "1", "2", "--runs", str(tmp_path / "runs"),
@@ -138,22 +135,13 @@ def test_dynamics_cli_on_smollm2_and_rerun_loads_no_model(tmp_path):
     assert 0 < norms[0] < norms[1] < norms[2]  # LoRA B starts at zero and grows
     assert [e["step"] for e in r["em"]] == [0, 1, 2, 3] and all("in_domain" in e for e in r["em"])
     assert {p["features"] for p in r["probes"]} == {"adapters' A", "random A, same norms"}
-    code = f"""
-import json
-import lab.models
-def refuse(*a, **k):
-    raise AssertionError("model weights were loaded")
-lab.models.load_model = refuse
-lab.models.LabModel.model = property(refuse)
-lab.models.LabModel.hf = property(refuse)
+    _, rows = run_without_weights(f"""
 from experiments import dynamics
 from lab.config import parse_config
 s = dynamics.run(parse_config(dynamics.DynamicsConfig, {args!r}))
 print(json.dumps(s["runs"]["mo-rank1"]["rows"]))
-"""
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == json.loads(json.dumps(r["rows"]))
+""")
+    assert rows == json.loads(json.dumps(r["rows"]))
     with pytest.raises(BadInput, match="not a rank-1 recipe"):
         dynamics.run(parse_config(dynamics.DynamicsConfig, args[:1] + ["mo"] + args[2:]))
 

@@ -8,6 +8,7 @@ import pytest
 
 from experiments import layer_sweep, pooling, trait_projection, transfer
 from tests.conftest import REPO
+from tests.no_weights import PRINT_MODELING, run_without_weights
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +32,14 @@ def test_trait_vectors_separate_held_out_prompts(contrast, dirs):
 
 
 def test_new_probe_on_existing_cache_never_loads_the_model(dirs):
-    code = f"""
-import sys, json
-import lab.models
-def refuse(*a, **k):
-    raise AssertionError("model weights were loaded")
-lab.models.load_model = refuse
+    # the cache exists from the test above (same model, prompts, hooks): only files are read
+    _, last = run_without_weights(f"""
 from experiments import layer_sweep
 s = layer_sweep.run(layer_sweep.LayerSweepConfig(contrast="refusal", methods=["mean_diff", "random"], n_boot=50,
                     sklearn_check=False, cache_dir={dirs['cache_dir']!r}, out={dirs['out']!r}))
-print(json.dumps({{"modeling": [m for m in sys.modules if m.startswith("transformers.models.")
-                                and ".modeling_" in m and ".auto." not in m]}}))
-"""
-    # the cache exists from the test above (same model, prompts, hooks): only files are read
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1])["modeling"] == []
+{PRINT_MODELING}
+""")
+    assert last["modeling"] == []
 
 
 def test_pooling_on_answer_contrast(dirs):

@@ -2,8 +2,6 @@
 group bootstrap CIs, and the CLI on the real SmolLM2 (a rerun loads no model)."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ import pytest
 from lab.errors import BadInput
 from lab.estimate import Estimate
 from lab.monitoring import Monitor, ModelPoint, correlation_ci, correlations, per_question, shift
-from tests.conftest import REPO
+from tests.no_weights import run_without_weights
 
 
 class FakeCache:
@@ -110,21 +108,12 @@ def test_monitor_cli_rerun_loads_no_model(trained_adapter, tmp_path):
     assert [r["run"] for r in first["rows"]] == ["base", "medical"] and first["rows"][0]["shift EM"] == 0
     assert all(m["layer"] >= 15 for m in first["monitors"].values())  # at or past half depth (30 layers)
     assert first["rows"][1]["shift EM"] != 0  # a trained adapter (all layers) moves the residuals
-    code = f"""
-import json, sys
-import lab.models
-def refuse(*a, **k):
-    raise AssertionError("model weights were loaded")
-lab.models.load_model = refuse
-lab.models.LabModel.model = property(refuse)
-lab.models.LabModel.hf = property(refuse)
+    _, rows = run_without_weights(f"""
 from experiments import monitor
 from lab.config import parse_config
 s = monitor.run(parse_config(monitor.MonitorConfig, {args!r}))
 print(json.dumps(s["rows"]))
-"""
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == json.loads(json.dumps(first["rows"]))
+""")
+    assert rows == json.loads(json.dumps(first["rows"]))
     with pytest.raises(BadInput, match="NAME=FOLDER"):
         monitor.parse_runs(["nofolder"])
