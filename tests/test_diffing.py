@@ -217,3 +217,26 @@ def test_diff_and_preventative_cli_help_and_errors():
     bad = subprocess.run([sys.executable, "-m", "experiments.preventative", "--domain", "cooking"], cwd=REPO,
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "--domain must be" in bad.stdout
+
+
+def test_domain_id_rerun_loads_no_model(tmp_path):
+    """Two organisms and their 1:1 generic-mix controls, one step each (the machinery, not the
+    accuracy): every guess is one of the candidates or "none", and a rerun reuses the trained
+    adapters and the cached activations without loading a model."""
+    from experiments import domain_id
+    from lab.config import parse_config
+
+    args = ["--seeds", "0", "--steps", "1", "--batch-size", "2", "--insecure", str(tmp_path / "absent.jsonl"),
+            "--n-boot", "50", "--runs", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "out")]
+    first = domain_id.run(parse_config(domain_id.DomainIdConfig, args))
+    assert [(r["organism"], r["variant"]) for r in first["rows"]] == [
+        ("medical", "alone"), ("medical", "mixed 1:1"), ("financial", "alone"), ("financial", "mixed 1:1")]
+    assert all(r["guess (final)"] in {*DOMAINS, "none"} for r in first["rows"])
+    _, rows = run_without_weights(f"""
+from experiments import domain_id
+from lab.config import parse_config
+s = domain_id.run(parse_config(domain_id.DomainIdConfig, {args!r}))
+print(json.dumps(s["rows"]))
+""")
+    assert rows == json.loads(json.dumps(first["rows"]))

@@ -151,7 +151,7 @@ def test_report_renders_offline_without_errors(quick_study, tmp_path):
 
 @pytest.mark.slow
 def test_killed_study_resumes_to_identical_results(quick_study, tmp_path):
-    _, reference, _ = quick_study
+    reference_root, reference, _ = quick_study
     code = ("import sys; from experiments import study; from tests.test_study import _config; "
             "from pathlib import Path; study.run(_config(Path(sys.argv[1])))")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -165,8 +165,10 @@ def test_killed_study_resumes_to_identical_results(quick_study, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = json.loads((tmp_path / "figures" / "e2e" / "results.json").read_text())
     assert resumed["stages"]["reused"], "nothing was resumed"
+    # the two studies live in different folders: paths in the findings (e.g. where judges were looked for) differ
+    rooted = lambda value, root: json.loads(json.dumps(value).replace(str(root), "<root>"))  # noqa: E731
     for key in ("em_scores", "findings"):
-        assert resumed[key] == json.loads(json.dumps(reference[key])), key
+        assert rooted(resumed[key], tmp_path) == rooted(reference[key], reference_root), key
     assert resumed["sweeps"]["refusal"]["best"] == reference["sweeps"]["refusal"]["best"]
 
 
