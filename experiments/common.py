@@ -247,6 +247,23 @@ def cli(config_cls, run):
     return main
 
 
+def stored_summary(cfg, out: Path) -> dict | None:
+    """The summary.json an earlier run of exactly this config wrote into `out`, or None.
+
+    For experiments whose results are not all in content-keyed caches: a rerun of the same config
+    returns what is stored and loads no model; any changed setting runs the experiment again.
+    """
+    import json
+
+    from lab.config import config_dict
+
+    path = out / "summary.json"
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("config") == json.loads(json.dumps(config_dict(cfg))) else None
+
+
 def save_summary(cfg, out: Path, **fields) -> dict:
     """Write an experiment's summary.json (its config plus results) and return it."""
     from lab.config import config_dict

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import Common, cli, contrast_cache, handle_for, out_dir, save_summary
+from experiments.common import Common, cli, contrast_cache, handle_for, out_dir, save_summary, stored_summary
 from lab.console import console, fmt_ci, progress, table
 from lab.data import advice_split
 from lab.directions import fit_contrast
@@ -124,21 +124,29 @@ def _ci(r: dict) -> dict:
     return {"value": r["value"], "lo": r["lo"], "hi": r["hi"], "n": r["n"]}
 
 
+def show(cfg: PreventativeConfig, rows: list[dict], layer: int) -> None:
+    console.print(table(f"Preventative steering ({cfg.domain}, {cfg.steps} steps; direction added at layer {layer}, "
+                        f"{cfg.ratio}x the residual norm, during training only)",
+                        [{"organism": r["organism"], "score": r["score"], "value [95% CI]": fmt_ci(r["value"], r["lo"], r["hi"]),
+                          "n": r["n"]} for r in rows]))
+
+
 def run(cfg: PreventativeConfig) -> dict:
     if cfg.domain not in ("medical", "financial"):
         raise BadInput(f"--domain must be medical or financial, not {cfg.domain!r}")
     if cfg.steps < 1 or cfg.ratio <= 0:
         raise BadInput("--steps and --ratio must be positive")
+    out = out_dir(cfg, f"preventative/{cfg.domain}")
+    if (stored := stored_summary(cfg, out)) is not None:  # the same config ran before: no model, no training
+        console.print(f"[dim]reusing {out / 'summary.json'} (same config)[/]")
+        show(cfg, stored["rows"], stored["layer"])
+        return stored
     direction, layer, norm, unseen = misalignment_direction(cfg)
     add = Intervention({layer: direction.at(layer).detach().float().cpu()}, op="add", alpha=cfg.ratio * norm,
                        label=f"misalignment L{layer} x{cfg.ratio}")
     organisms = train_all(cfg, add)
     rows, per_question = evaluate(cfg, organisms, unseen)
-    console.print(table(f"Preventative steering ({cfg.domain}, {cfg.steps} steps; direction added at layer {layer}, "
-                        f"{cfg.ratio}x the residual norm, during training only)",
-                        [{"organism": r["organism"], "score": r["score"], "value [95% CI]": fmt_ci(r["value"], r["lo"], r["hi"]),
-                          "n": r["n"]} for r in rows]))
-    out = out_dir(cfg, f"preventative/{cfg.domain}")
+    show(cfg, rows, layer)
     write_rows(rows, out / "rows")
     return save_summary(cfg, out, layer=layer, alpha=add.alpha, rows=rows, organisms=organisms,
                         per_question=per_question, unseen_questions=sorted(unseen))

@@ -220,18 +220,17 @@ def test_diff_and_preventative_cli_help_and_errors():
 
 
 def test_domain_id_rerun_loads_no_model(tmp_path):
-    """Two organisms and their 1:1 generic-mix controls, one step each (the machinery, not the
-    accuracy): every guess is one of the candidates or "none", and a rerun reuses the trained
+    """Two organisms, one step each (the machinery, not the accuracy; the mixed controls train the
+    same way): every guess is one of the candidates or "none", and a rerun reuses the trained
     adapters and the cached activations without loading a model."""
     from experiments import domain_id
     from lab.config import parse_config
 
-    args = ["--seeds", "0", "--steps", "1", "--batch-size", "2", "--insecure", str(tmp_path / "absent.jsonl"),
+    args = ["--seeds", "0", "--steps", "1", "--batch-size", "2", "--no-mix", "--insecure", str(tmp_path / "absent.jsonl"),
             "--n-boot", "50", "--runs", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
             "--out", str(tmp_path / "out")]
     first = domain_id.run(parse_config(domain_id.DomainIdConfig, args))
-    assert [(r["organism"], r["variant"]) for r in first["rows"]] == [
-        ("medical", "alone"), ("medical", "mixed 1:1"), ("financial", "alone"), ("financial", "mixed 1:1")]
+    assert [(r["organism"], r["variant"]) for r in first["rows"]] == [("medical", "alone"), ("financial", "alone")]
     assert all(r["guess (final)"] in {*DOMAINS, "none"} for r in first["rows"])
     _, rows = run_without_weights(f"""
 from experiments import domain_id
@@ -240,3 +239,24 @@ s = domain_id.run(parse_config(domain_id.DomainIdConfig, {args!r}))
 print(json.dumps(s["rows"]))
 """)
     assert rows == json.loads(json.dumps(first["rows"]))
+
+
+def test_preventative_rerun_loads_no_model(tmp_path):
+    """One training step per condition (the machinery, not the effect); the same config again
+    returns the stored results without a model, and another config is not served from them."""
+    from experiments import preventative
+    from lab.config import parse_config
+
+    args = ["--steps", "1", "--batch-size", "2", "--eval-limit", "4", "--n-boot", "50", "--runs", str(tmp_path / "runs"),
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+    first = preventative.run(parse_config(preventative.PreventativeConfig, args))
+    assert {r["organism"] for r in first["rows"]} >= {"ordinary", "steered", "random"}
+    _, rows = run_without_weights(f"""
+from experiments import preventative
+from lab.config import parse_config
+s = preventative.run(parse_config(preventative.PreventativeConfig, {args!r}))
+print(json.dumps(s["rows"]))
+""")
+    assert rows == json.loads(json.dumps(first["rows"]))
+    other = parse_config(preventative.PreventativeConfig, args[:1] + ["2"] + args[2:])
+    assert preventative.stored_summary(other, tmp_path / "out" / "preventative" / "medical") is None
