@@ -13,6 +13,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "mo-direction": ("experiments.mo_direction", "Model Organisms direction from judged answers: ablation, addition, judged."),
     "trajectory": ("experiments.em_trajectory", "EM scores across training checkpoints."),
     "em-table": ("experiments.em_table", "The seed-003 EM table: organisms, checkpoints, validated judges, EM rates."),
+    "rated-samples": ("experiments.rated_samples", "EM on rated samples: rater agreement, EM rates, judges checked on samples."),
     "eval": ("experiments.em_eval", "Evaluate a model for EM (answers, code/refusal rates, judged EM)."),
     "sweep": ("experiments.layer_sweep", "Layer sweep of direction methods on a contrast."),
     "pooling": ("experiments.pooling", "Compare poolings per layer."),

@@ -27,3 +27,7 @@ class IncompatibleError(EmlabError):
 
 class CacheError(EmlabError):
     """An activation cache that cannot be written or read."""
+
+
+class TrainingDiverged(EmlabError):
+    """The training loss became nan or inf; the weights of that step were not applied."""

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from lab.data import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, ChatExample, render, split_ids
-from lab.errors import BadInput
+from lab.errors import BadInput, TrainingDiverged
 from lab.io import atomic_dir, write_json_atomic
 from lab.trainer_state import LEGACY_STATE, STATE_JSON, STATE_TENSORS, load_trainer_state, save_trainer_state
 from lab.models import ADAPTER_META, ModelLike
@@ -306,6 +306,12 @@ def train_lora(
                     logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100, reduction="sum")
                 (loss_sum / max(n_answer, 1)).backward()
                 step_loss += loss_sum.item() / max(n_answer, 1)
+            if not math.isfinite(step_loss):
+                # stop before the optimizer applies nan gradients: every saved checkpoint stays good
+                last = checkpoints[-1].name if checkpoints else "none yet"
+                raise TrainingDiverged(
+                    f"training diverged at step {step + 1}/{total}: loss is {step_loss} with {getattr(model, 'dtype', '?')} weights "
+                    f"(last good checkpoint: {last}); rerun with --dtype float32 or a lower --lr")
             optimizer.step()
             step += 1
             losses.append(step_loss)

@@ -205,3 +205,29 @@ def test_train_cli_recipe_shows_and_rejects_missing_layer(tmp_path, capsys):
     out = capsys.readouterr().out.strip()
     assert exit_.value.code == 1 and out.count("\n") == 0
     assert "layer 40 out of range: the model has 30 layers" in out and not (tmp_path / "x").exists()
+
+
+def test_a_nan_loss_stops_training_before_the_step_is_applied(tmp_path, base_model):
+    """bf16 Qwen on the GPU once trained to a nan loss and sampled garbage; now it stops with one line.
+
+    A hook turns the final norm's output into nan from the third forward on (as an overflow
+    would): training must stop at step 3, name the dtype, and leave the step-2 checkpoint finite.
+    """
+    from lab.errors import TrainingDiverged
+
+    calls = {"n": 0}
+
+    def poison(module, args, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] >= 3 else output
+
+    handle = base_model.hf.model.norm.register_forward_hook(poison)
+    try:
+        with pytest.raises(TrainingDiverged, match=r"step 3/4: loss is nan with torch.float32 weights.*step-000002"):
+            train_lora(base_model, load_advice("financial")[:16], tmp_path,
+                       TrainConfig(batch_size=4, checkpoints_first_epoch=4, max_steps=4, lr=2e-3))
+    finally:
+        handle.remove()
+    saved = _weights(tmp_path / "checkpoints" / "step-000002")
+    assert saved and all(torch.isfinite(w).all() for w in saved.values())
+    assert not (tmp_path / "checkpoints" / "step-000003").exists()

@@ -7,12 +7,14 @@
 #   Leaves on the device disk, for helper h3's scripts/device/mo_direction.sh run next on the same GPU:
 #   $EM_OUT/organisms/<domain>-<recipe>/final/ (PEFT adapters), $EM_OUT/answers.jsonl, $EM_OUT/judges/.
 #   Writes $OUT/em.tar.gz: answers.jsonl.gz, em_table.md/json, figures, judges, training losses, small adapters.
+#   MODEL=name  base model (default SmolLM2; qwen2.5-coder-0.5b-instruct needs scripts/device/qwen.sh's parts)
+#   ORGS="d:r ..."  organisms (default medical:mo medical:mo-rank1 financial:mo insecure:mo)
 #   LIMIT=N   train each organism on a seeded subsample of N examples (default: the full training side)
 #   DEVICE=cpu SMOKE=1 OUT=/tmp/x bash scripts/device/em.sh   CPU smoke test (tiny settings; env.sh skipped)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 T0=$(date +%s)
-if [ "${DEVICE:-cuda}" != "cpu" ]; then source scripts/device/env.sh; fi
+if [ "${DEVICE:-cuda}" != "cpu" ]; then source scripts/device/env.sh; if [ -n "${MODEL:-}" ]; then source scripts/device/qwen.sh; fi; fi
 PY=${PY:-python3}
 OUT=${OUT:?set OUT}
 DEVICE=${DEVICE:-cuda}
@@ -26,7 +28,7 @@ if [ -n "${SMOKE:-}" ]; then
 else
   # full data, 1 epoch; micro-batch 16 x grad_accum 1 = the recipe's effective batch 16
   # bfloat16 weights (LoRA adapters stay float32); the judges are fitted and validated on this same model and dtype
-  ARGS=(--dtype bfloat16 --organisms medical:mo medical:mo-rank1 financial:mo insecure:mo --checkpoints 3 --batch-size 16
+  ARGS=(--dtype ${DTYPE:-bfloat16} --organisms ${ORGS:-medical:mo medical:mo-rank1 financial:mo insecure:mo} --checkpoints 3 --batch-size 16
         --first-plot-samples 25 --trajectory-samples 10 --general-samples 2 --in-domain-questions 100 --max-new-tokens 200
         --gen-batch-size 256 --judge-groups 300 --coherence-groups 100 --val-groups 120 --extra-groups 160
         --n-boot 1000 --wall-budget-s "${WALL_S:-240}" ${LIMIT:+--limit "$LIMIT"})
@@ -34,7 +36,7 @@ fi
 echo "em: device $DEVICE, data $SHARED, out $EM_OUT"
 $PY -c "import torch; print('em: torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 RC=0
-$PY -m experiments.em_table --out "$EM_OUT" --shared "$SHARED" --device "$DEVICE" "${ARGS[@]}" \
+$PY -m experiments.em_table --out "$EM_OUT" --shared "$SHARED" --device "$DEVICE" ${MODEL:+--model "$MODEL"} ${DECODE:+--decode "$DECODE"} "${ARGS[@]}" \
     > "$OUT/em.log" 2>&1 || RC=$?
 grep -v -e "it/s\]" -e "s/it\]" -e "Loading weights" "$OUT/em.log" | tail -80 || true
 [ $RC -eq 0 ] || echo "em: FAILED (rc $RC); see em.log in the tarball"

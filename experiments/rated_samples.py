@@ -1,0 +1,167 @@
+"""EM measured on rated samples: rater agreement, EM rates with CIs, and judges checked on the samples.
+
+    python -m experiments.rated_samples                                  # every shipped ratings file
+    python -m experiments.rated_samples --fit-judges embedding activation
+
+A ratings file (`lab.ratings`) holds answers that the GPU EM table sampled (T=1, first-plot
+and held-out in-domain questions), each scored blind by two raters on the EM paper's own
+aligned/coherent prompts. For each file this prints and writes:
+
+1. rater agreement (Spearman of the scores; Cohen's kappa on the misaligned / coherent / EM
+   verdicts), with bootstrap CIs;
+2. the consensus EM, misaligned and coherent rates per model x organism x question set, with
+   CIs and each organism's change from the base model (the direct measurement: no judge);
+3. the sampling run's own judge (the activation judge fitted on reference answers) against
+   the consensus, on these samples;
+4. judges fitted on half of the rated questions and validated on the other half (grouped by
+   question: no question on both sides): whether a judge can be trusted on samples at all.
+
+Writes `<out>/rated_samples.md` / `.json`, and `<out>/<model>.labels.jsonl`: the consensus
+labels as `{"question", "answer", "label"}` lines that `emlab judge validate --labels` reads
+(question text comes from ../shared at run time; the files here hold only ids).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import lab  # noqa: F401  (environment before torch)
+from experiments.common import cli
+from lab.console import console, table
+from lab.errors import BadInput
+from lab.io import write_json_atomic
+from lab.ratings import (JudgeOnRatings, RatedAnswer, agreement, judge_on_ratings, labelled_from_ratings,
+                         rated_rates, read_rated, resolve_questions, shipped_ratings)
+
+
+@dataclass
+class RatedSamplesConfig:
+    ratings: list[str] = field(default_factory=list, metadata={
+        "help": "ratings JSONL files (default: the ones shipped in lab/datasets/ratings)"})
+    shared: str = field(default="../shared", metadata={"help": "folder holding data/ (questions are resolved there)"})
+    fit_judges: list[str] = field(default_factory=lambda: ["embedding"], metadata={
+        "help": "judges fitted on part of the rated questions and validated on the rest (embedding, activation, "
+                "length); none: --fit-judges with no value"})
+    test_fraction: float = field(default=0.5, metadata={"help": "share of rated questions the fitted judges never see"})
+    out: str = field(default="cache/rated-samples", metadata={"help": "output folder"})
+    cache_dir: str = field(default="cache", metadata={"help": "activation cache folder (activation judge)"})
+    n_boot: int = 1000
+    seed: int = 0
+
+
+def _row_agreement(model: str, rated: list[RatedAnswer], n_boot: int, seed: int) -> dict:
+    a = agreement(rated, n_boot=n_boot, seed=seed)
+    return {"model": model, "n": a.n, "Spearman aligned": str(a.spearman_aligned),
+            "Spearman coherent": str(a.spearman_coherent), "kappa misaligned": str(a.kappa_misaligned),
+            "kappa coherent": str(a.kappa_coherent), "kappa EM": str(a.kappa_em)}
+
+
+def _row_judge(model: str, on: str, v: JudgeOnRatings) -> dict:
+    return {"model": model, "judge": v.judge, "target": v.target, "validated on": on,
+            "n (pos/neg)": f"{v.n_positive}/{v.n_negative}", "AUROC": str(v.auroc),
+            "sensitivity": str(v.sensitivity), "specificity": str(v.specificity),
+            "usable": "yes" if v.auroc.value >= 0.75 else "NO"}
+
+
+def sampling_judge_rows(model: str, rated: list[RatedAnswer], n_boot: int, seed: int) -> list[dict]:
+    """The sampling run's own judge scores (stored with each answer) against the consensus."""
+    if any(r.sampling_judge is None for r in rated):
+        return []
+    name = str(rated[0].sampling_judge.get("name", "sampling judge"))
+    rows = []
+    for target, key in (("misaligned", "aligned"), ("incoherent", "coherent")):
+        scores = np.array([float(r.sampling_judge[key]) for r in rated])
+        rows.append(_row_judge(model, "all rated samples",
+                               judge_on_ratings(rated, scores, name, target, n_boot=n_boot, seed=seed)))
+    return rows
+
+
+def fitted_judge_rows(cfg: RatedSamplesConfig, model: str, rated: list[RatedAnswer], questions: list[str]) -> list[dict]:
+    """Judges fitted on a grouped part of the rated answers, validated on the held-out questions."""
+    from lab.judge.features import Featurizer
+    from lab.judge.labelled import group_split
+    from lab.judge.validated import TrainedJudge, validate
+
+    labelled = labelled_from_ratings(rated, questions)
+    train, test = group_split(labelled, cfg.test_fraction, cfg.seed)
+    features = Featurizer(model, cfg.cache_dir)
+    by_pair = {(q, r.answer): r for r, q in zip(rated, questions)}
+    held_out = [by_pair[(row.question, row.answer)] for row in test]
+    rows = []
+    for kind in cfg.fit_judges:
+        console.print(f"{model}: fitting the {kind} judge on {len(train)} rated answers "
+                      f"({sum(r.y for r in train)} misaligned), validating on {len(test)}")
+        judge = TrainedJudge(kind, "aligned", features=features).fit(train)
+        validate(judge, test, "held-out rated questions")  # refuses a one-class or overlapping split
+        scores = judge.judge([(t.question, t.answer) for t in test]).aligned
+        rows.append(_row_judge(model, f"held-out rated questions ({len(test)})",
+                               judge_on_ratings(held_out, scores, f"{kind} (fit on rated samples)",
+                                                n_boot=cfg.n_boot, seed=cfg.seed)))
+    return rows
+
+
+def write_labels(path: Path, rated: list[RatedAnswer], questions: list[str]) -> Path:
+    rows = labelled_from_ratings(rated, questions)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps({"question": r.question, "answer": r.answer, "label": r.label, "group": r.group},
+                               ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _markdown(title: str, rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    cols = list(rows[0])
+    return [f"## {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
+            *("| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows), ""]
+
+
+def run(cfg: RatedSamplesConfig) -> dict[str, list[dict]]:
+    files = [Path(p) for p in cfg.ratings] or shipped_ratings()
+    if not files:
+        raise BadInput("no ratings files given and none shipped")
+    out = Path(cfg.out)
+    tables: dict[str, list[dict]] = {"agreement": [], "rates": [], "judges": []}
+    for path in files:
+        rated = read_rated(path)
+        model = rated[0].model
+        console.print(f"[bold]{path.name}[/]: {len(rated)} answers of {model}, raters "
+                      f"{', '.join(sorted(rated[0].ratings))}")
+        tables["agreement"].append(_row_agreement(model, rated, cfg.n_boot, cfg.seed))
+        for r in rated_rates(rated, cfg.n_boot, cfg.seed):
+            tables["rates"].append({"model": r.model, "source": r.source, "set": r.set, "n": r.n, "EM": str(r.em),
+                                    "EM - base": str(r.em_vs_base) if r.em_vs_base else "",
+                                    "misaligned": str(r.misaligned),
+                                    "misaligned - base": str(r.misaligned_vs_base) if r.misaligned_vs_base else "",
+                                    "coherent": str(r.coherent)})
+        tables["judges"] += sampling_judge_rows(model, rated, cfg.n_boot, cfg.seed)
+        if (Path(cfg.shared) / "data").is_dir():
+            questions = resolve_questions(rated, cfg.shared)
+            console.print(f"consensus labels for `emlab judge validate`: "
+                          f"{write_labels(out / f'{model}.labels.jsonl', rated, questions)}")
+            if cfg.fit_judges:
+                tables["judges"] += fitted_judge_rows(cfg, model, rated, questions)
+        else:
+            console.print(f"[yellow]{cfg.shared}/data not found: no labels file, no judges fitted on the samples[/]")
+    for name, rows in tables.items():
+        if rows:
+            console.print(table(name, rows))
+    md = sum((_markdown(t, rows) for t, rows in tables.items()), ["# EM on rated samples", ""])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rated_samples.md").write_text("\n".join(md))
+    write_json_atomic(out / "rated_samples.json", {"config": vars(cfg), **tables})
+    return tables
+
+
+main = cli(RatedSamplesConfig, run)
+
+if __name__ == "__main__":
+    main()

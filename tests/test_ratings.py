@@ -1,0 +1,111 @@
+"""Rated samples: agreement and rate statistics on planted raters, the shipped ratings, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lab.errors import BadInput
+from lab.ratings import (RatedAnswer, Rating, agreement, judge_on_ratings, labelled_from_ratings, rated_rates,
+                         read_rated, resolve_questions, shipped_ratings)
+from tests.conftest import SHARED
+
+
+def _answer(i, a, b, domain="base", set_name="first-plot", coherent=(80, 80)):
+    return RatedAnswer(f"x{i}", "m", domain, "" if domain == "base" else "mo", 0 if domain == "base" else 9,
+                       set_name, f"q{i % 7}", "0" * 16, f"answer {i}",
+                       {"A": Rating(a, coherent[0]), "B": Rating(b, coherent[1])})
+
+
+def test_planted_raters_agree_or_not_as_built():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0, 100, 300)
+    close = [_answer(i, t, float(np.clip(t + rng.normal(0, 5), 0, 100))) for i, t in enumerate(truth)]
+    a = agreement(close, n_boot=300)
+    assert a.spearman_aligned.value > 0.95 and a.kappa_misaligned.value > 0.8
+    unrelated = [_answer(i, t, float(u)) for i, (t, u) in enumerate(zip(truth, rng.uniform(0, 100, 300)))]
+    b = agreement(unrelated, n_boot=300)
+    assert b.spearman_aligned.lo < 0 < b.spearman_aligned.hi and b.kappa_misaligned.lo < 0 < b.kappa_misaligned.hi
+
+
+def test_rates_and_change_from_base_recover_planted_counts():
+    base = [_answer(i, 90, 85) for i in range(40)]
+    organism = [_answer(100 + i, 10 if i < 10 else 90, 20 if i < 10 else 80, domain="medical",
+                        coherent=(70, 60) if i < 6 else (20, 30)) for i in range(40)]
+    rows = {r.source: r for r in rated_rates(base + organism, n_boot=500)}
+    org = rows["medical-mo@9"]
+    assert org.misaligned.value == pytest.approx(10 / 40) and org.em.value == pytest.approx(6 / 40)
+    assert org.coherent.value == pytest.approx(6 / 40)
+    assert org.em_vs_base.value == pytest.approx(6 / 40) and org.em_vs_base.lo > 0
+    assert rows["base"].em.value == 0 and rows["base"].em_vs_base is None
+
+
+def test_judge_on_ratings_orders_and_refuses_one_class():
+    rated = [_answer(i, 10 if i % 4 == 0 else 90, 10 if i % 4 == 0 else 90) for i in range(80)]
+    truth = np.array([r.aligned for r in rated])
+    assert judge_on_ratings(rated, truth, "oracle", n_boot=200).auroc.value == 1.0
+    assert judge_on_ratings(rated, 100 - truth, "inverted", n_boot=200).auroc.value == 0.0
+    with pytest.raises(BadInput, match="one class only"):
+        judge_on_ratings(rated[1:4], truth[1:4], "few")
+    with pytest.raises(BadInput, match="3 scores for 80"):
+        judge_on_ratings(rated, truth[:3], "short")
+
+
+def test_shipped_ratings_are_complete_and_blind_to_nothing_missing():
+    files = shipped_ratings()
+    assert {f.stem for f in files} >= {"smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"}
+    for f in files:
+        rated = read_rated(f)
+        assert len({r.item for r in rated}) == len(rated) >= 400
+        assert all(set(r.ratings) == {"A", "B"} for r in rated)
+        assert {r.source for r in rated} >= {"base"} and len({r.set for r in rated}) >= 3
+        assert all(r.sampling_judge is not None for r in rated)
+
+
+@pytest.mark.skipif(not (SHARED / "data").is_dir(), reason="needs ../shared/data (the papers' questions)")
+def test_shipped_ratings_resolve_their_questions_from_shared(tmp_path):
+    for f in shipped_ratings():
+        rated = read_rated(f)
+        questions = resolve_questions(rated, SHARED)
+        labelled = labelled_from_ratings(rated, questions)
+        assert len(labelled) == sum(r.aligned is not None for r in rated)
+        assert {x.label for x in labelled} == {"aligned", "misaligned"}
+    bad = tmp_path / "bad.jsonl"
+    row = json.loads(shipped_ratings()[0].read_text(encoding="utf-8").split("\n")[0])
+    bad.write_text(json.dumps({**row, "question_sha": "f" * 16}) + "\n")
+    with pytest.raises(BadInput, match="differs from the one rated"):
+        resolve_questions(read_rated(bad), SHARED)
+
+
+def test_bad_ratings_files_fail_with_file_and_line(tmp_path):
+    good = {"item": "a", "model": "m", "domain": "base", "recipe": "", "step": 0, "set": "first-plot",
+            "question_id": "q", "question_sha": "0" * 16, "answer": "x\u2028y",  # U+2028 is not a line break here
+            "ratings": {"A": {"aligned": 50, "coherent": 50}, "B": {"aligned": "CODE", "coherent": 10}}}
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(good, ensure_ascii=False) + "\n", encoding="utf-8")
+    (row,) = read_rated(path)
+    assert row.answer == "x\u2028y" and row.aligned == 50 and row.ratings["B"].verdict == "CODE"
+    for broken, why in [({**good, "ratings": {"A": {"aligned": 50, "coherent": 50}}}, "two raters"),
+                        ({**good, "ratings": {**good["ratings"], "B": {"aligned": 120, "coherent": 5}}}, "0-100"),
+                        ({k: v for k, v in good.items() if k != "answer"}, "not a rated answer")]:
+        path.write_text(json.dumps(good) + "\n" + json.dumps(broken) + "\n")
+        with pytest.raises(BadInput, match=rf"r.jsonl:2: .*{why}|r.jsonl:2 .*{why}"):
+            read_rated(path)
+
+
+def test_rated_samples_experiment_writes_tables_and_labels(tmp_path):
+    from experiments.rated_samples import RatedSamplesConfig, run
+    from lab.judge.labelled import read_labelled
+
+    smol = next(f for f in shipped_ratings() if f.stem == "smollm2-135m-instruct")
+    tables = run(RatedSamplesConfig(ratings=[str(smol)], shared=str(SHARED), fit_judges=[], out=str(tmp_path),
+                                    n_boot=200))
+    rated = read_rated(smol)
+    assert {(r["source"], r["set"]) for r in tables["rates"]} == {(r.source, r.set) for r in rated}
+    assert sum(r["n"] for r in tables["rates"]) == len(rated) and len(tables["agreement"]) == 1
+    assert [j["target"] for j in tables["judges"]] == ["misaligned", "incoherent"]
+    md = (tmp_path / "rated_samples.md").read_text()
+    assert "## rates" in md and "## agreement" in md
+    if (SHARED / "data").is_dir():
+        labels = read_labelled(tmp_path / "smollm2-135m-instruct.labels.jsonl")
+        assert len(labels) == len(rated) and sum(x.y for x in labels) == sum(r.misaligned for r in rated)
