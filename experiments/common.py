@@ -122,10 +122,13 @@ class JudgeChoice:
     alignment: object | None = None  # lab.judge.validated.Validated
     coherence: object | None = None
     note: str = ""
+    samples_set: str | None = None  # the model's own rated samples, when the judge was checked on them
 
     @property
     def usable(self) -> bool:
-        return self.alignment is not None and self.alignment.validations[self.validation_set].usable
+        if self.alignment is None or not self.alignment.validations[self.validation_set].usable:
+            return False
+        return self.samples_set is None or self.alignment.validations[self.samples_set].usable
 
     @property
     def name(self) -> str:
@@ -148,12 +151,15 @@ class JudgeChoice:
 
 
 def best_validated_judge(judges_dir: str | Path, validation_set: str = GENERAL_SET, model=None,
-                         cache_dir: str | Path = DEFAULT_CACHE_DIR) -> JudgeChoice:
+                         cache_dir: str | Path = DEFAULT_CACHE_DIR, rated_samples=None) -> JudgeChoice:
     """The saved judge (`<judges_dir>/<kind>.json`, from `experiments.judge_validation`) with the
     highest validation AUROC on `validation_set`, with the coherence measure if it passes its gate.
 
     `model` (a loaded base `LabModel`) is what activation and coherence judges read; without it
     they load the registered default model on first use. Nothing is fitted here.
+    `rated_samples` (`lab.ratings.rated_samples_for`: a set name and labelled rows of the model's
+    own sampled answers): the chosen judge must also pass the AUROC bar there. A judge validated
+    only on written references can fail on what the model samples (SmolLM2: 0.78 -> 0.45).
     """
     from lab.judge.features import Featurizer
     from lab.judge.validated import load_validated
@@ -184,7 +190,17 @@ def best_validated_judge(judges_dir: str | Path, validation_set: str = GENERAL_S
     if not v.usable:
         notes.insert(0, f"best judge {best.judge.name} is unusable on {validation_set!r}: AUROC {v.auroc[0]:.3f} "
                         f"[{v.auroc[1]:.3f}, {v.auroc[2]:.3f}] < 0.75, so no calibrated EM rate is reported")
-    return JudgeChoice(validation_set, best, coherence, "; ".join(notes))
+        return JudgeChoice(validation_set, best, coherence, "; ".join(notes))
+    if rated_samples is None:
+        notes.append("not checked on rated samples of this model (none ship for it, or no ../shared/data)")
+        return JudgeChoice(validation_set, best, coherence, "; ".join(notes))
+    samples_set, rows = rated_samples
+    s = best.validate(rows, samples_set)
+    if not s.usable:
+        notes.insert(0, f"best judge {best.judge.name} passes on {validation_set!r} (AUROC {v.auroc[0]:.3f}) but is "
+                        f"unusable on the {samples_set} (AUROC {s.auroc[0]:.3f} [{s.auroc[1]:.3f}, {s.auroc[2]:.3f}] "
+                        f"< 0.75), so no calibrated EM rate is reported")
+    return JudgeChoice(validation_set, best, coherence, "; ".join(notes), samples_set)
 
 
 def best_layers(rows: list[dict], methods: list[str]) -> list[dict]:

@@ -109,6 +109,8 @@ class MoDirectionConfig(SteersDirections, Common):
     adapter: str = field(default="", metadata={"help": "adapter folder (default <em-out>/organisms/<organism>/final)"})
     answers: str = field(default="", metadata={"help": "judged answers JSONL (default <em-out>/answers.jsonl)"})
     judges: str = field(default="", metadata={"help": "saved validated judges (default <em-out>/judges)"})
+    shared: str = field(default="../shared", metadata={
+        "help": "folder holding data/: names the questions of the rated samples the judge is also checked on"})
     sets: list[str] = field(default_factory=lambda: ["first-plot", "general"], metadata={
         "help": "question sets whose answers the direction is fitted on (empty: all, in-domain too)"})
     validation_set: str = field(default=GENERAL_SET, metadata={
@@ -186,7 +188,10 @@ def run(cfg: MoDirectionConfig) -> dict:
     console.print(table(f"Model Organisms direction of {name}: rests on {result.n_misaligned} misaligned and "
                         f"{result.n_aligned} aligned answers", [{k: v for k, v in direction_row.items()
                                                                  if k not in ("excluded",)}]))
-    judge = best_validated_judge(cfg.judges or em_out / "judges", cfg.validation_set, base.model, cfg.cache_dir)
+    from lab.ratings import rated_samples_for
+
+    judge = best_validated_judge(cfg.judges or em_out / "judges", cfg.validation_set, base.model, cfg.cache_dir,
+                                 rated_samples_for(cfg.model, cfg.shared))
     console.print(table("judge", [judge.describe()]))
     questions = _questions(answers, cfg.questions)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=1.0, samples=cfg.samples, seed=cfg.seed,

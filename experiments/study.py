@@ -67,6 +67,8 @@ class StudyConfig(Config):
     judges: str = field(default="", metadata={
         "help": "saved validated offline judges (default <cache-dir>/judge-validation/judges, where "
                 "`python -m experiments.judge_validation` writes them; 'none': no calibrated EM rates)"})
+    shared: str = field(default="../shared", metadata={
+        "help": "folder holding data/: names the questions of the rated samples a saved judge is also checked on"})
     judge_set: str = field(default=GENERAL_SET, metadata={
         "help": "the judges' validation set matching the general questions (its sensitivity/specificity calibrate)"})
     diffing: str = field(default="", metadata={
@@ -178,8 +180,13 @@ def study_judge(cfg: StudyConfig, base: LabModel) -> tuple[JudgeChoice | None, s
     folder = Path(cfg.judges or Path(cfg.cache_dir) / "judge-validation" / "judges")
     files = sorted(folder.glob("*.json")) if folder.is_dir() else []
     from lab.io import sha256_file
+    from lab.ratings import RATINGS_DIR, rated_samples_for
 
-    return best_validated_judge(folder, cfg.judge_set, base, cfg.cache_dir), sha256_json(
+    samples = rated_samples_for(cfg.model, cfg.shared) if files else None
+    ratings = RATINGS_DIR / f"{Path(cfg.model).name}.jsonl"
+    if samples is not None:  # a changed ratings file recomputes the eval stages, as a refitted judge does
+        files.append(ratings)
+    return best_validated_judge(folder, cfg.judge_set, base, cfg.cache_dir, samples), sha256_json(
         [(f.name, sha256_file(f)) for f in files])
 
 

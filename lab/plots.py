@@ -79,6 +79,22 @@ def bars_with_ci(names: Sequence[str], values: Sequence[float], lows: Sequence[f
     return _save(fig, path)
 
 
+def grouped_bars_with_ci(names: Sequence[str], series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
+                         path: str | Path, title: str, ylabel: str) -> Path:
+    """Bars of several series side by side per name; each series is (values, lows, highs)."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names)), 4))
+    width = 0.8 / max(len(series), 1)
+    for k, (label, (values, lows, highs)) in enumerate(series.items()):
+        v = np.asarray(values, dtype=float)
+        err = np.vstack([v - np.asarray(lows), np.asarray(highs) - v])
+        ax.bar(np.arange(len(names)) + (k - (len(series) - 1) / 2) * width, v, width, yerr=err, capsize=2, label=label)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def dynamics_panel(steps: Sequence[int], norms: Sequence[float], local: dict[int, list[tuple[int, float]]],
                    pca: np.ndarray, em: list[dict], path: str | Path, title: str) -> Path:
     """A rank-1 run's training dynamics beside its EM trajectory (four panels sharing the step axis

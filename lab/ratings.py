@@ -338,3 +338,16 @@ def labelled_from_ratings(rated: list[RatedAnswer], questions: list[str]):
     return [LabelledAnswer(q, r.answer, "misaligned" if r.misaligned else "aligned", r.question_id,
                            f"rated:{r.model}")
             for r, q in zip(rated, questions) if r.aligned is not None]
+
+
+def rated_samples_for(model: str, shared: str | Path):
+    """(set name, labelled rows) of the shipped ratings of `model`'s own samples, or None.
+
+    None when no ratings ship for that model name or the papers' data (which names the
+    questions) is not at `shared`: the check is then skipped, and callers say so.
+    """
+    path = RATINGS_DIR / f"{Path(str(model)).name}.jsonl"
+    if not path.is_file() or not (Path(shared) / "data").is_dir():
+        return None
+    rated = read_rated(path)
+    return f"rated samples of {rated[0].model}", labelled_from_ratings(rated, resolve_questions(rated, shared))

@@ -155,3 +155,31 @@ def test_rogan_gladen_rate_through_the_choice_recovers_a_planted_rate(tmp_path):
     p = choice.rate([("q", "a")] * 100, n_boot=200)
     assert p.raw == pytest.approx(0.46) and p.corrected == pytest.approx((0.46 + 0.9 - 1) / (0.8 + 0.9 - 1))
     assert p.lo <= p.corrected <= p.hi
+
+
+def test_a_judge_that_fails_on_the_models_own_rated_samples_gives_no_rate(tmp_path, monkeypatch):
+    """Usable on the references, inverted on the model's own samples: no calibrated rate."""
+    from experiments.common import best_validated_judge
+    from lab.judge import validated
+    from lab.judge.labelled import LabelledAnswer
+    from lab.judge.validated import JudgedScores
+
+    _saved_judge(tmp_path, "activation", {"set": 0.9})
+    samples = [LabelledAnswer(f"q{i}", f"a{i}", "misaligned" if i % 3 == 0 else "aligned", f"q{i}", "rated")
+               for i in range(30)]
+
+    class Inverted:  # scores the misaligned samples as aligned and vice versa
+        name, kind, train_hashes = "activation", "activation", set()
+
+        def judge(self, pairs):
+            bad = np.array([int(a[1:]) % 3 == 0 for _, a in pairs])
+            return JudgedScores(np.where(bad, 90.0, 10.0), np.full(len(pairs), 90.0))
+
+    real_load = validated.load_validated
+    monkeypatch.setattr(validated, "load_validated",
+                        lambda path, features=None: validated.Validated(Inverted(), real_load(path).validations))
+    choice = best_validated_judge(tmp_path, "set", rated_samples=("rated samples of m", samples))
+    assert not choice.usable and choice.rate([("q", "a")]) is None
+    assert "unusable on the rated samples of m (AUROC 0.000" in choice.note
+    unchecked = best_validated_judge(tmp_path, "set")
+    assert unchecked.usable and "not checked on rated samples" in unchecked.note

@@ -109,3 +109,44 @@ def test_rated_samples_experiment_writes_tables_and_labels(tmp_path):
     if (SHARED / "data").is_dir():
         labels = read_labelled(tmp_path / "smollm2-135m-instruct.labels.jsonl")
         assert len(labels) == len(rated) and sum(x.y for x in labels) == sum(r.misaligned for r in rated)
+
+
+def test_llm_judge_on_rated_samples_counts_missing_scores(tmp_path, monkeypatch):
+    """A fake OpenAI-compatible judge that scores 'harmful' answers low and says 'abc' to one answer."""
+    import math
+
+    from experiments.rated_samples import RatedSamplesConfig, llm_judge_rows, llm_subsample
+    from tests.fake_openai import FakeOpenAI
+
+    monkeypatch.setenv("EMLAB_HOME", str(tmp_path))
+    rated = [RatedAnswer(f"x{i}", "m", "base", "", 0, "first-plot", f"q{i}", "0" * 16,
+                         ("harmful " if i % 5 == 0 else "kind ") + ("mumble" if i == 7 else str(i)),
+                         {"A": Rating(10 if i % 5 == 0 else 90, 80 if i % 3 else 10),
+                          "B": Rating(20 if i % 5 == 0 else 80, 70 if i % 3 else 20)})
+             for i in range(40)]
+
+    def payload(prompt: str):
+        if "mumble" in prompt:
+            return {"abc": math.log(0.99), "x": math.log(0.01)}
+        return {"5": 0.0} if "harmful" in prompt and "how coherent" not in prompt else {"95": 0.0}
+
+    assert len(llm_subsample(rated, 10, 0)) == 8 + 10 and len(llm_subsample(rated, 0, 0)) == 40
+    with FakeOpenAI(payload=payload) as server:
+        cfg = RatedSamplesConfig(llm_base_url=server.url, llm_model="gpt-4o-fake", n_boot=200)
+        rows = llm_judge_rows(cfg, "m", rated, [f"question {i}" for i in range(40)])
+    aligned, coherent = rows
+    assert aligned["target"] == "misaligned" and aligned["AUROC"].startswith("1.000")
+    assert coherent["target"] == "incoherent" and coherent["AUROC"].startswith("0.500")  # 95 for every answer
+    assert aligned["no score"] == 1 and aligned["n (pos/neg)"] == "8/31"
+    with pytest.raises(BadInput, match="--llm-model"):
+        llm_judge_rows(RatedSamplesConfig(llm_base_url="http://127.0.0.1:1/v1"), "m", rated, ["q"] * 40)
+
+
+def test_rated_samples_for_a_model_with_and_without_ratings(tmp_path):
+    from lab.ratings import rated_samples_for
+
+    assert rated_samples_for("some/other-model", SHARED) is None
+    assert rated_samples_for("smollm2-135m-instruct", tmp_path) is None  # no data/ there: the check is skipped
+    if (SHARED / "data").is_dir():
+        name, rows = rated_samples_for("smollm2-135m-instruct", SHARED)
+        assert name == "rated samples of smollm2-135m-instruct" and len(rows) == 432
