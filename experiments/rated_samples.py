@@ -197,7 +197,7 @@ def run(cfg: RatedSamplesConfig) -> dict[str, list[dict]]:
         console.print(f"[bold]{path.name}[/]: {len(rated)} answers of {model}, raters "
                       f"{', '.join(sorted(rated[0].ratings))}")
         tables["agreement"].append(_row_agreement(model, rated, cfg.n_boot, cfg.seed))
-        rates = rated_rates(rated, cfg.n_boot, cfg.seed)
+        rates = rated_rates(rated)
         console.print(f"figure: {rates_figure(out / f'{model}.rates.png', model, rates)}")
         for r in rates:
             tables["rates"].append({"model": r.model, "source": r.source, "set": r.set, "n": r.n, "EM": str(r.em),

@@ -32,12 +32,13 @@ def test_rates_and_change_from_base_recover_planted_counts():
     base = [_answer(i, 90, 85) for i in range(40)]
     organism = [_answer(100 + i, 10 if i < 10 else 90, 20 if i < 10 else 80, domain="medical",
                         coherent=(70, 60) if i < 6 else (20, 30)) for i in range(40)]
-    rows = {r.source: r for r in rated_rates(base + organism, n_boot=500)}
+    rows = {r.source: r for r in rated_rates(base + organism)}
     org = rows["medical-mo@9"]
     assert org.misaligned.value == pytest.approx(10 / 40) and org.em.value == pytest.approx(6 / 40)
     assert org.coherent.value == pytest.approx(6 / 40)
     assert org.em_vs_base.value == pytest.approx(6 / 40) and org.em_vs_base.lo > 0
     assert rows["base"].em.value == 0 and rows["base"].em_vs_base is None
+    assert rows["base"].em.hi == pytest.approx(0.0876, abs=1e-3)  # Wilson: 0 of 40 rules out only > 8.8%
 
 
 def test_judge_on_ratings_orders_and_refuses_one_class():
