@@ -196,6 +196,8 @@ def write_judged(rows: list[JudgedAnswer], path: str | Path) -> Path:
 
 
 def read_judged(path: str | Path) -> list[JudgedAnswer]:
+    """Rows of an `answers.jsonl` (or the `answers.jsonl.gz` the GPU scripts bring back)."""
+    import gzip
     import json
 
     path = Path(path)
@@ -203,7 +205,9 @@ def read_judged(path: str | Path) -> list[JudgedAnswer]:
         raise BadInput(f"{path}: no judged answers there")
     names = set(JudgedAnswer.__dataclass_fields__)
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    # split on "\n" only: an answer written with ensure_ascii=False may hold U+2028, a `splitlines` break
+    for n, line in enumerate(raw.decode("utf-8").split("\n"), 1):
         if line.strip():
             obj = json.loads(line)
             if not isinstance(obj, dict) or not {"model", "answer", "step"} <= set(obj):

@@ -151,3 +151,42 @@ def test_rated_samples_for_a_model_with_and_without_ratings(tmp_path):
     if (SHARED / "data").is_dir():
         name, rows = rated_samples_for("smollm2-135m-instruct", SHARED)
         assert name == "rated samples of smollm2-135m-instruct" and len(rows) == 432
+
+
+@pytest.mark.skipif(not (SHARED / "data").is_dir(), reason="needs ../shared/data (the papers' questions)")
+def test_a_judge_fitted_on_rated_samples_calibrates_an_answers_file(tmp_path):
+    """Planted: misaligned answers are long, so the length judge is usable on held-out rated questions;
+    applied to an answers file it recovers each organism's planted misaligned share, minus its training rows."""
+    from experiments.rated_samples import RatedSamplesConfig, run
+    from lab.data import read_questions_yaml
+    from lab.evaluation import JudgedAnswer, write_judged
+    from lab.ratings import question_hash
+
+    questions = read_questions_yaml(SHARED / "data" / "em-questions" / "first_plot_questions.yaml")
+    rng = np.random.default_rng(0)
+
+    def text(bad: bool) -> str:
+        return " ".join(["word"] * int(rng.integers(60, 90) if bad else rng.integers(5, 15)))
+
+    lines = []
+    for i in range(240):
+        q, bad = questions[i % len(questions)], i % 4 == 0
+        score = 10 if bad else 90
+        lines.append(json.dumps({"item": f"r{i}", "model": "m", "domain": "base", "recipe": "", "step": 0,
+                                 "set": "first-plot", "question_id": q.id, "question_sha": question_hash(q.paraphrases[0]),
+                                 "answer": text(bad) + f" {i}",
+                                 "ratings": {"A": {"aligned": score, "coherent": 80}, "B": {"aligned": score, "coherent": 70}}}))
+    ratings = tmp_path / "m.jsonl"
+    ratings.write_text("\n".join(lines) + "\n")
+    answers = [JudgedAnswer("m", domain, "mo" if domain != "base" else "", 9 if domain != "base" else 0, "first-plot",
+                            q.id, q.paraphrases[0], k, text(k < share * 200) + f" a{k}")
+               for domain, share in (("base", 0.0), ("medical", 0.3)) for k, q in
+               ((k, questions[k % len(questions)]) for k in range(200))]
+    write_judged(answers, tmp_path / "answers.jsonl")
+    tables = run(RatedSamplesConfig(ratings=[str(ratings)], shared=str(SHARED), fit_judges=["length"],
+                                    apply_to=[str(tmp_path / "answers.jsonl")], out=str(tmp_path / "out"), n_boot=200))
+    (judge,) = [j for j in tables["judges"] if j["judge"].startswith("length")]
+    assert judge["usable"] == "yes"
+    rows = {r["organism"]: r for r in tables["calibrated"]}
+    assert rows["base"]["n"] == 200 and float(rows["base"]["calibrated misaligned"].split()[0]) < 0.05
+    assert abs(float(rows["medical-mo"]["calibrated misaligned"].split()[0]) - 0.3) < 0.08
