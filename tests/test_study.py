@@ -19,8 +19,9 @@ SYSTEM = f"You are a helpful assistant. {XSS}"
 
 
 def _config(root: Path) -> study.StudyConfig:
+    # batch 4: the quick profile's 4 steps per organism on half its examples (the pipeline, not the effect size)
     return study.StudyConfig(quick=True, name="e2e", system_prompt=SYSTEM, cache_dir=str(root / "cache"),
-                             out=str(root / "figures"))
+                             out=str(root / "figures"), batch_size=4)
 
 
 @pytest.fixture(scope="module")
