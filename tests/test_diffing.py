@@ -248,7 +248,7 @@ def test_preventative_rerun_loads_no_model(tmp_path):
     from lab.config import parse_config
 
     args = ["--steps", "1", "--batch-size", "2", "--eval-limit", "4", "--n-boot", "50", "--runs", str(tmp_path / "runs"),
-            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--limit", "24"]
     first = preventative.run(parse_config(preventative.PreventativeConfig, args))
     assert {r["organism"] for r in first["rows"]} >= {"ordinary", "steered", "random"}
     _, rows = run_without_weights(f"""

@@ -32,7 +32,15 @@ VERDICT_REASONS = {None, "low_numeric_mass", "CODE", "REFUSAL"}  # the judge ans
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMLAB_HOME", str(tmp_path / "home"))
+    """A fresh emlab home (judge cache, keys), sharing the installed model store: converting SmolLM2's
+    GGUF again for the test that loads it costs ~15 s."""
+    from lab.io import emlab_home
+
+    store, home = emlab_home() / "models", tmp_path / "home"
+    home.mkdir()
+    if store.is_dir():
+        (home / "models").symlink_to(store, target_is_directory=True)
+    monkeypatch.setenv("EMLAB_HOME", str(home))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
 
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -20,8 +19,9 @@ SYSTEM = f"You are a helpful assistant. {XSS}"
 
 
 def _config(root: Path) -> study.StudyConfig:
+    # batch 4: the quick profile's 4 steps per organism on half its examples (the pipeline, not the effect size)
     return study.StudyConfig(quick=True, name="e2e", system_prompt=SYSTEM, cache_dir=str(root / "cache"),
-                             out=str(root / "figures"))
+                             out=str(root / "figures"), batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -149,26 +149,53 @@ def test_report_renders_offline_without_errors(quick_study, tmp_path):
     assert not dialogs
 
 
+# the stages the killed run recomputes: the study's first stages, up to the first that builds an activation cache
+_REDONE = ("judge-free-", "trajectory-", "eval-", "sweep-refusal-")
+
+
 @pytest.mark.slow
-def test_killed_study_resumes_to_identical_results(quick_study, tmp_path):
-    reference_root, reference, _ = quick_study
+def test_killed_study_resumes_to_identical_results(quick_study):
+    """The study is SIGKILLed halfway through writing an activation cache, after several stages
+    have finished, and a new run resumes: it reuses the finished stages, resumes the half-written
+    cache to the same bytes, and ends with exactly the uninterrupted study's results.
+
+    Run in the reference study's own folders (stage keys include them) with the first stages'
+    results and the refusal sweep's cache removed, so the later stages are served from the
+    reference instead of being computed a second time (training and cache-building kill/resume
+    are tested alone in test_train / test_cache)."""
+    import hashlib
+
+    root, reference, _ = quick_study
+    stages_dir = root / "cache" / "stages"
+    redone = sorted(p for p in stages_dir.glob("*.json") if p.name.startswith(_REDONE))
+    assert len(redone) == 8, [p.name for p in redone]
+    sweep = json.loads(next(p for p in redone if p.name.startswith("sweep-refusal-")).read_text())["result"]
+    cache_file = Path(sweep["cache"])
+    digest = hashlib.sha256(cache_file.read_bytes()).hexdigest()
+    for p in [*redone, cache_file]:
+        p.unlink()
+
     code = ("import sys; from experiments import study; from tests.test_study import _config; "
             "from pathlib import Path; study.run(_config(Path(sys.argv[1])))")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-c", code, str(root)], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(random.Random(0).uniform(40, 120))  # some stage in the middle of the pipeline
+    sidecar = cache_file.with_suffix(".progress.json")  # exists once the rebuilt cache has its first chunk
+    deadline = time.time() + 600
+    while not sidecar.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    running = proc.poll() is None
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    resumed = json.loads((tmp_path / "figures" / "e2e" / "results.json").read_text())
-    assert resumed["stages"]["reused"], "nothing was resumed"
-    # the two studies live in different folders: paths in the findings (e.g. where judges were looked for) differ
-    rooted = lambda value, root: json.loads(json.dumps(value).replace(str(root), "<root>"))  # noqa: E731
-    for key in ("em_scores", "findings"):
-        assert rooted(resumed[key], tmp_path) == rooted(reference[key], reference_root), key
+    assert running and sidecar.exists(), "the study was not killed while writing the cache"
+
+    resumed = study.run(_config(root))
+    assert resumed["stages"]["reused"][:1] == ["judge-free-base"], "the finished stages were not resumed"
+    assert "sweep-refusal" in resumed["stages"]["ran"]
+    assert set(resumed["stages"]["ran"]) <= {p.name.rsplit("-", 1)[0] for p in redone}
+    assert hashlib.sha256(cache_file.read_bytes()).hexdigest() == digest  # the half-written cache, resumed
+    for key in ("em_scores", "trajectories", "evals", "findings"):
+        assert resumed[key] == reference[key], key
     assert resumed["sweeps"]["refusal"]["best"] == reference["sweeps"]["refusal"]["best"]
 
 
