@@ -26,12 +26,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 
 import lab  # noqa: F401  (environment before torch)
 from experiments.common import cli
+from lab.config import Config
 from lab.console import console, table
 from lab.errors import BadInput
 from lab.io import write_json_atomic
@@ -40,11 +41,13 @@ from lab.ratings import (JudgeOnRatings, RatedAnswer, agreement, judge_on_rating
 
 
 @dataclass
-class RatedSamplesConfig:
+class RatedSamplesConfig(Config):
+    """EM measured on rated samples: rater agreement, EM rates with CIs, judges checked on the samples."""
+
     ratings: list[str] = field(default_factory=list, metadata={
         "help": "ratings JSONL files (default: the ones shipped in lab/datasets/ratings)"})
     shared: str = field(default="../shared", metadata={"help": "folder holding data/ (questions are resolved there)"})
-    fit_judges: list[str] = field(default_factory=lambda: ["embedding"], metadata={
+    fit_judges: list[Literal["embedding", "activation", "length"]] = field(default_factory=lambda: ["embedding"], metadata={
         "help": "judges fitted on part of the rated questions and validated on the rest (embedding, activation, "
                 "length); none: --fit-judges with no value"})
     llm_base_url: Optional[str] = field(default=None, metadata={

@@ -190,3 +190,10 @@ def test_a_judge_fitted_on_rated_samples_calibrates_an_answers_file(tmp_path):
     rows = {r["organism"]: r for r in tables["calibrated"]}
     assert rows["base"]["n"] == 200 and float(rows["base"]["calibrated misaligned"].split()[0]) < 0.05
     assert abs(float(rows["medical-mo"]["calibrated misaligned"].split()[0]) - 0.3) < 0.08
+
+
+def test_rated_samples_refuses_an_unknown_judge_kind():
+    from experiments.rated_samples import RatedSamplesConfig
+
+    with pytest.raises(BadInput, match="--fit-judges must be one of embedding, activation, length"):
+        RatedSamplesConfig(fit_judges=["coherence"])
