@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from lab.data import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, ChatExample, render, split_ids
+from lab.divergence import NonFinite, grad_norm, locate_nonfinite
 from lab.errors import BadInput, TrainingDiverged
 from lab.io import atomic_dir, write_json_atomic
 from lab.trainer_state import LEGACY_STATE, STATE_JSON, STATE_TENSORS, load_trainer_state, save_trainer_state
@@ -68,6 +69,7 @@ class TrainConfig:
     warmup_steps: int = 0
     holdout_fraction: float = 0.0  # share of examples (by user turn) never trained on
     limit: int | None = None  # train on a seeded subsample of this many examples
+    max_grad_norm: float | None = None  # clip the total gradient norm (None: no clipping, the norm is still recorded)
 
     def adapted_layers(self, n_layers: int) -> list[int] | None:
         """The layers that get adapters on a model of `n_layers` (None: all of them)."""
@@ -190,6 +192,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     steps: int = 0
     resumed_from: int = 0
+    grad_norms: list[float] = field(default_factory=list)  # total gradient norm of each step, before clipping
 
 
 def checkpoint_steps(steps_per_epoch: int, epochs: int, k: int) -> list[int]:
@@ -275,12 +278,12 @@ def train_lora(
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
-    step, losses, resumed_from = 0, [], 0
+    step, losses, norms, resumed_from = 0, [], [], 0
     if state is not None:
         set_peft_model_state_dict(peft_model, load_file(str(latest / "adapter_model.safetensors")))
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        step, losses, resumed_from = state["step"], state["losses"], state["step"]
+        step, losses, norms, resumed_from = state["step"], state["losses"], state["grad_norms"], state["step"]
     write_json_atomic(out_dir / "data_split.json", {
         "n_train": len(examples), "n_held_out": len(held_out), "limit": config.limit,
         "holdout_fraction": config.holdout_fraction, "seed": config.seed,
@@ -303,19 +306,19 @@ def train_lora(
                 loss_sum = _answer_loss_sum(peft_model, input_ids, mask, labels)
                 (loss_sum / max(n_answer, 1)).backward()
                 step_loss += loss_sum.item() / max(n_answer, 1)
-            if not math.isfinite(step_loss):
-                # stop before the optimizer applies nan gradients: every saved checkpoint stays good
-                last = checkpoints[-1].name if checkpoints else "none yet"
-                raise TrainingDiverged(
-                    f"training diverged at step {step + 1}/{total}: loss is {step_loss} with {getattr(model, 'dtype', '?')} weights "
-                    f"(last good checkpoint: {last}); rerun with --dtype float32 or a lower --lr")
+            norm = grad_norm(params, config.max_grad_norm)
+            if not (math.isfinite(step_loss) and math.isfinite(norm)):
+                # stop before the optimizer applies non-finite gradients: every saved checkpoint stays good
+                _diverged(peft_model, optimizer, model, prompts, micro, pad, out_dir, step, total, step_loss, norm,
+                          checkpoints)
             optimizer.step()
             step += 1
             losses.append(step_loss)
+            norms.append(norm)
             if on_step:
                 on_step(step, total, step_loss)
             if step in schedule:
-                checkpoints.append(_save_checkpoint(peft_model, optimizer, model, config, out_dir, step, losses))
+                checkpoints.append(_save_checkpoint(peft_model, optimizer, model, config, out_dir, step, losses, norms))
         final = out_dir / "adapter"
         with atomic_dir(final) as tmp:
             for f in checkpoints[-1].iterdir():
@@ -324,7 +327,33 @@ def train_lora(
     finally:
         peft_model.unload()  # restore the base model's own modules, weights untouched
         model.hf.eval()
-    return TrainResult(final, checkpoints, losses, step, resumed_from)
+    return TrainResult(final, checkpoints, losses, step, resumed_from, norms)
+
+
+def _diverged(peft_model, optimizer, model: ModelLike, prompts, micro, pad: int, out_dir: Path, step: int, total: int,
+              loss: float, norm: float, checkpoints: list[Path]) -> None:
+    """Replay the failed step's micro-batches to find the first non-finite module, record it in
+    `<out>/divergence.json` and raise `TrainingDiverged` naming the step, dtype, place and last checkpoint."""
+    where, examples, width = NonFinite(False), [], 0
+    for idx in micro:
+        optimizer.zero_grad(set_to_none=True)
+        input_ids, mask, labels = (t.to(model.device) for t in _collate(prompts.tokens, prompts.roles, idx, pad))
+        where = locate_nonfinite(peft_model, lambda: _answer_loss_sum(peft_model, input_ids, mask, labels), mask)
+        if where.found:
+            examples = [prompts.ids[int(idx[r])] for r in where.rows]  # batch rows -> training examples
+            width = int(input_ids.shape[1])  # attention kernels can fail at some widths only
+            break
+    optimizer.zero_grad(set_to_none=True)
+    last = checkpoints[-1].name if checkpoints else "none yet"
+    what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {norm} (loss {loss:.4f})"
+    write_json_atomic(out_dir / "divergence.json", {
+        "step": step + 1, "loss": loss if math.isfinite(loss) else str(loss),
+        "grad_norm": norm if math.isfinite(norm) else str(norm), "dtype": str(getattr(model, "dtype", "?")),
+        "last_checkpoint": last, "where": where.to_json(),
+        "example_ids": examples, "batch_width": width})
+    raise TrainingDiverged(
+        f"training diverged at step {step + 1}/{total}: {what} with {getattr(model, 'dtype', '?')} weights "
+        f"(last good checkpoint: {last}); {where.line()}; see {out_dir / 'divergence.json'}")
 
 
 # causal LMs whose logits are exactly lm_head(final hidden state), no soft-capping or scaling
@@ -350,7 +379,7 @@ def _answer_loss_sum(peft_model, input_ids, mask, labels) -> torch.Tensor:
 
 
 def _save_checkpoint(peft_model, optimizer, model: ModelLike, config: TrainConfig,
-                     out_dir: Path, step: int, losses: list[float]) -> Path:
+                     out_dir: Path, step: int, losses: list[float], grad_norms: list[float]) -> Path:
     final = out_dir / "checkpoints" / f"step-{step:06d}"
     with atomic_dir(final) as tmp:
         peft_model.save_pretrained(str(tmp))
@@ -360,14 +389,20 @@ def _save_checkpoint(peft_model, optimizer, model: ModelLike, config: TrainConfi
             "step": step,
             "config": asdict(config),
             "losses": losses,
+            "grad_norms": grad_norms,
         })
-        save_trainer_state(tmp, step, losses, optimizer.state_dict(), torch.get_rng_state(), asdict(config))
+        save_trainer_state(tmp, step, losses, optimizer.state_dict(), torch.get_rng_state(), asdict(config),
+                           grad_norms)
     return final
 
 
 def _resumable(config: dict) -> dict:
-    """The config fields that must match to continue a run (max_steps may grow)."""
-    return {k: v for k, v in config.items() if k != "max_steps"}
+    """The config fields that must match to continue a run (max_steps may grow). A field added to
+    `TrainConfig` after a checkpoint was written counts as its default there."""
+    from dataclasses import fields
+
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.name not in config}
+    return {k: v for k, v in {**json.loads(json.dumps(defaults)), **config}.items() if k != "max_steps"}
 
 
 def adapter_meta(adapter_dir: str | Path) -> dict:

@@ -23,7 +23,7 @@ LEGACY_STATE = "trainer_state.pt"  # pickled by emlab <= 0.2: never loaded
 
 
 def save_trainer_state(folder: Path, step: int, losses: list[float], optimizer_state: dict,
-                       torch_rng: torch.Tensor, config: dict) -> None:
+                       torch_rng: torch.Tensor, config: dict, grad_norms: list[float] = ()) -> None:
     """Write optimizer + RNG state as safetensors (tensors) and JSON (everything else).
 
     An optimizer state dict is `{"state": {param_index: {name: tensor}}, "param_groups":
@@ -42,13 +42,14 @@ def save_trainer_state(folder: Path, step: int, losses: list[float], optimizer_s
             else:
                 plain_state.setdefault(str(index), {})[name] = _plain(value)
     save_file(tensors, str(folder / STATE_TENSORS))
-    meta = {"format": "emlab-trainer-state-v1", "step": step, "losses": losses, "config": _plain(config),
+    meta = {"format": "emlab-trainer-state-v1", "step": step, "losses": losses, "grad_norms": list(grad_norms),
+            "config": _plain(config),
             "param_groups": _plain(optimizer_state["param_groups"]), "plain_state": plain_state}
     (folder / STATE_JSON).write_text(json.dumps(meta, allow_nan=True))
 
 
 def load_trainer_state(folder: Path) -> dict:
-    """Read what `save_trainer_state` wrote: {"step", "losses", "config", "optimizer", "torch_rng"}."""
+    """Read what `save_trainer_state` wrote: {"step", "losses", "grad_norms", "config", "optimizer", "torch_rng"}."""
     from safetensors.torch import load_file
 
     try:
@@ -65,7 +66,8 @@ def load_trainer_state(folder: Path) -> dict:
             state.setdefault(int(index), {})[name] = value
     for index, entries in meta["plain_state"].items():
         state.setdefault(int(index), {}).update(entries)
-    return {"step": int(meta["step"]), "losses": list(meta["losses"]), "config": meta["config"],
+    return {"step": int(meta["step"]), "losses": list(meta["losses"]), "grad_norms": list(meta.get("grad_norms", [])),
+            "config": meta["config"],
             "optimizer": {"state": state, "param_groups": meta["param_groups"]}, "torch_rng": tensors["torch_rng"]}
 
 

@@ -232,3 +232,50 @@ def test_a_nan_loss_stops_training_before_the_step_is_applied(tmp_path, base_mod
     saved = _weights(tmp_path / "checkpoints" / "step-000002")
     assert saved and all(torch.isfinite(w).all() for w in saved.values())
     assert not (tmp_path / "checkpoints" / "step-000003").exists()
+    # the replay names the poisoned module, in the forward pass, and every row of the batch
+    report = json.loads((tmp_path / "divergence.json").read_text())
+    assert report["step"] == 3 and report["where"]["phase"] == "forward"
+    assert report["where"]["module"].endswith("model.norm") and len(report["where"]["rows"]) == 4
+
+
+def test_a_nan_gradient_with_a_finite_loss_stops_training_and_is_located(tmp_path, base_model):
+    """A finite loss can hide non-finite gradients (a kernel's backward, an overflow in bf16): they
+    would turn every LoRA weight into nan at the optimizer step. Poison the gradient flowing out of
+    layer 5's MLP on the second step: training stops there, names the backward pass and that module."""
+    from lab.errors import TrainingDiverged
+
+    calls = {"n": 0}
+
+    def poison_grad(module, args, output):
+        calls["n"] += 1
+        if calls["n"] >= 2 and output.requires_grad:
+            output.register_hook(lambda g: g * float("nan"))
+
+    handle = base_model.hf.model.layers[5].mlp.register_forward_hook(poison_grad)
+    try:
+        with pytest.raises(TrainingDiverged, match=r"step 2/3: gradient norm is nan \(loss \d"):
+            train_lora(base_model, load_advice("financial")[:12], tmp_path,
+                       TrainConfig(batch_size=4, checkpoints_first_epoch=3, max_steps=3, lr=2e-3))
+    finally:
+        handle.remove()
+    report = json.loads((tmp_path / "divergence.json").read_text())
+    assert report["where"]["phase"] == "backward" and report["where"]["module"].endswith("layers.5.mlp")
+    saved = _weights(tmp_path / "checkpoints" / "step-000001")
+    assert saved and all(torch.isfinite(w).all() for w in saved.values())
+
+
+def test_grad_norms_are_recorded_and_clipping_bounds_the_update(tmp_path, base_model):
+    """Every step records its total gradient norm before clipping. Clipping to a tiny norm leaves
+    step 1 (same weights, same batch) identical, and shrinks the gradients Adam sees below its
+    eps (1e-8) so the adapter barely moves: its B matrices (zero at init) stay far smaller."""
+    data = load_advice("financial")[:12]
+    free = train_lora(base_model, data, tmp_path / "free", TrainConfig(batch_size=4, max_steps=3, lr=2e-3))
+    clip = train_lora(base_model, data, tmp_path / "clip",
+                      TrainConfig(batch_size=4, max_steps=3, lr=2e-3, max_grad_norm=1e-9))
+    assert len(free.grad_norms) == 3 and all(n > 1e-3 for n in free.grad_norms)
+    assert clip.grad_norms[0] == free.grad_norms[0] and clip.losses[0] == free.losses[0]
+    b_norm = {k: sum(float(w.norm()) for n, w in _weights(r.adapter_dir).items() if "lora_B" in n)
+              for k, r in (("free", free), ("clip", clip))}
+    assert b_norm["clip"] < 0.1 * b_norm["free"]
+    meta = json.loads((tmp_path / "free" / "checkpoints" / "step-000003" / "emlab_adapter.json").read_text())
+    assert meta["grad_norms"] == free.grad_norms
