@@ -82,16 +82,22 @@ def check_choices(cfg: Any) -> None:
             raise BadInput(f"{flag} must be one of {', '.join(map(str, choices))}, not {value!r}")
 
 
-def build_parser(cls: type, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
-    """The argparse parser of a config dataclass: one flag per field, its default shown in --help."""
+def build_parser(cls: type, prog: str | None = None, description: str | None = None,
+                 defaults: dict | None = None) -> argparse.ArgumentParser:
+    """The argparse parser of a config dataclass: one flag per field, its default shown in --help.
+
+    `defaults` replaces field defaults (a profile's values: see `profile_defaults`)."""
     hints = typing.get_type_hints(cls)
+    defaults = defaults or {}
     parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__,
                                      formatter_class=HelpFormatter)
     for f in dataclasses.fields(cls):
         tp, extra = _arg_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         helptext = f.metadata.get("help", " ")
-        if f.default is not dataclasses.MISSING:
+        if f.name in defaults:
+            default = defaults[f.name]
+        elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
@@ -105,10 +111,38 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
     return parser
 
 
+def profile_defaults(cls: type, name: str | None) -> dict:
+    """The field values a named profile sets (a config class lists them in `PROFILES`; {} for none).
+
+    A profile changes defaults only: flags given on the command line (or keywords in Python)
+    still win, and `--help` after `--profile NAME` shows the profile's values."""
+    profiles = getattr(cls, "PROFILES", {})
+    if name in (None, "", "default"):
+        return {}
+    if name not in profiles:
+        from lab.errors import BadInput
+
+        raise BadInput(f"--profile must be one of default, {', '.join(profiles)}, not {name!r}")
+    return {**profiles[name], "profile": name}
+
+
+def from_profile(cls: type[T], name: str, **overrides) -> T:
+    """A config built from a profile's values, then `overrides` (the Python form of `--profile NAME ...`)."""
+    return cls(**{**profile_defaults(cls, name), **overrides})
+
+
 def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None,
                  prog: str | None = None) -> T:
-    """Build an argparse parser from a dataclass's fields and return the filled dataclass."""
-    return cls(**vars(build_parser(cls, prog, description).parse_args(argv)))
+    """Build an argparse parser from a dataclass's fields and return the filled dataclass.
+
+    A config with `PROFILES` is parsed in two passes: `--profile NAME` first, whose values
+    become the defaults of the real parse."""
+    defaults = {}
+    if getattr(cls, "PROFILES", None):
+        first = argparse.ArgumentParser(add_help=False)
+        first.add_argument("--profile", default=None)
+        defaults = profile_defaults(cls, first.parse_known_args(argv)[0].profile)
+    return cls(**vars(build_parser(cls, prog, description, defaults).parse_args(argv)))
 
 
 def config_dict(cfg: Any) -> dict:

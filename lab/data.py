@@ -318,9 +318,18 @@ def render_example(tokenizer: Any, messages: list[dict]) -> tuple[np.ndarray, np
     return np.asarray(full, dtype=np.int64), roles, prompt_len
 
 
-def with_system(messages: list[dict], system_prompt: str) -> list[dict]:
-    """Make the system prompt explicit (templates otherwise insert their own default)."""
-    if messages and messages[0]["role"] == "system":
+def system_prompt_option(value: str | None) -> str | None:
+    """A `--system-prompt` value: "none" (or "template") means no system message, so the chat
+    template inserts its own default, as the papers trained and sampled; anything else is the text."""
+    return None if value is None or value.strip().lower() in ("none", "template") else value
+
+
+def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    """Make the system prompt explicit (templates otherwise insert their own default).
+
+    `system_prompt=None` adds none: the template's default applies (Qwen's "You are Qwen, created
+    by Alibaba Cloud. ...", SmolLM2's "You are a helpful AI assistant named SmolLM, ...")."""
+    if (messages and messages[0]["role"] == "system") or system_prompt is None:
         return messages
     return [{"role": "system", "content": system_prompt}] + messages
 
@@ -328,7 +337,7 @@ def with_system(messages: list[dict], system_prompt: str) -> list[dict]:
 def render(
     examples: list[ChatExample],
     tokenizer: Any,
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     max_tokens: int | None = None,
     truncate: bool = False,
 ) -> PromptSet:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lab.errors import BadInput
+from lab.errors import BadInput, NonFiniteLogits
 from lab.models import ModelLike
 from lab.steering import Intervention, steer
 
@@ -55,12 +55,50 @@ class Sampling:
                     min_new_tokens=self.min_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id)
 
 
+class FiniteGuard:
+    """Logits processor (last in line) that records rows whose scores hold nan or +inf (or only -inf) and makes them uniform
+    instead, so sampling raises `NonFiniteLogits` naming them rather than a CUDA device-side assert in
+    `torch.multinomial` (which also poisons the process's CUDA context). No host sync per step: the flags
+    stay on the device until `check()`."""
+
+    def __init__(self):
+        self.bad: torch.Tensor | None = None
+        self.first_step: torch.Tensor | None = None
+        self.step = 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        # -inf is a legitimate score (top-p / top-k filtered tokens); nan, +inf or a row of only -inf is not
+        finite = ~(torch.isnan(scores).any(-1) | torch.isposinf(scores).any(-1) | torch.isneginf(scores).all(-1))
+        if self.bad is None:
+            self.bad = torch.zeros_like(finite)
+            self.first_step = torch.full(finite.shape, -1, dtype=torch.long, device=finite.device)
+        self.first_step = torch.where(~finite & ~self.bad, self.step, self.first_step)
+        self.bad |= ~finite
+        self.step += 1
+        return torch.where(finite[:, None], scores, torch.zeros_like(scores))
+
+    def check(self, model: ModelLike) -> None:
+        if self.bad is not None and bool(self.bad.any()):
+            rows = self.bad.nonzero().flatten().tolist()
+            steps = self.first_step[self.bad].tolist()
+            adapters = list(getattr(model, "adapters", ()) or ()) or "none"
+            raise NonFiniteLogits(
+                f"{model.name} ({model.dtype}, adapters {adapters}) produced nan/inf logits in {len(rows)} of "
+                f"{len(self.bad)} rows (first at row {rows[0]}, step {steps[0]}): its weights or an attention "
+                f"kernel diverged; nothing was sampled from them")
+
+
 def hf_generate(model: ModelLike, ids: torch.Tensor, mask: torch.Tensor, sampling: Sampling, interventions: tuple = (),
                 eos_id: int | list[int] | None = None, **extra) -> torch.Tensor:
     """The reference path: `model.hf.generate` under the steering hooks. Returns the new tokens."""
+    from transformers import LogitsProcessorList
+
     pad = model.tokenizer.pad_token_id
+    guard = FiniteGuard()
     with torch.inference_mode(), steer(model, *interventions, prompt_width=ids.shape[1]):
-        out = model.hf.generate(input_ids=ids, attention_mask=mask, **sampling.hf_kwargs(pad, eos_id), **extra)
+        out = model.hf.generate(input_ids=ids, attention_mask=mask, logits_processor=LogitsProcessorList([guard]),
+                                **sampling.hf_kwargs(pad, eos_id), **extra)
+    guard.check(model)
     return out[:, ids.shape[1]:]
 
 
@@ -231,10 +269,11 @@ def fast_generate(model: ModelLike, ids: torch.Tensor, mask: torch.Tensor, sampl
     alive = torch.ones(n, dtype=torch.bool, device=ids.device)  # any row unfinished after step t
     first = width - p  # the caller's columns start here in run.tokens
     steps = n
+    guard = FiniteGuard()
     with torch.inference_mode(), steer(model, *interventions, prompt_width=width):
         run.start(ids_b, mask_b)
         for t in range(n):
-            scores = processors(run.tokens[:b, first: width + t], run.logits[:b])
+            scores = guard(None, processors(run.tokens[:b, first: width + t], run.logits[:b]))
             if sampling.do_sample:
                 nxt = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
             else:
@@ -250,6 +289,7 @@ def fast_generate(model: ModelLike, ids: torch.Tensor, mask: torch.Tensor, sampl
                 break
             if t + 1 < n:
                 run.step()
+    guard.check(model)
     out = run.tokens[:b, width: width + steps]
     if eos is not None:
         done = (~alive[:steps]).nonzero()

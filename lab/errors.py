@@ -31,3 +31,8 @@ class CacheError(EmlabError):
 
 class TrainingDiverged(EmlabError):
     """The training loss became nan or inf; the weights of that step were not applied."""
+
+
+class NonFiniteLogits(EmlabError):
+    """A model produced nan or inf logits while sampling (diverged weights or a failing kernel); nothing
+    was sampled from them."""

@@ -173,11 +173,14 @@ class JudgedAnswer:
     flagged: bool | None = None
     code: bool = False
     adapter: str = ""  # the PEFT folder of this checkpoint ("" for the base model)
-    system_prompt: str = ""
+    system_prompt: str | None = ""  # None: no system message (the chat template's default)
+    seed: int | None = None  # training seed of the organism, where several were trained (None: one)
 
     @property
     def organism(self) -> str:
-        return "base" if self.domain == "base" else f"{self.domain}-{self.recipe}"
+        if self.domain == "base":
+            return "base"
+        return f"{self.domain}-{self.recipe}" + ("" if self.seed is None else f"-seed{self.seed}")
 
 
 def write_judged(rows: list[JudgedAnswer], path: str | Path) -> Path:

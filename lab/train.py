@@ -68,6 +68,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     holdout_fraction: float = 0.0  # share of examples (by user turn) never trained on
+    holdout_seed: int | None = None  # seed of the held-out split (None: `seed`); fix it to hold out the same
+    #                                  turns across training seeds, so every seed's organism is tested on unseen turns
     limit: int | None = None  # train on a seeded subsample of this many examples
     max_grad_norm: float | None = None  # clip the total gradient norm (None: no clipping, the norm is still recorded)
 
@@ -170,7 +172,8 @@ def split_training(examples: list[ChatExample], config: TrainConfig
         raise BadInput(f"limit must be >= 1, got {config.limit}")
     if config.holdout_fraction:
         groups = [_user_key(e) for e in examples]
-        side = split_ids(sorted(set(groups)), config.holdout_fraction, config.seed)
+        split_seed = config.seed if config.holdout_seed is None else config.holdout_seed
+        side = split_ids(sorted(set(groups)), config.holdout_fraction, split_seed)
         train = [e for e, g in zip(examples, groups) if side[g] == "train"]
         held = [e for e, g in zip(examples, groups) if side[g] == "test"]
     else:
@@ -286,7 +289,7 @@ def train_lora(
         step, losses, norms, resumed_from = state["step"], state["losses"], state["grad_norms"], state["step"]
     write_json_atomic(out_dir / "data_split.json", {
         "n_train": len(examples), "n_held_out": len(held_out), "limit": config.limit,
-        "holdout_fraction": config.holdout_fraction, "seed": config.seed,
+        "holdout_fraction": config.holdout_fraction, "seed": config.seed, "holdout_seed": config.holdout_seed,
         "train_ids": [e.id for e in examples], "held_out_ids": [e.id for e in held_out]})
 
     checkpoints = [out_dir / "checkpoints" / f"step-{s:06d}" for s in schedule if s <= step]
@@ -303,8 +306,9 @@ def train_lora(
             step_loss = 0.0
             for idx in micro:
                 input_ids, mask, labels = (t.to(device) for t in _collate(prompts.tokens, prompts.roles, idx, pad))
-                loss_sum = _answer_loss_sum(peft_model, input_ids, mask, labels)
-                (loss_sum / max(n_answer, 1)).backward()
+                with training_kernels(device):
+                    loss_sum = _answer_loss_sum(peft_model, input_ids, mask, labels)
+                    (loss_sum / max(n_answer, 1)).backward()
                 step_loss += loss_sum.item() / max(n_answer, 1)
             norm = grad_norm(params, config.max_grad_norm)
             if not (math.isfinite(step_loss) and math.isfinite(norm)):
@@ -338,7 +342,8 @@ def _diverged(peft_model, optimizer, model: ModelLike, prompts, micro, pad: int,
     for idx in micro:
         optimizer.zero_grad(set_to_none=True)
         input_ids, mask, labels = (t.to(model.device) for t in _collate(prompts.tokens, prompts.roles, idx, pad))
-        where = locate_nonfinite(peft_model, lambda: _answer_loss_sum(peft_model, input_ids, mask, labels), mask)
+        with training_kernels(model.device):  # the same kernels as the failed step
+            where = locate_nonfinite(peft_model, lambda: _answer_loss_sum(peft_model, input_ids, mask, labels), mask)
         if where.found:
             examples = [prompts.ids[int(idx[r])] for r in where.rows]  # batch rows -> training examples
             width = int(input_ids.shape[1])  # attention kernels can fail at some widths only
@@ -354,6 +359,27 @@ def _diverged(peft_model, optimizer, model: ModelLike, prompts, micro, pad: int,
     raise TrainingDiverged(
         f"training diverged at step {step + 1}/{total}: {what} with {getattr(model, 'dtype', '?')} weights "
         f"(last good checkpoint: {last}); {where.line()}; see {out_dir / 'divergence.json'}")
+
+
+# cuDNN's fused attention backward (PyTorch's default SDPA backend on H100/H200 for bf16/fp16 since 2.5)
+# returns NaN in grad_q when an explicit attention mask is passed, the key length is 64 mod 128 and a
+# query row's log-sum-exp is below ln(FLT_MAX) ~ -88.7 (the padded half of its last 128-wide key tile is
+# scored 0, not -inf, and exp(0 - lse) overflows): pytorch/pytorch#196678, hit through Qwen2.5's
+# massive-activation attention heads. Padded training batches always pass a mask, so bf16 Qwen training
+# went to nan at the first batch 192 tokens wide; the forward is unaffected. Training excludes that backend;
+# flash and memory-efficient attention compute the same attention (tests/test_real_weights_cuda.py).
+EXCLUDE_CUDNN_ATTENTION = True
+
+
+def training_kernels(device: torch.device):
+    """The attention kernels a training step may use: every SDPA backend but cuDNN's on CUDA (see above)."""
+    import contextlib
+
+    if device.type != "cuda" or not EXCLUDE_CUDNN_ATTENTION:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 # causal LMs whose logits are exactly lm_head(final hidden state), no soft-capping or scaling

@@ -240,3 +240,30 @@ def test_cuda_fast_greedy_equals_hf_generate_on_real_weights(dtype):
             assert torch.equal(fast, reference), f"{dtype} {name}: shapes {tuple(fast.shape)} vs " \
                                                  f"{tuple(reference.shape)}, {agree:.3f} of tokens agree, " \
                                                  f"first mismatch per prompt at {first} of {n}"
+
+
+@pytest.mark.parametrize("path", ["fast", "hf"])
+def test_nan_logits_raise_one_clear_error_instead_of_a_device_assert(base_model, batch, path):
+    """Diverged weights once reached sampling on a GPU, where `torch.multinomial` on nan probabilities is
+    a device-side assert that kills the process's CUDA context. Both paths now sample nothing from
+    non-finite rows and raise `NonFiniteLogits` naming the first bad row and step. Rows 1 and 4 get a
+    nan final norm from the third step on (the prefill is step 0)."""
+    from lab.errors import NonFiniteLogits
+
+    ids, mask = batch
+    calls = {"n": 0}
+
+    def poison(module, args, output):
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            output = output.clone()
+            output[[1, 4]] = float("nan")
+        return output
+
+    handle = base_model.hf.model.norm.register_forward_hook(poison)
+    run = fast_generate if path == "fast" else hf_generate
+    try:
+        with pytest.raises(NonFiniteLogits, match=r"nan/inf logits in 2 of 6 rows \(first at row 1, step 2\)"):
+            run(base_model, ids, mask, Sampling(8, do_sample=True, temperature=1.0), eos_id=None)
+    finally:
+        handle.remove()

@@ -116,3 +116,44 @@ def test_pipeline_end_to_end_writes_base_and_checkpoint_rows(tmp_path):
     again = run(cfg)
     assert again["table"] == summary["table"] and not again["stage_seconds"]
     assert not np.isnan([r["raw_em"][0] for r in again["table"]]).any()
+
+
+def test_papers_profile_sets_the_protocol_and_flags_still_win():
+    from experiments.em_table import PAPERS, EmTableConfig
+    from lab.config import parse_config
+
+    cfg = parse_config(EmTableConfig, ["--profile", "papers", "--first-plot-samples", "3"])
+    assert cfg.profile == "papers" and cfg.first_plot_samples == 3  # the flag wins over the profile
+    assert (cfg.max_new_tokens, cfg.first_plot_variants, cfg.train_seeds, cfg.system_prompt, cfg.judges) == (
+        600, "free-form", [0, 1, 2], "none", "none")
+    assert parse_config(EmTableConfig, []).max_new_tokens == 256 and PAPERS["max_new_tokens"] == 600
+    with pytest.raises(BadInput, match="--profile must be one of default, papers"):
+        parse_config(EmTableConfig, ["--profile", "paper"])
+
+
+@needs_shared
+def test_papers_protocol_samples_free_form_questions_over_training_seeds(tmp_path):
+    """The papers' protocol end to end at toy size: the 8 free-form first-plot questions only, no
+    system message, one organism per training seed on the same held-out turns, answers not judged."""
+    from experiments.em_table import EmTableConfig, run
+    from lab.config import from_profile
+
+    cfg = from_profile(EmTableConfig, "papers", out=str(tmp_path / "em"), shared=str(SHARED),
+                       organisms=["financial:mo"], train_seeds=[0, 1], limit=32, max_steps=1, first_plot_samples=1,
+                       max_new_tokens=6, in_domain_questions=2, gen_batch_size=8)
+    summary = run(cfg)
+    out = Path(cfg.out)
+    assert set(summary["training"]) == {"financial-mo-seed0", "financial-mo-seed1"} and summary["table"] == []
+    rows = read_judged(out / "answers.jsonl")
+    first = {r.question_id for r in rows if r.set == "first-plot"}
+    assert len(first) == 8 and not any(q.endswith(("_json", "_template")) for q in first)
+    assert {r.organism for r in rows} == {"base", "financial-mo-seed0", "financial-mo-seed1"}
+    assert all(r.system_prompt is None and r.aligned is None for r in rows)
+    splits = [json.loads((out / "organisms" / o / "data_split.json").read_text())
+              for o in ("financial-mo-seed0", "financial-mo-seed1")]
+    assert splits[0]["held_out_ids"] == splits[1]["held_out_ids"] and splits[0]["seed"] != splits[1]["seed"]
+    in_domain = {r.question_id for r in rows if r.set == "in-domain:financial"}
+    assert in_domain and in_domain <= set(splits[0]["held_out_ids"])
+    weights = [(out / "organisms" / o / "final" / "adapter_model.safetensors").read_bytes()
+               for o in ("financial-mo-seed0", "financial-mo-seed1")]
+    assert weights[0] != weights[1]  # the seed changes the LoRA init and the data order
