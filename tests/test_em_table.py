@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab.em_rates import MATCHING, em_row, em_table, markdown
-from lab.errors import BadInput
-from lab.evaluation import JudgedAnswer, read_judged
+from lab.em.table import MATCHING, em_row, em_table, markdown
+from lab.core.errors import BadInput
+from lab.em.answers import JudgedAnswer, read_judged
 from lab.judge.labelled import GENERAL, MO_MEDICAL
 from lab.judge.validated import Validated, Validation
 

@@ -1,0 +1,1 @@
+"""lab.core: see the package layout in lab/__init__.py."""

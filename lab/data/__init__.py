@@ -1,0 +1,1 @@
+"""lab.data: see the package layout in lab/__init__.py."""

@@ -1,0 +1,1 @@
+"""lab.intervene: see the package layout in lab/__init__.py."""

@@ -1,0 +1,1 @@
+"""lab.stats: see the package layout in lab/__init__.py."""

@@ -1,0 +1,1 @@
+"""lab.training: see the package layout in lab/__init__.py."""
