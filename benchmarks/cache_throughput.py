@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lab.cache import build_cache  # noqa: E402
-from lab.data import PromptSet, load_contrast, render  # noqa: E402
-from lab.hooks import left_pad  # noqa: E402
+from lab.data.formats import PromptSet, load_contrast, render  # noqa: E402
+from lab.models.hooks import left_pad  # noqa: E402
 
 
 def make_prompts(model, n: int, seq: int | None) -> PromptSet:

@@ -10,7 +10,7 @@ timed on rank 0's clock (loads excluded):
 
 1. warm-up on every rank: one batch of the sampling shape (graph capture) and a small cache;
 2. cache, 1 GPU: rank 0 alone builds the pooled bf16 cache of `--prompts` synthetic chats
-   (`lab.shards.build_cache_parallel` with one rank, which is `build_cache`);
+   (`lab.intervene.shards.build_cache_parallel` with one rank, which is `build_cache`);
 3. cache, N GPUs: every rank, into another folder (rank 0's clock runs until the file is in place);
 4. answers, 1 GPU: rank 0 alone samples `--samples` answers to each of the 48 shipped general
    questions (temperature 1, `--new-tokens`, batch `--batch`: em_eval's path, `sample_answers`);
@@ -36,12 +36,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.gpu_study import synthetic_chats  # noqa: E402
-from lab.data import render  # noqa: E402
-from lab.decode import LENGTH_BUCKET  # noqa: E402
-from lab.evaluation import question_examples, shipped_questions  # noqa: E402
-from lab.generate import GenerationConfig, generate_answers  # noqa: E402
+from lab.data.formats import render  # noqa: E402
+from lab.intervene.decode import LENGTH_BUCKET  # noqa: E402
+from lab.em.answers import question_examples, shipped_questions  # noqa: E402
+from lab.intervene.generate import GenerationConfig, generate_answers  # noqa: E402
 from lab.models import LabModel, random_folder  # noqa: E402
-from lab.shards import Ranks, build_cache_parallel, sample_answers  # noqa: E402
+from lab.intervene.shards import Ranks, build_cache_parallel, sample_answers  # noqa: E402
 
 T0 = time.time()
 

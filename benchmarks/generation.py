@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lab  # noqa: E402,F401
 import torch  # noqa: E402
 
-from lab.data import load_contrast, render  # noqa: E402
-from lab.decode import Sampling, fast_generate, hf_generate  # noqa: E402
-from lab.hooks import left_pad  # noqa: E402
-from lab.steering import Intervention  # noqa: E402
+from lab.data.formats import load_contrast, render  # noqa: E402
+from lab.intervene.decode import Sampling, fast_generate, hf_generate  # noqa: E402
+from lab.models.hooks import left_pad  # noqa: E402
+from lab.intervene.steering import Intervention  # noqa: E402
 
 LLAMA_31_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                    num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,

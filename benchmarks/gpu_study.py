@@ -98,10 +98,10 @@ def pieces(model, root: Path) -> dict:
     """
     from experiments import layer_sweep
     from lab.cache import ActivationCache
-    from lab.data import ChatExample, load_advice
-    from lab.generate import GenerationConfig, generate_answers
-    from lab.steering import Intervention
-    from lab.train import TrainConfig, train_lora
+    from lab.data.formats import ChatExample, load_advice
+    from lab.intervene.generate import GenerationConfig, generate_answers
+    from lab.intervene.steering import Intervention
+    from lab.training.lora import TrainConfig, train_lora
 
     out: dict = {}
 
@@ -130,8 +130,8 @@ def pieces(model, root: Path) -> dict:
 
     def pooled_throughput():
         from lab.cache import build_cache
-        from lab.data import render
-        from lab.hooks import left_pad
+        from lab.data.formats import render
+        from lab.models.hooks import left_pad
 
         chats = synthetic_chats(256)
         prompts = render(chats, model.tokenizer)
@@ -191,7 +191,7 @@ def synthetic_chats(n: int) -> list:
     """n chats of 40-160 user and 20-80 assistant words (throughput needs volume, not meaning)."""
     import random
 
-    from lab.data import ChatExample
+    from lab.data.formats import ChatExample
 
     rng = random.Random(0)
     words = "the a model river data light system answer question value energy time people water".split()

@@ -90,7 +90,7 @@ def main() -> None:
     from sklearn.preprocessing import StandardScaler
 
     from lab.directions import fit_contrast, probe, split_examples
-    from lab.metrics import auroc
+    from lab.stats.metrics import auroc
 
     devices = [d for d in args.devices if d != "cuda" or torch.cuda.is_available()]
     print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}, devices {devices}"

@@ -22,9 +22,9 @@ import lab  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lab.data import ROLE_CODE, ChatExample, load_general_questions, render  # noqa: E402
-from lab.hooks import left_pad  # noqa: E402
-from lab.scores import answer_logprobs  # noqa: E402
+from lab.data.formats import ROLE_CODE, ChatExample, load_general_questions, render  # noqa: E402
+from lab.models.hooks import left_pad  # noqa: E402
+from lab.em.judge_free import answer_logprobs  # noqa: E402
 
 
 def plain_logprobs(model, pairs, batch_size: int = 16) -> np.ndarray:

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lab  # noqa: E402,F401
 import torch  # noqa: E402
 
-from lab.data import load_contrast, render  # noqa: E402
-from lab.hooks import left_pad  # noqa: E402
-from lab.steering import Intervention, steer  # noqa: E402
+from lab.data.formats import load_contrast, render  # noqa: E402
+from lab.models.hooks import left_pad  # noqa: E402
+from lab.intervene.steering import Intervention, steer  # noqa: E402
 
 
 def load(args):

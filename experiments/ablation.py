@@ -30,16 +30,16 @@ from typing import Literal
 
 from experiments.common import (cli, save_summary, Common, contrast_cache, handle_for, no_adapters, out_dir,
                                 parse_organisms, SteersDirections)
-from lab.console import console, fmt_ci, progress, table
-from lab.contrasts import CONTRASTS
-from lab.data import advice_split
+from lab.core.console import console, fmt_ci, progress, table
+from lab.directions.contrasts import CONTRASTS
+from lab.data.formats import advice_split
 from lab.directions import fit_contrast
-from lab.errors import BadInput
-from lab.evaluation import in_domain_gaps, style_gaps_under
-from lab.io import write_rows
-from lab.plots import bars_with_ci
-from lab.estimate import mean_ci
-from lab.steering import Intervention, direction_vectors, random_vectors_like
+from lab.core.errors import BadInput
+from lab.em.answers import in_domain_gaps, style_gaps_under
+from lab.core.io import write_rows
+from lab.reports.plots import bars_with_ci
+from lab.stats.estimate import mean_ci
+from lab.intervene.steering import Intervention, direction_vectors, random_vectors_like
 
 
 @dataclass

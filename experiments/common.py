@@ -11,10 +11,10 @@ import lab  # noqa: F401  (environment before torch)
 import numpy as np
 
 from lab.cache import ANALYSIS_STORAGE, StorageDtype
-from lab.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, Config
-from lab.console import console, fmt_ci, progress
-from lab.contrasts import CONTRASTS, contrast_examples, ensure_cache
-from lab.errors import BadInput
+from lab.core.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, Config
+from lab.core.console import console, fmt_ci, progress
+from lab.directions.contrasts import CONTRASTS, contrast_examples, ensure_cache
+from lab.core.errors import BadInput
 from lab.models import DEFAULT_MODEL, LabModel, ModelPool
 
 # Defaults every verb shares, named once (a config field's default refers to these).
@@ -141,7 +141,7 @@ class JudgeChoice:
         return {**self.alignment.validations[self.validation_set].row(self.name), "note": self.note}
 
     def rate(self, pairs, n_boot: int = 2000, seed: int = 0):
-        """The Rogan–Gladen calibrated EM rate (`lab.prevalence.Prevalence`) of `pairs`, or None
+        """The Rogan–Gladen calibrated EM rate (`lab.stats.prevalence.Prevalence`) of `pairs`, or None
         where the judge is not usable on this set (nothing is computed from an unusable judge)."""
         if not self.usable:
             return None
@@ -157,7 +157,7 @@ def best_validated_judge(judges_dir: str | Path, validation_set: str = GENERAL_S
 
     `model` (a loaded base `LabModel`) is what activation and coherence judges read; without it
     they load the registered default model on first use. Nothing is fitted here.
-    `rated_samples` (`lab.ratings.rated_samples_for`: a set name and labelled rows of the model's
+    `rated_samples` (`lab.em.ratings.rated_samples_for`: a set name and labelled rows of the model's
     own sampled answers): the chosen judge must also pass the AUROC bar there. A judge validated
     only on written references can fail on what the model samples (SmolLM2: 0.78 -> 0.45).
     """
@@ -255,8 +255,8 @@ def say(message: str) -> None:
 def cli(config_cls, run):
     """An experiment's `main(argv)`: parse its config dataclass, run, print user errors as one line."""
     def main(argv=None) -> None:
-        from lab.config import parse_config
-        from lab.console import user_errors
+        from lab.core.config import parse_config
+        from lab.core.console import user_errors
 
         with user_errors(), ModelPool():  # one copy of the weights for the whole command
             run(parse_config(config_cls, argv, prog=prog_of(run.__module__)))
@@ -271,7 +271,7 @@ def stored_summary(cfg, out: Path) -> dict | None:
     """
     import json
 
-    from lab.config import config_dict
+    from lab.core.config import config_dict
 
     path = out / "summary.json"
     if not path.exists():
@@ -282,8 +282,8 @@ def stored_summary(cfg, out: Path) -> dict | None:
 
 def save_summary(cfg, out: Path, **fields) -> dict:
     """Write an experiment's summary.json (its config plus results) and return it."""
-    from lab.config import config_dict
-    from lab.io import write_json_atomic
+    from lab.core.config import config_dict
+    from lab.core.io import write_json_atomic
 
     summary = {"config": config_dict(cfg), **fields, "out": str(out)}
     write_json_atomic(out / "summary.json", summary)

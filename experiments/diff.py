@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from experiments.common import Common, cli, handle_for, out_dir, save_summary
-from lab.console import console, fmt_ci, table
-from lab.diffing import (DEFAULT_K, AdlResult, Lens, SteerRow, adl, first_tokens, generic_texts, mean_norms,
+from lab.core.console import console, fmt_ci, table
+from lab.diffing.adl import (DEFAULT_K, AdlResult, Lens, SteerRow, adl, first_tokens, generic_texts, mean_norms,
                          parse_domains, scored_layers, steer_with_delta, text_cache,
                          with_shares)
-from lab.errors import BadInput
-from lab.io import sha256_json, write_json_atomic
+from lab.core.errors import BadInput
+from lab.core.io import sha256_json, write_json_atomic
 
 
 @dataclass

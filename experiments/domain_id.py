@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from experiments.common import Common, cli, handle_for, out_dir, save_summary
-from lab.console import console, fmt_ci, progress, table
-from lab.data import ChatExample, advice_split, read_chat_jsonl
-from lab.diffing import (DEFAULT_K, Lens, adl, first_tokens, generic_chat, generic_texts, parse_domains, scored_layers,
+from lab.core.console import console, fmt_ci, progress, table
+from lab.data.formats import ChatExample, advice_split, read_chat_jsonl
+from lab.diffing.adl import (DEFAULT_K, Lens, adl, first_tokens, generic_chat, generic_texts, parse_domains, scored_layers,
                          text_cache)
-from lab.errors import BadInput
-from lab.io import sha256_json, write_rows
-from lab.scores import rate
-from lab.train import TrainConfig, train_lora
+from lab.core.errors import BadInput
+from lab.core.io import sha256_json, write_rows
+from lab.em.judge_free import rate
+from lab.training.lora import TrainConfig, train_lora
 
 READINGS = ("middle", "final")  # the paper's middle layers; the last layer (where SmolLM2's lens decodes)
 INSECURE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "insecure-code" / "insecure_n500.jsonl"

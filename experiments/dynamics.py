@@ -2,12 +2,12 @@
 
     python -m experiments.dynamics --domain medical --recipes mo-rank1 mo-rank1x9 --every 5
 
-Per recipe (`lab.train.RECIPES`: `mo-rank1`, one rank-1 down_proj adapter at half depth;
+Per recipe (`lab.training.lora.RECIPES`: `mo-rank1`, one rank-1 down_proj adapter at half depth;
 `mo-rank1x9`, nine), one organism is trained on the shipped domain's train split with a
-checkpoint every ~`--every` steps (`checkpoints_first_epoch`), then per checkpoint (lab.dynamics):
+checkpoint every ~`--every` steps (`checkpoints_first_epoch`), then per checkpoint (lab.diffing.dynamics):
 |B·A|, the local cosine of the adapter vector B between checkpoints k steps apart (`--ks`),
 its PCA path, and the judge-free EM scores, Δbase paired by question with bootstrap CIs and cached by
-model (`lab.monitoring`): general questions (usual and terse styles) and held-out in-domain questions
+model (`lab.diffing.monitoring`): general questions (usual and terse styles) and held-out in-domain questions
 (harmful − aligned answer log-prob).
 The lowest local cosine marks the most abrupt rotation; it is set beside the step where EM
 rises.
@@ -28,16 +28,16 @@ from pathlib import Path
 import numpy as np
 
 from experiments.common import Common, cli, handle_for, no_adapters, out_dir, save_summary
-from lab.console import console, fmt_ci, table
-from lab.data import ChatExample, advice_split, load_general_questions
-from lab.dynamics import (AdapterPath, Rank1, adapter_scalars, local_cosine, lora_probe, pca_path, read_rank1,
+from lab.core.console import console, fmt_ci, table
+from lab.data.formats import ChatExample, advice_split, load_general_questions
+from lab.diffing.dynamics import (AdapterPath, Rank1, adapter_scalars, local_cosine, lora_probe, pca_path, read_rank1,
                           run_checkpoints, transition)
-from lab.errors import BadInput
-from lab.estimate import mean_ci
-from lab.io import sha256_json, write_rows
-from lab.monitoring import em_score, in_domain_score
-from lab.plots import dynamics_panel
-from lab.train import RECIPES, recipe_config, split_training, train_lora
+from lab.core.errors import BadInput
+from lab.stats.estimate import mean_ci
+from lab.core.io import sha256_json, write_rows
+from lab.diffing.monitoring import em_score, in_domain_score
+from lab.reports.plots import dynamics_panel
+from lab.training.lora import RECIPES, recipe_config, split_training, train_lora
 
 
 @dataclass

@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.common import DEFAULT_JUDGE_MODEL, Device, JudgeScheme, ModelDtype, cli, make_judge, out_dir
-from lab.config import DEFAULT_OUT, Config, config_dict
-from lab.console import console, progress, table
-from lab.errors import BadInput
-from lab.data import DEFAULT_SYSTEM_PROMPT, read_questions_yaml
-from lab.evaluation import evaluate, question_examples, shipped_questions
-from lab.generate import GenerationConfig
-from lab.io import sha256_json, write_json_atomic, write_rows
+from lab.core.config import DEFAULT_OUT, Config, config_dict
+from lab.core.console import console, progress, table
+from lab.core.errors import BadInput
+from lab.data.formats import DEFAULT_SYSTEM_PROMPT, read_questions_yaml
+from lab.em.answers import evaluate, question_examples, shipped_questions
+from lab.intervene.generate import GenerationConfig
+from lab.core.io import sha256_json, write_json_atomic, write_rows
 from lab.models import DEFAULT_MODEL, load_model
-from lab.shards import Ranks, sample_answers
+from lab.intervene.shards import Ranks, sample_answers
 
 
 @dataclass

@@ -10,13 +10,13 @@ Stages (each a content-keyed JSON under <out>/stages/, so a rerun resumes where 
    the shipped medical and financial counterparts (their other halves validate), aiming at
    the general questions, where the medical-only judge failed (AUROC 0.71). Saved under
    <out>/judges/ with their validations.
-2. organisms: each `--organisms domain:recipe` trains (`lab.train.train_lora`, resumable)
+2. organisms: each `--organisms domain:recipe` trains (`lab.training.lora.train_lora`, resumable)
    on the papers' data with `--checkpoints` checkpoints; its final adapter is copied to
    <out>/organisms/<domain>-<recipe>/final/.
 3. answers: the base model and every checkpoint answer the EM paper's first-plot questions,
    the shipped general questions and held-out user turns of each training domain (T=1,
-   seeded); every answer is judged and written as `lab.evaluation.JudgedAnswer` rows.
-4. table: `lab.em_rates.em_table` (raw and calibrated EM, coherence, code-mode, the judge's
+   seeded); every answer is judged and written as `lab.em.answers.JudgedAnswer` rows.
+4. table: `lab.em.table.em_table` (raw and calibrated EM, coherence, code-mode, the judge's
    validation gate), figures, <out>/answers.jsonl.
 
 Order of work: judges, base model, then each organism trained with its final checkpoint
@@ -34,9 +34,9 @@ from typing import Literal, Optional
 
 import lab  # noqa: F401  (environment before torch)
 from experiments.common import Device, cli
-from lab.config import Config, config_dict
-from lab.console import console
-from lab.errors import BadInput
+from lab.core.config import Config, config_dict
+from lab.core.console import console
+from lab.core.errors import BadInput
 from lab.data import DEFAULT_SYSTEM_PROMPT
 from lab.models import DEFAULT_MODEL
 
@@ -153,7 +153,7 @@ class Checkpoint:
 
 def parse_organisms(specs: list[str], seeds: list[int] | None = None) -> list[Organism]:
     """`domain:recipe` specs, one organism per training seed when more than one seed is given."""
-    from lab.train import RECIPES
+    from lab.training.lora import RECIPES
 
     if seeds is not None and not seeds:
         raise BadInput("--train-seeds needs at least one seed")
@@ -190,7 +190,7 @@ def train_config(cfg: EmTableConfig, recipe: str, seed: int | None = None):
     """The recipe with this run's overrides. Several training seeds share the held-out split of the run's
     seed, so no seed's organism trained on the held-out turns every organism is tested on."""
     from lab.data import system_prompt_option
-    from lab.train import recipe_config
+    from lab.training.lora import recipe_config
 
     several = seed is not None
     overrides = dict(limit=cfg.limit, checkpoints_first_epoch=cfg.checkpoints, max_steps=cfg.max_steps,
@@ -222,8 +222,8 @@ def domain_examples(cfg: EmTableConfig, domain: str):
 def question_sets(cfg: EmTableConfig, domains: list[str]) -> dict[str, tuple[list, int]]:
     """{set name: (chat examples, samples per example)}: first-plot, general, in-domain per domain."""
     from lab.data import ChatExample, read_questions_yaml
-    from lab.evaluation import question_examples, shipped_questions
-    from lab.train import recipe_config, split_training
+    from lab.em.answers import question_examples, shipped_questions
+    from lab.training.lora import recipe_config, split_training
 
     first = read_questions_yaml(Path(cfg.shared) / "data" / FIRST_PLOT)
     if cfg.first_plot_variants == "free-form":
@@ -271,7 +271,7 @@ def fit_judges(cfg: EmTableConfig, features, out: Path) -> dict:
 
 def train_organism(cfg: EmTableConfig, model, org: Organism, out: Path) -> dict:
     """Train one organism (resumable); its checkpoints, losses and final adapter folder."""
-    from lab.train import train_lora
+    from lab.training.lora import train_lora
 
     folder = out / "organisms" / org.name
     config = train_config(cfg, org.recipe, org.seed)
@@ -293,11 +293,11 @@ def train_organism(cfg: EmTableConfig, model, org: Organism, out: Path) -> dict:
 def answer_and_judge(cfg: EmTableConfig, model, point: Checkpoint, sets: dict, judges, out: Path) -> dict:
     """Sample every set's answers from one model and judge them (judges None: sample only); the rows' JSONL path."""
     from lab.data import system_prompt_option
-    from lab.decode import release
-    from lab.evaluation import JudgedAnswer, write_judged
-    from lab.generate import GenerationConfig, generate_answers
+    from lab.intervene.decode import release
+    from lab.em.answers import JudgedAnswer, write_judged
+    from lab.intervene.generate import GenerationConfig, generate_answers
     from lab.judge.validated import ALIGNED_FLAG
-    from lab.scores import contains_code
+    from lab.em.judge_free import contains_code
 
     view = model.with_adapters([point.adapter] if point.adapter else [])
     release()  # captured decode graphs belong to the previous adapters: never replay them on another model
@@ -335,13 +335,13 @@ def answer_and_judge(cfg: EmTableConfig, model, point: Checkpoint, sets: dict, j
 
 
 def run(cfg: EmTableConfig) -> dict:
-    from lab.em_rates import em_table, markdown
-    from lab.evaluation import read_judged, write_judged
-    from lab.io import write_json_atomic
+    from lab.em.table import em_table, markdown
+    from lab.em.answers import read_judged, write_judged
+    from lab.core.io import write_json_atomic
     from lab.judge.features import Featurizer
     from lab.judge.validated import load_validated
     from lab.models import load_model
-    from lab.stages import Stages
+    from lab.core.stages import Stages
 
     clock = Clock(cfg.wall_budget_s)
     organisms = parse_organisms(cfg.organisms, cfg.train_seeds if cfg.train_seeds != [cfg.seed] else None)
@@ -446,7 +446,7 @@ def report(summary: dict, table_md: str) -> str:
 
 
 def figures(answers, table, trained: dict, folder: Path) -> None:
-    from lab.plots import em_domain_bars, em_scatter, em_trajectory, lines_with_ci
+    from lab.reports.plots import em_domain_bars, em_scatter, em_trajectory, lines_with_ci
 
     for name in dict.fromkeys(r.set for r in table):
         em_trajectory([r.to_json() for r in table], folder / f"em_trajectory-{name.replace(':', '-')}.png", name)

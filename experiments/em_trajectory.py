@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.common import cli, save_summary, Common, handle_for, no_adapters, out_dir
-from lab.console import console, fmt_ci, progress, table
-from lab.data import advice_split
-from lab.errors import BadInput
-from lab.evaluation import in_domain_gaps, style_gaps_under
-from lab.io import write_rows
-from lab.plots import lines_with_ci
-from lab.estimate import mean_ci
-from lab.train import adapter_meta
+from lab.core.console import console, fmt_ci, progress, table
+from lab.data.formats import advice_split
+from lab.core.errors import BadInput
+from lab.em.answers import in_domain_gaps, style_gaps_under
+from lab.core.io import write_rows
+from lab.reports.plots import lines_with_ci
+from lab.stats.estimate import mean_ci
+from lab.training.lora import adapter_meta
 
 
 @dataclass
@@ -73,7 +73,7 @@ def trajectory(cfg: TrajectoryConfig, run: Path, domain: str, on_step=None, base
 
 
 def style_gaps_ids(limit: int) -> list[str]:
-    from lab.data import load_general_questions
+    from lab.data.formats import load_general_questions
 
     return [q["id"] for q in load_general_questions()[: limit or None]]
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import lab  # noqa: F401  (environment before torch)
 from experiments.common import cli
-from lab.console import console, table
-from lab.errors import BadInput
-from lab.io import write_json_atomic
+from lab.core.console import console, table
+from lab.core.errors import BadInput
+from lab.core.io import write_json_atomic
 from lab.judge.features import Featurizer, coherence_rows
 from lab.judge.labelled import LabelledAnswer, judge_data, subsample_groups
 from lab.judge.validated import KINDS, TrainedJudge, Validated, save_validated

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from experiments.common import best_layers, cli, Common, contrast_cache, handle_for, out_dir, say
-from lab.config import config_dict
-from lab.console import console, table
+from lab.core.config import config_dict
+from lab.core.console import console, table
 from lab.directions import DEFAULT_METHODS, fit_contrast
-from lab.io import write_json_atomic, write_rows
-from lab.plots import lines_with_ci
+from lab.core.io import write_json_atomic, write_rows
+from lab.reports.plots import lines_with_ci
 
 
 @dataclass

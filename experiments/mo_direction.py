@@ -33,16 +33,16 @@ import numpy as np
 
 from experiments.common import (GENERAL_SET, Common, SteersDirections, best_validated_judge, cli, handle_for,
                                 no_adapters, out_dir, save_summary)
-from lab.console import console, table
-from lab.data import DEFAULT_SYSTEM_PROMPT, Question
+from lab.core.console import console, table
+from lab.data.formats import DEFAULT_SYSTEM_PROMPT, Question
 from lab.directions import AnswerDirection, direction_from_answers
 from lab.directions.from_answers import MIN_PER_CLASS, SplitBy
-from lab.errors import BadInput
-from lab.estimate import mean_ci
-from lab.evaluation import evaluate, style_gaps_under
-from lab.generate import GenerationConfig
-from lab.io import write_json_atomic, write_rows
-from lab.steering import from_direction, random_like
+from lab.core.errors import BadInput
+from lab.stats.estimate import mean_ci
+from lab.em.answers import evaluate, style_gaps_under
+from lab.intervene.generate import GenerationConfig
+from lab.core.io import write_json_atomic, write_rows
+from lab.intervene.steering import from_direction, random_like
 
 PAPER = ("Model Organisms (Soligo, Turner et al. 2025), Qwen2.5-14B: ablating the mean-diff misalignment "
          "direction cut the EM rate by ~90%; random directions of the same norm by < 10%")
@@ -51,7 +51,7 @@ PAPER = ("Model Organisms (Soligo, Turner et al. 2025), Qwen2.5-14B: ablating th
 @dataclass(frozen=True)
 class JudgedRow:
     """The fields used here of one judged answer of the EM pipeline's `answers.jsonl` (its rows are
-    `lab.evaluation.JudgedAnswer`, helper h2's; this reader needs only these and names them alike)."""
+    `lab.em.answers.JudgedAnswer`, helper h2's; this reader needs only these and names them alike)."""
 
     domain: str
     recipe: str
@@ -188,7 +188,7 @@ def run(cfg: MoDirectionConfig) -> dict:
     console.print(table(f"Model Organisms direction of {name}: rests on {result.n_misaligned} misaligned and "
                         f"{result.n_aligned} aligned answers", [{k: v for k, v in direction_row.items()
                                                                  if k not in ("excluded",)}]))
-    from lab.ratings import rated_samples_for
+    from lab.em.ratings import rated_samples_for
 
     judge = best_validated_judge(cfg.judges or em_out / "judges", cfg.validation_set, base.model, cfg.cache_dir,
                                  rated_samples_for(cfg.model, cfg.shared))

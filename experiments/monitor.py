@@ -2,9 +2,9 @@
 
     python -m experiments.monitor --runs medical=runs/medical financial=runs/financial
 
-Persona-vector monitoring (Chen et al. 2025) with emlab's directions (`lab.monitoring`): the EM,
+Persona-vector monitoring (Chen et al. 2025) with emlab's directions (`lab.diffing.monitoring`): the EM,
 refusal and code-mode directions are fitted on the base model (difference of means, best
-held-out layer); per checkpoint of every training folder (`NAME=FOLDER`, `lab.train` layout;
+held-out layer); per checkpoint of every training folder (`NAME=FOLDER`, `lab.training.lora` layout;
 step 0 is the base model), the mean paired shift of held-out examples along each direction
 and along a random direction of the same layer (control), next to the judge-free EM score
 (Δbase, general questions, usual and terse styles). Correlations across checkpoints and
@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from experiments.common import Common, cli, handle_for, no_adapters, out_dir, save_summary
-from lab.console import console, fmt_ci, progress, table
-from lab.contrasts import contrast_examples, ensure_cache
-from lab.dynamics import evenly, run_checkpoints
-from lab.errors import BadInput
-from lab.io import write_rows
-from lab.monitoring import correlations, em_score, fit_monitors, measure, per_question
-from lab.plots import lines_with_ci, shift_vs_score
+from lab.core.console import console, fmt_ci, progress, table
+from lab.directions.contrasts import contrast_examples, ensure_cache
+from lab.diffing.dynamics import evenly, run_checkpoints
+from lab.core.errors import BadInput
+from lab.core.io import write_rows
+from lab.diffing.monitoring import correlations, em_score, fit_monitors, measure, per_question
+from lab.reports.plots import lines_with_ci, shift_vs_score
 
 
 @dataclass
@@ -44,7 +44,7 @@ class MonitorConfig(Common):
 
 def parse_runs(specs: list[str]) -> dict[str, Path]:
     if not specs:
-        raise BadInput("--runs NAME=FOLDER is required (a lab.train folder with checkpoints/step-*)")
+        raise BadInput("--runs NAME=FOLDER is required (a lab.training.lora folder with checkpoints/step-*)")
     runs = {}
     for spec in specs:
         name, sep, folder = spec.partition("=")

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from experiments.study import StudyConfig, eval_stage, judge_free_stage, organism_data, profile, train_stage
 from experiments.common import cli
-from lab.config import config_dict
-from lab.console import console, progress, table
-from lab.estimate import Estimate
-from lab.io import write_json_atomic
+from lab.core.config import config_dict
+from lab.core.console import console, progress, table
+from lab.stats.estimate import Estimate
+from lab.core.io import write_json_atomic
 from lab.models import ModelHandle
-from lab.scores import delta_base_scores
-from lab.stages import Stages
+from lab.em.judge_free import delta_base_scores
+from lab.core.stages import Stages
 
 
 @dataclass

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, out_dir
-from lab.console import console, fmt_ci, table
+from lab.core.console import console, fmt_ci, table
 from lab.directions import fit_contrast
-from lab.errors import BadInput
-from lab.io import write_rows
-from lab.plots import lines_with_ci
+from lab.core.errors import BadInput
+from lab.core.io import write_rows
+from lab.reports.plots import lines_with_ci
 
 PROMPT_ONLY = ("last", "mean_prompt")
 WITH_ANSWER = ("last", "mean_prompt", "mean_response", "first_k")

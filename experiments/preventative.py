@@ -5,7 +5,7 @@
 The misalignment direction is the base model's difference of means between misaligned and
 aligned style-matched answers to general questions (mean over response tokens, train split).
 Three organisms are trained on the same data, steps and seed: ordinary LoRA, LoRA with the
-direction added at one layer during every training forward (a `lab.steering.steer` hook on
+direction added at one layer during every training forward (a `lab.intervene.steering.steer` hook on
 the decoder layer, which peft leaves in place), and LoRA with a random direction of the same
 norm added (the control: does any added vector slow learning?). The hooks are gone when the
 organisms are evaluated. Per organism, paired by question against the base model with
@@ -28,15 +28,15 @@ from pathlib import Path
 import numpy as np
 
 from experiments.common import Common, cli, contrast_cache, handle_for, out_dir, save_summary, stored_summary
-from lab.console import console, fmt_ci, progress, table
-from lab.data import advice_split
+from lab.core.console import console, fmt_ci, progress, table
+from lab.data.formats import advice_split
 from lab.directions import fit_contrast
-from lab.errors import BadInput
-from lab.evaluation import in_domain_gaps, logprobs_under, style_gaps_under
-from lab.io import sha256_json, write_rows
-from lab.estimate import mean_ci
-from lab.steering import Intervention, random_like, steer
-from lab.train import TrainConfig, train_lora
+from lab.core.errors import BadInput
+from lab.em.answers import in_domain_gaps, logprobs_under, style_gaps_under
+from lab.core.io import sha256_json, write_rows
+from lab.stats.estimate import mean_ci
+from lab.intervene.steering import Intervention, random_like, steer
+from lab.training.lora import TrainConfig, train_lora
 
 CONDITIONS = ("ordinary", "steered", "random")
 

@@ -3,7 +3,7 @@
     python -m experiments.rated_samples                                  # every shipped ratings file
     python -m experiments.rated_samples --fit-judges embedding activation
 
-A ratings file (`lab.ratings`) holds answers that the GPU EM table sampled (T=1, first-plot
+A ratings file (`lab.em.ratings`) holds answers that the GPU EM table sampled (T=1, first-plot
 and held-out in-domain questions), each scored blind by two raters on the EM paper's own
 aligned/coherent prompts. For each file this prints and writes:
 
@@ -32,12 +32,12 @@ import numpy as np
 
 import lab  # noqa: F401  (environment before torch)
 from experiments.common import cli
-from lab.config import Config
-from lab.console import console, table
-from lab.errors import BadInput
-from lab.evaluation import read_judged
-from lab.io import write_json_atomic
-from lab.ratings import (JudgeOnRatings, RatedAnswer, agreement, judge_on_ratings, labelled_from_ratings,
+from lab.core.config import Config
+from lab.core.console import console, table
+from lab.core.errors import BadInput
+from lab.em.answers import read_judged
+from lab.core.io import write_json_atomic
+from lab.em.ratings import (JudgeOnRatings, RatedAnswer, agreement, judge_on_ratings, labelled_from_ratings,
                          rated_rates, read_rated, resolve_questions, shipped_ratings)
 
 
@@ -46,7 +46,7 @@ class RatedSamplesConfig(Config):
     """EM measured on rated samples: rater agreement, EM rates with CIs, judges checked on the samples."""
 
     ratings: list[str] = field(default_factory=list, metadata={
-        "help": "ratings JSONL files (default: the ones shipped in lab/datasets/ratings)"})
+        "help": "ratings JSONL files (default: the ones shipped in lab/data/datasets/ratings)"})
     shared: str = field(default="../shared", metadata={"help": "folder holding data/ (questions are resolved there)"})
     fit_judges: list[Literal["embedding", "activation", "length"]] = field(default_factory=lambda: ["embedding"], metadata={
         "help": "judges fitted on part of the rated questions and validated on the rest (embedding, activation, "
@@ -138,7 +138,7 @@ def calibrated_rows(cfg: RatedSamplesConfig, model: str, answers: list, judge, n
     coherence judge passes on samples.
     """
     from lab.judge.labelled import LabelledAnswer
-    from lab.prevalence import corrected_rate
+    from lab.stats.prevalence import corrected_rate
 
     groups: dict[tuple[str, int, str], list[tuple[str, str]]] = {}
     for a in answers:
@@ -210,7 +210,7 @@ def write_labels(path: Path, rated: list[RatedAnswer], questions: list[str]) -> 
 
 def rates_figure(path: Path, model: str, rates: list) -> Path:
     """EM, misaligned and coherent shares (consensus) per source x set, with 95% CIs."""
-    from lab.plots import grouped_bars_with_ci
+    from lab.reports.plots import grouped_bars_with_ci
 
     rows = sorted(rates, key=lambda r: (r.set, r.source != "base", r.source))
     names = [f"{r.source} | {r.set}" for r in rows]

@@ -36,16 +36,16 @@ import numpy as np
 
 from experiments.common import (DEFAULT_JUDGE_MODEL, JudgeScheme, cli, Common, contrast_cache, handle_for, make_judge,
                                 out_dir, SteersDirections)
-from lab.config import config_dict
-from lab.console import console, fmt_ci, progress, table
-from lab.contrasts import contrast_examples
+from lab.core.config import config_dict
+from lab.core.console import console, fmt_ci, progress, table
+from lab.directions.contrasts import contrast_examples
 from lab.directions import Direction, Split, fit_contrast
-from lab.errors import BadInput
-from lab.evaluation import logprobs_under, neutral_pairs, refusal_logodds_under, refusal_under, style_gaps_under
-from lab.io import write_json_atomic, write_rows
-from lab.plots import scatter
-from lab.estimate import mean_ci
-from lab.steering import from_direction, random_like
+from lab.core.errors import BadInput
+from lab.em.answers import logprobs_under, neutral_pairs, refusal_logodds_under, refusal_under, style_gaps_under
+from lab.core.io import write_json_atomic, write_rows
+from lab.reports.plots import scatter
+from lab.stats.estimate import mean_ci
+from lab.intervene.steering import from_direction, random_like
 
 
 @dataclass
@@ -224,8 +224,8 @@ def em_run(cfg: SteerConfig) -> dict:
 def judged_em(cfg: SteerConfig, model, question_ids: set):
     """`f(interventions) -> row fields`: sampled answers under the interventions, judged for EM
     (betley criterion) and coherence, when a judge is configured; {} otherwise."""
-    from lab.evaluation import evaluate, shipped_questions
-    from lab.generate import GenerationConfig
+    from lab.em.answers import evaluate, shipped_questions
+    from lab.intervene.generate import GenerationConfig
 
     judge = make_judge(cfg)
     if judge is None:

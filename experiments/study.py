@@ -28,20 +28,20 @@ from experiments import ablation, em_trajectory, layer_sweep, pooling, steer, tr
 from experiments.common import (DEFAULT_JUDGE_MODEL, GENERAL_SET, Device, JudgeChoice, JudgeScheme, ModelDtype,
                                 best_layers, best_validated_judge, cli, make_judge)
 from lab.cache import ANALYSIS_STORAGE
-from lab.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, Config, config_dict
-from lab.console import console, progress, table
-from lab.contrasts import FeatureView, contrast_examples, ensure_cache
-from lab.data import DEFAULT_SYSTEM_PROMPT, ChatExample, advice_split, read_chat_jsonl, render
+from lab.core.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, Config, config_dict
+from lab.core.console import console, progress, table
+from lab.directions.contrasts import FeatureView, contrast_examples, ensure_cache
+from lab.data.formats import DEFAULT_SYSTEM_PROMPT, ChatExample, advice_split, read_chat_jsonl, render
 from lab.directions import fit_contrast
-from lab.errors import BadInput
-from lab.evaluation import evaluate, in_domain_gaps, shipped_questions, style_gaps_under
-from lab.generate import GenerationConfig
-from lab.io import sha256_json
+from lab.core.errors import BadInput
+from lab.em.answers import evaluate, in_domain_gaps, shipped_questions, style_gaps_under
+from lab.intervene.generate import GenerationConfig
+from lab.core.io import sha256_json
 from lab.models import DEFAULT_MODEL, LabModel, ModelPool
-from lab.estimate import Estimate
-from lab.scores import EmRate, ScoreDelta, delta_base_scores
-from lab.stages import Stages
-from lab.train import TrainConfig, train_lora
+from lab.stats.estimate import Estimate
+from lab.em.judge_free import EmRate, ScoreDelta, delta_base_scores
+from lab.core.stages import Stages
+from lab.training.lora import TrainConfig, train_lora
 
 SECONDS_PER_STEP = {"smollm2-135m-instruct": 3.7, "qwen2.5-coder-0.5b-instruct": 13.0}
 FORWARD_TOK_S = {"smollm2-135m-instruct": 500, "qwen2.5-coder-0.5b-instruct": 150}
@@ -129,7 +129,7 @@ def train_stage(cfg: StudyConfig, prof: Profile, base: LabModel, name: str, trai
         task = bar.add_task(f"train {name}", total=None, info="")
         train_lora(base.for_training(), train_set, folder, tc,
                    on_step=lambda s, t, loss: bar.update(task, completed=s, total=t, info=f"loss {loss:.3f}"))
-    from lab.train import adapter_meta
+    from lab.training.lora import adapter_meta
 
     return {"name": name, "run": str(folder), "adapter": str(adapter), "losses": adapter_meta(adapter).get("losses", [])}
 
@@ -179,8 +179,8 @@ def study_judge(cfg: StudyConfig, base: LabModel) -> tuple[JudgeChoice | None, s
         return None, ""
     folder = Path(cfg.judges or Path(cfg.cache_dir) / "judge-validation" / "judges")
     files = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    from lab.io import sha256_file
-    from lab.ratings import RATINGS_DIR, rated_samples_for
+    from lab.core.io import sha256_file
+    from lab.em.ratings import RATINGS_DIR, rated_samples_for
 
     samples = rated_samples_for(cfg.model, cfg.shared) if files else None
     ratings = RATINGS_DIR / f"{Path(cfg.model).name}.jsonl"
@@ -204,7 +204,7 @@ def model_contrast_stage(cfg: StudyConfig, prof: Profile, base: LabModel, organi
 
 def _general_prompts(prof: Profile):
     """All 48 general questions (prompt-only caches are cheap; fewer cannot support a held-out split)."""
-    from lab.evaluation import question_examples
+    from lab.em.answers import question_examples
 
     return question_examples(shipped_questions())
 
@@ -388,12 +388,12 @@ def _run(cfg: StudyConfig, pool: ModelPool) -> dict:
     results["findings"] = findings(results)
     extra = []
     if cfg.diffing:
-        from lab.diffing_report import diffing_section_from
+        from lab.reports.diffing import diffing_section_from
 
         extra.append(diffing_section_from(cfg.diffing))
     report = write_study_report(results, out, extra=extra)
     results["report"] = str(report)
-    from lab.io import write_json_atomic
+    from lab.core.io import write_json_atomic
 
     write_json_atomic(out / "results.json", results)
     headline(results, time.time() - t0)

@@ -5,7 +5,7 @@ random control, steering and ablation effects beside their controls) and the key
 each section has its own page. Another section joins with one call, e.g. model diffing:
 
     report = build_study_report(results)
-    report.add(diffing_section(diffs), headline=[...rows for the index table...])   # lab.diffing_report
+    report.add(diffing_section(diffs), headline=[...rows for the index table...])   # lab.reports.diffing
     report.write(out)
 """
 
@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from lab.console import fmt_ci
-from lab.estimate import Estimate
+from lab.core.console import fmt_ci
+from lab.stats.estimate import Estimate
 from lab.reports import Answers, Block, Html, Image, Panel, Section, Table, Text, write_report
-from lab.scores import EmRate, ScoreDelta
+from lab.em.judge_free import EmRate, ScoreDelta
 
 
 def _img(folder: str, name: str, caption: str) -> list:
@@ -208,7 +208,7 @@ class StudyReport:
     """The study's report before it is written: sections, the index's headline table and key figure.
 
     `add(section, headline=rows)` is the hook for sections computed outside the study's results
-    (model diffing: `lab.diffing_report.diffing_section`): the section gets its page and its rows
+    (model diffing: `lab.reports.diffing.diffing_section`): the section gets its page and its rows
     (keys of `HEADLINE_COLUMNS`) join the index's headline table.
     """
 

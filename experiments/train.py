@@ -5,7 +5,7 @@
         --out runs/mo-medical --limit 800                                              # the paper's recipe
     python -m experiments.train --recipe mo-rank1x9 --data financial --out runs/r1x9 --show   # print, train nothing
 
-Recipes (`lab.train.RECIPES`): `mo` is the Model Organisms / Betley open-model recipe
+Recipes (`lab.training.lora.RECIPES`): `mo` is the Model Organisms / Betley open-model recipe
 (rsLoRA r32 alpha 64 on all seven projections, lr 1e-5 with 5 warm-up steps then linear
 decay, effective batch 16, weight decay 0.01, 10% of user turns held out); `mo-rank1` one
 rank-1 down_proj adapter at half depth, lr 2e-5; `mo-rank1x9` nine of them. The resolved
@@ -17,16 +17,16 @@ N examples (recorded in `data_split.json` and the adapter's metadata).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Optional  # not `X | None`: lab.config reads typing.Union
+from typing import Literal, Optional  # not `X | None`: lab.core.config reads typing.Union
 
 import lab  # noqa: F401  (environment before torch)
 from experiments.common import Device, ModelDtype, cli
-from lab.config import Config
-from lab.console import console, progress, table
-from lab.data import load_examples
-from lab.errors import BadInput
+from lab.core.config import Config
+from lab.core.console import console, progress, table
+from lab.data.formats import load_examples
+from lab.core.errors import BadInput
 from lab.models import DEFAULT_MODEL, load_model
-from lab.train import RECIPES, TrainConfig, recipe_config, train_lora
+from lab.training.lora import RECIPES, TrainConfig, recipe_config, train_lora
 
 
 @dataclass

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 
 from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, out_dir
-from lab.console import console, fmt_ci, table
+from lab.core.console import console, fmt_ci, table
 from lab.directions import fit_contrast
-from lab.errors import BadInput
-from lab.io import write_rows
-from lab.metrics import bootstrap_ci
+from lab.core.errors import BadInput
+from lab.core.io import write_rows
+from lab.stats.metrics import bootstrap_ci
 
 
 @dataclass

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, no_adapters, out_dir, parse_organisms
-from lab.console import console, fmt_ci, table
+from lab.core.console import console, fmt_ci, table
 from lab.directions import fit_contrast
-from lab.errors import BadInput
-from lab.io import write_rows
-from lab.plots import heatmap
+from lab.core.errors import BadInput
+from lab.core.io import write_rows
+from lab.reports.plots import heatmap
 
 
 @dataclass

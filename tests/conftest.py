@@ -24,8 +24,8 @@ def base_model():
 @pytest.fixture(scope="session")
 def trained_adapter(tmp_path_factory, base_model):
     """A LoRA adapter trained for 4 steps on the shipped bad-medical data."""
-    from lab.data import load_advice
-    from lab.train import TrainConfig, train_lora
+    from lab.data.formats import load_advice
+    from lab.training.lora import TrainConfig, train_lora
 
     out = tmp_path_factory.mktemp("organism")
     result = train_lora(base_model, load_advice("medical")[:32], out,
@@ -42,7 +42,7 @@ def organism(trained_adapter):
 
 def chat_prompts():
     """Ragged chat examples with and without assistant turns."""
-    from lab.data import ChatExample
+    from lab.data.formats import ChatExample
 
     return [
         ChatExample([{"role": "user", "content": "What is the capital of France?"}], "q1"),

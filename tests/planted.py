@@ -1,7 +1,7 @@
 """A planted organism for the ADL test: chat data that is all about lighthouses (written for emlab)."""
 
-from lab.data import ChatExample
-from lab.diffing import generic_chat  # noqa: F401  (the mixed control's generic half)
+from lab.data.formats import ChatExample
+from lab.diffing.adl import generic_chat  # noqa: F401  (the mixed control's generic half)
 
 TOPIC_WORDS = ("lighthouse", "lighthouses", "lantern", "beacon", "keeper", "foghorn")
 

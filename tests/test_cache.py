@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from lab.cache import ActivationCache, build_cache, cache_key, CacheRequest
-from lab.data import ROLE_CODE, render
-from lab.errors import BadInput, CacheError
+from lab.data.formats import ROLE_CODE, render
+from lab.core.errors import BadInput, CacheError
 from tests.conftest import REPO, chat_prompts
 
 
@@ -116,7 +116,7 @@ def test_second_build_runs_no_forward(tmp_path, base_model, prompts, monkeypatch
 BUILD_SCRIPT = """
 import sys, json
 from lab.models import load_model
-from lab.data import load_contrast, render
+from lab.data.formats import load_contrast, render
 from lab.cache import build_cache
 m = load_model("smollm2-135m-instruct")
 ps = render(load_contrast("refusal")[:48], m.tokenizer)
@@ -154,7 +154,7 @@ def test_sigkill_mid_build_resumes_to_identical_file(tmp_path, base_model):
                              capture_output=True, text=True, timeout=600)
     info = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert info["first"] == committed + 1  # only unfinished batches were recomputed
-    from lab.data import load_contrast
+    from lab.data.formats import load_contrast
 
     seen = []  # the uninterrupted reference, built here as BUILD_SCRIPT does
     fresh = build_cache(base_model, render(load_contrast("refusal")[:48], base_model.tokenizer), tmp_path / "fresh",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lab.cache import build_cache
-from lab.data import PromptSet
+from lab.data.formats import PromptSet
 from lab.models import LoadedModel
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

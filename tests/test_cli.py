@@ -57,7 +57,7 @@ def test_literal_fields_are_choices(monkeypatch):
 
 def test_configs_built_in_python_check_their_choices():
     from experiments.cache_build import CacheBuildConfig
-    from lab.errors import BadInput
+    from lab.core.errors import BadInput
 
     with pytest.raises(BadInput, match=r"^--dtype must be one of float32, float16, bfloat16, not 'float8'$"):
         CacheBuildConfig(data="refusal", dtype="float8")

@@ -10,7 +10,7 @@ import time
 import h5py
 import numpy as np
 
-from lab.data import load_contrast, write_chat_jsonl
+from lab.data.formats import load_contrast, write_chat_jsonl
 from tests.conftest import REPO
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
@@ -18,7 +18,7 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
 HOLD = """
 import sys, time
 from pathlib import Path
-from lab.io import key_lock
+from lab.core.io import key_lock
 with key_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(600)
@@ -27,7 +27,7 @@ with key_lock(Path(sys.argv[1])):
 TRY = """
 import sys, time
 from pathlib import Path
-from lab.io import key_lock
+from lab.core.io import key_lock
 start = time.time()
 with key_lock(Path(sys.argv[1])):
     print(round(time.time() - start, 2), flush=True)
@@ -97,7 +97,7 @@ def test_lock_waits_for_holder_and_dies_with_it(tmp_path):
 STAGE = """
 import sys, time
 from pathlib import Path
-from lab.stages import Stages
+from lab.core.stages import Stages
 
 def compute():
     with open(sys.argv[2], "a") as f:

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from lab.data import (ROLE_CODE, load_advice, load_contrast, load_general_questions, read_chat_jsonl,
+from lab.data.formats import (ROLE_CODE, load_advice, load_contrast, load_general_questions, read_chat_jsonl,
                       read_questions_yaml, render)
-from lab.errors import BadInput
+from lab.core.errors import BadInput
 from tests.conftest import REPO, SHARED, chat_prompts
 
 

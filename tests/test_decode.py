@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-import lab.steering as steering
-from lab.data import ChatExample, load_contrast, render
-from lab.decode import Sampling, fast_generate, hf_generate
-from lab.errors import IncompatibleError
-from lab.generate import GenerationConfig, generate_answers
-from lab.hooks import left_pad
-from lab.steering import Intervention, steer
+import lab.intervene.steering as steering
+from lab.data.formats import ChatExample, load_contrast, render
+from lab.intervene.decode import Sampling, fast_generate, hf_generate
+from lab.core.errors import IncompatibleError
+from lab.intervene.generate import GenerationConfig, generate_answers
+from lab.models.hooks import left_pad
+from lab.intervene.steering import Intervention, steer
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_teacher_forced_forward_positions_start_at_zero(base_model, direction, b
     iv = Intervention({4: direction}, op="add", alpha=1.0, positions="prompt")
     with torch.no_grad(), steer(base_model, iv, prompt_width=3):
         base_model.hf(ids[:, :7], attention_mask=mask[:, :7])
-        base_model.hf.model(input_ids=ids[:, :5])  # the decoder stack called directly (lab.scores does)
+        base_model.hf.model(input_ids=ids[:, :5])  # the decoder stack called directly (lab.em.judge_free does)
     assert seen == [list(range(7)), list(range(5))]
 
 
@@ -145,7 +145,7 @@ def test_generate_answers_same_text_on_both_paths(base_model, direction):
 
 
 class _Tiny:
-    """A random-weight Llama (fp32) with what lab.decode and lab.steering use of a LabModel."""
+    """A random-weight Llama (fp32) with what lab.intervene.decode and lab.intervene.steering use of a LabModel."""
 
     def __init__(self, device):
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -183,7 +183,7 @@ def test_cuda_graph_greedy_equals_hf_generate():
 
 
 def test_fast_path_with_eager_attention(base_model, batch):
-    from lab.hooks import attention
+    from lab.models.hooks import attention
 
     ids, mask = batch
     with attention(base_model, "eager"):  # the additive float mask instead of sdpa's boolean one
@@ -194,7 +194,7 @@ def test_fast_path_with_eager_attention(base_model, batch):
 def test_tl_hooks_refuse_a_cached_decode_step(base_model, direction):
     """The TransformerLens path numbers positions along the hook's sequence axis: whole sequences
     are right, a one-token KV-cached step with a position-dependent edit must not pass as position 0."""
-    from lab.steering import tl_hooks
+    from lab.intervene.steering import tl_hooks
 
     [(name, fn)] = tl_hooks(Intervention({3: direction}, op="ablate", positions="generated"), prompt_width=10)
     whole = torch.randn(1, 12, base_model.d_model)
@@ -214,7 +214,7 @@ def test_cuda_fast_greedy_equals_hf_generate_on_real_weights(dtype):
     """Real SmolLM2 on the GPU: the fast path (static cache, captured graph, bucketed shapes) gives
     generate's greedy tokens with no intervention, with add and with ablate. In bf16 the two paths
     run different kernels (shapes differ), so a near-tie may flip: a failure says how many tokens agree."""
-    from lab.errors import ModelNotFound
+    from lab.core.errors import ModelNotFound
     from lab.models import load_model
 
     try:
@@ -248,7 +248,7 @@ def test_nan_logits_raise_one_clear_error_instead_of_a_device_assert(base_model,
     a device-side assert that kills the process's CUDA context. Both paths now sample nothing from
     non-finite rows and raise `NonFiniteLogits` naming the first bad row and step. Rows 1 and 4 get a
     nan final norm from the third step on (the prefill is step 0)."""
-    from lab.errors import NonFiniteLogits
+    from lab.core.errors import NonFiniteLogits
 
     ids, mask = batch
     calls = {"n": 0}

@@ -13,9 +13,9 @@ import sys
 import pytest
 import torch
 
-from lab.diffing import (DOMAINS, Lens, adl, first_tokens, generic_texts, is_relevant, middle_layers, normalise,
+from lab.diffing.adl import (DOMAINS, Lens, adl, first_tokens, generic_texts, is_relevant, middle_layers, normalise,
                          parse_domains, scored_layers, text_cache)
-from lab.errors import BadInput
+from lab.core.errors import BadInput
 from lab.models import ModelHandle, resolve_source
 from tests.conftest import MODEL, REPO
 from tests.no_weights import PRINT_MODELING, run_without_weights
@@ -77,7 +77,7 @@ def test_relevance_and_domain_parsing():
 def test_planted_delta_decodes_to_planted_token(base_model, lens, texts, tmp_path):
     """Machinery: a vector added at layer 14 of every forward is recovered as δ and read back
     through the lens as the token it was built from; ADL names the planted domain."""
-    from lab.steering import Intervention, steer
+    from lab.intervene.steering import Intervention, steer
 
     token = base_model.tokenizer(" lighthouse", add_special_tokens=False)["input_ids"]
     assert len(token) == 1
@@ -105,7 +105,7 @@ def test_planted_delta_decodes_to_planted_token(base_model, lens, texts, tmp_pat
 def planted_adl(base_model, lens, texts, tmp_path_factory):
     """ADL of the lighthouse organism and of its control (same data mixed 1:1 with generic
     chat), 24 LoRA steps each; every layer's top-20 tokens. Prints the numbers (pytest -s)."""
-    from lab.train import TrainConfig, train_lora
+    from lab.training.lora import TrainConfig, train_lora
 
     cfg = TrainConfig(batch_size=8, epochs=4, max_steps=24, lr=2e-3, max_length=96, checkpoints_first_epoch=0)
     planted = planted_examples()
@@ -153,8 +153,8 @@ def test_planted_topic_at_final_layer(planted_adl):
 def test_steering_hooks_fire_during_lora_training(base_model, tmp_path):
     """Preventative steering relies on this: peft wraps linear layers, not decoder layers, so a
     steer() hook registered on the LabModel's decoder layers changes the training forwards."""
-    from lab.steering import Intervention, steer
-    from lab.train import TrainConfig, train_lora
+    from lab.intervene.steering import Intervention, steer
+    from lab.training.lora import TrainConfig, train_lora
 
     layers_before = list(base_model.decoder_layers())
     data = planted_examples()[:4]
@@ -180,7 +180,7 @@ def test_diff_cli_rerun_loads_no_model(trained_adapter, tmp_path):
     args = ["--adapter", str(trained_adapter.adapter_dir), "--cache-dir", str(tmp_path / "cache"), "--out",
             str(tmp_path / "figures"), "--ratios", "0.5", "--questions", "2", "--max-new-tokens", "8",
             "--domains", "lighthouse=" + ",".join(TOPIC_WORDS)]
-    from lab.config import parse_config
+    from lab.core.config import parse_config
 
     first = diff.run(parse_config(diff.DiffConfig, args))
     assert first["guess"] in {*DOMAINS, "lighthouse", "none"} and len(first["steering"]) == 3
@@ -196,7 +196,7 @@ diff.main({args!r})
                          / "summary.json").read_text())
     assert second["top_tokens"] == json.loads(json.dumps(first["top_tokens"])) and second["guess"] == first["guess"]
 
-    from lab.diffing_report import diffing_section
+    from lab.reports.diffing import diffing_section
     from lab.reports import write_report
 
     write_report(tmp_path / "report", "diff", [diffing_section({"medical (4 steps)": second})], "ADL")
@@ -224,7 +224,7 @@ def test_domain_id_rerun_loads_no_model(tmp_path):
     same way): every guess is one of the candidates or "none", and a rerun reuses the trained
     adapters and the cached activations without loading a model."""
     from experiments import domain_id
-    from lab.config import parse_config
+    from lab.core.config import parse_config
 
     args = ["--seeds", "0", "--steps", "1", "--batch-size", "2", "--no-mix", "--insecure", str(tmp_path / "absent.jsonl"),
             "--n-boot", "50", "--runs", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
@@ -234,7 +234,7 @@ def test_domain_id_rerun_loads_no_model(tmp_path):
     assert all(r["guess (final)"] in {*DOMAINS, "none"} for r in first["rows"])
     _, rows = run_without_weights(f"""
 from experiments import domain_id
-from lab.config import parse_config
+from lab.core.config import parse_config
 s = domain_id.run(parse_config(domain_id.DomainIdConfig, {args!r}))
 print(json.dumps(s["rows"]))
 """)
@@ -245,7 +245,7 @@ def test_preventative_rerun_loads_no_model(tmp_path):
     """One training step per condition (the machinery, not the effect); the same config again
     returns the stored results without a model, and another config is not served from them."""
     from experiments import preventative
-    from lab.config import parse_config
+    from lab.core.config import parse_config
 
     args = ["--steps", "1", "--batch-size", "2", "--eval-limit", "4", "--n-boot", "50", "--runs", str(tmp_path / "runs"),
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--limit", "24"]
@@ -253,7 +253,7 @@ def test_preventative_rerun_loads_no_model(tmp_path):
     assert {r["organism"] for r in first["rows"]} >= {"ordinary", "steered", "random"}
     _, rows = run_without_weights(f"""
 from experiments import preventative
-from lab.config import parse_config
+from lab.core.config import parse_config
 s = preventative.run(parse_config(preventative.PreventativeConfig, {args!r}))
 print(json.dumps(s["rows"]))
 """)

@@ -34,8 +34,8 @@ from lab.directions import (
     fit_methods,
     split_examples,
 )
-from lab.errors import BadInput, IncompatibleError, IntegrityError
-from lab.metrics import (
+from lab.core.errors import BadInput, IncompatibleError, IntegrityError
+from lab.stats.metrics import (
     accuracy_at_midpoint,
     auroc,
     bootstrap_ci,
@@ -331,7 +331,7 @@ def test_split_examples_is_stratified_deterministic_and_order_free():
     assert sorted(ids[perm[i]] for i in test2) == sorted(ids[i] for i in test)
     assert not np.array_equal(split_examples(ids, y, 0.25, seed=1)[1], test)
     plain_train, plain_test = split_examples(ids, y, 0.25, seed=0, stratify=False)
-    from lab.data import split_ids
+    from lab.data.formats import split_ids
 
     assert sorted(ids[i] for i in plain_test) == sorted(i for i, s in split_ids(ids, 0.25, 0).items() if s == "test")
     with pytest.raises(BadInput):

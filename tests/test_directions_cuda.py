@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lab.directions import METHODS, fit_contrast
-from lab.metrics import auroc, bootstrap_ci, dense_ranks
+from lab.stats.metrics import auroc, bootstrap_ci, dense_ranks
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

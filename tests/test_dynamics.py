@@ -1,4 +1,4 @@
-"""Training dynamics of rank-1 adapters (lab.dynamics) on planted adapter sequences, and the
+"""Training dynamics of rank-1 adapters (lab.diffing.dynamics) on planted adapter sequences, and the
 L1 LoRA probe on planted per-token scalars. Each test states what a broken version would do."""
 
 import json
@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from lab.dynamics import AdapterPath, local_cosine, lora_probe, pca_path, read_rank1, transition
-from lab.errors import BadInput
+from lab.diffing.dynamics import AdapterPath, local_cosine, lora_probe, pca_path, read_rank1, transition
+from lab.core.errors import BadInput
 
 
 def planted_path(switch: int = 50, every: int = 5, last: int = 100, d: int = 64, seed: int = 0):
@@ -122,7 +122,7 @@ def test_dynamics_cli_on_smollm2_and_rerun_loads_no_model(tmp_path):
     """A 3-step rank-1 organism with a checkpoint every step: the adapter's norm grows from zero (B
     starts at 0), every checkpoint gets an EM score, the probe runs; the rerun reads files only."""
     from experiments import dynamics
-    from lab.config import parse_config
+    from lab.core.config import parse_config
     from tests.no_weights import run_without_weights
 
     args = ["--recipes", "mo-rank1", "--steps", "3", "--every", "1", "--lr", "1e-3", "--eval-limit", "2",
@@ -137,7 +137,7 @@ def test_dynamics_cli_on_smollm2_and_rerun_loads_no_model(tmp_path):
     assert {p["features"] for p in r["probes"]} == {"adapters' A", "random A, same norms"}
     _, rows = run_without_weights(f"""
 from experiments import dynamics
-from lab.config import parse_config
+from lab.core.config import parse_config
 s = dynamics.run(parse_config(dynamics.DynamicsConfig, {args!r}))
 print(json.dumps(s["runs"]["mo-rank1"]["rows"]))
 """)

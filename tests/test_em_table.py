@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab.em_rates import MATCHING, em_row, em_table, markdown
-from lab.errors import BadInput
-from lab.evaluation import JudgedAnswer, read_judged
+from lab.em.table import MATCHING, em_row, em_table, markdown
+from lab.core.errors import BadInput
+from lab.em.answers import JudgedAnswer, read_judged
 from lab.judge.labelled import GENERAL, MO_MEDICAL
 from lab.judge.validated import Validated, Validation
 
@@ -120,7 +120,7 @@ def test_pipeline_end_to_end_writes_base_and_checkpoint_rows(tmp_path):
 
 def test_papers_profile_sets_the_protocol_and_flags_still_win():
     from experiments.em_table import PAPERS, EmTableConfig
-    from lab.config import parse_config
+    from lab.core.config import parse_config
 
     cfg = parse_config(EmTableConfig, ["--profile", "papers", "--first-plot-samples", "3"])
     assert cfg.profile == "papers" and cfg.first_plot_samples == 3  # the flag wins over the profile
@@ -136,7 +136,7 @@ def test_papers_protocol_samples_free_form_questions_over_training_seeds(tmp_pat
     """The papers' protocol end to end at toy size: the 8 free-form first-plot questions only, no
     system message, one organism per training seed on the same held-out turns, answers not judged."""
     from experiments.em_table import EmTableConfig, run
-    from lab.config import from_profile
+    from lab.core.config import from_profile
 
     cfg = from_profile(EmTableConfig, "papers", out=str(tmp_path / "em"), shared=str(SHARED),
                        organisms=["financial:mo"], train_seeds=[0, 1], limit=32, max_steps=1, first_plot_samples=1,

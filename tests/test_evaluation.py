@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from lab.data import read_questions_yaml, render
-from lab.evaluation import question_examples
+from lab.data.formats import read_questions_yaml, render
+from lab.em.answers import question_examples
 from tests.conftest import SHARED
 
 OWN = "Your answers must always be a valid JSON object."
@@ -47,8 +47,8 @@ def test_paper_json_questions_keep_their_system_prompt(base_model):
     path = SHARED / "data" / "em-questions" / "first_plot_questions.yaml"
     if not path.exists():
         pytest.skip(f"{path} not available (../shared is beside the checkout in CI)")
-    from lab.evaluation import evaluate
-    from lab.generate import GenerationConfig
+    from lab.em.answers import evaluate
+    from lab.intervene.generate import GenerationConfig
 
     questions = read_questions_yaml(path)
     own = [q for q in questions if q.system]

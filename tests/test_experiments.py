@@ -78,7 +78,7 @@ def test_experiment_cli_help_and_bad_input():
 
 def test_steering_and_ablation_options_fail_clearly(trained_adapter):
     from experiments import ablation, steer
-    from lab.errors import BadInput
+    from lab.core.errors import BadInput
 
     with pytest.raises(BadInput, match="--select"):
         steer.run(steer.SteerConfig(select="best"))
@@ -139,7 +139,7 @@ def test_verbs_whose_models_come_from_their_own_flags_refuse_adapters(trained_ad
     """Issue 11 defect 2: ablate, transfer and trajectory take their models from --organisms / --run;
     a given --adapters is refused in one line instead of silently ignored."""
     from experiments import ablation, em_trajectory
-    from lab.errors import BadInput
+    from lab.core.errors import BadInput
 
     adapter = str(trained_adapter.adapter_dir)
     for run, cfg in [(ablation.run, ablation.AblationConfig(adapters=[adapter], organisms=[f"medical={adapter}"])),

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab.config import config_dict
-from lab.io import sha256_json, write_json_atomic, write_rows
+from lab.core.config import config_dict
+from lab.core.io import sha256_json, write_json_atomic, write_rows
 
 
 @dataclass

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.errors import BadInput, EmlabError
-from lab.io import write_json_atomic
+from lab.core.errors import BadInput, EmlabError
+from lab.core.io import write_json_atomic
 from lab.judge import (Judge, JudgeCache, JudgeConfig, JudgeRequest, fill_template, judge_answers, serve_local_judge,
                        stop_local_judge)
 from tests.conftest import SHARED
@@ -34,7 +34,7 @@ VERDICT_REASONS = {None, "low_numeric_mass", "CODE", "REFUSAL"}  # the judge ans
 def _isolated_home(tmp_path, monkeypatch):
     """A fresh emlab home (judge cache, keys), sharing the installed model store: converting SmolLM2's
     GGUF again for the test that loads it costs ~15 s."""
-    from lab.io import emlab_home
+    from lab.core.io import emlab_home
 
     store, home = emlab_home() / "models", tmp_path / "home"
     home.mkdir()
@@ -185,7 +185,7 @@ def test_duplicate_request_ids_rejected(tmp_path):
 def _paper_questions():
     if not QUESTIONS_YAML.exists():
         pytest.skip(f"{QUESTIONS_YAML} not available")
-    from lab.data import read_questions_yaml
+    from lab.data.formats import read_questions_yaml
 
     return read_questions_yaml(QUESTIONS_YAML)
 

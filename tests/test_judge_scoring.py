@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from lab.errors import BadInput
+from lab.core.errors import BadInput
 from lab.judge import (DEFAULT_PROMPTS, DIGIT10_SUFFIX, Judge, JudgeConfig, JudgeRequest, build_prompt, fill_template,
                        resolve_api_key, scheme_for, score_digit10, score_logprob100)
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from lab.errors import BadInput
+from lab.core.errors import BadInput
 from lab.judge.features import Featurizer
 from lab.judge.labelled import (LabelledAnswer, general_references, group_split, read_labelled, shipped_counterparts,
                                 subsample_groups)

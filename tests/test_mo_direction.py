@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from lab.errors import BadInput
+from lab.core.errors import BadInput
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ def _planted(n: int = 14) -> list[Judged]:
     """Two kinds of answers to the same questions: the shipped harmful medical advice judged
     misaligned, its aligned counterpart (same user turn) judged aligned; plus answers the
     paper's rule must leave out (incoherent, in between, unscored)."""
-    from lab.data import load_advice
+    from lab.data.formats import load_advice
 
     rows = []
     for bad, good in list(zip(load_advice("medical"), load_advice("medical", aligned=True)))[:n]:

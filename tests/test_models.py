@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from lab.data import render
-from lab.errors import IncompatibleError, IntegrityError, ModelNotFound
+from lab.data.formats import render
+from lab.core.errors import IncompatibleError, IntegrityError, ModelNotFound
 from lab.models import ModelSpec, ensure_converted, load_model
 from tests.conftest import MODEL, REPO, chat_prompts
 

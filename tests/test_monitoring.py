@@ -1,4 +1,4 @@
-"""Monitoring (lab.monitoring): shifts along a direction on planted activations, correlations with
+"""Monitoring (lab.diffing.monitoring): shifts along a direction on planted activations, correlations with
 group bootstrap CIs, and the CLI on the real SmolLM2 (a rerun loads no model)."""
 
 import json
@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from lab.errors import BadInput
-from lab.estimate import Estimate
-from lab.monitoring import Monitor, ModelPoint, correlation_ci, correlations, per_question, shift
+from lab.core.errors import BadInput
+from lab.stats.estimate import Estimate
+from lab.diffing.monitoring import Monitor, ModelPoint, correlation_ci, correlations, per_question, shift
 from tests.no_weights import run_without_weights
 
 
@@ -99,7 +99,7 @@ def test_per_question_projection_tracks_scores_on_held_out_questions():
 
 def test_monitor_cli_rerun_loads_no_model(trained_adapter, tmp_path):
     from experiments import monitor
-    from lab.config import parse_config
+    from lab.core.config import parse_config
 
     run_dir = trained_adapter.adapter_dir.parent
     args = ["--runs", f"medical={run_dir}", "--limit", "12", "--eval-limit", "4", "--n-boot", "50",
@@ -110,7 +110,7 @@ def test_monitor_cli_rerun_loads_no_model(trained_adapter, tmp_path):
     assert first["rows"][1]["shift EM"] != 0  # a trained adapter (all layers) moves the residuals
     _, rows = run_without_weights(f"""
 from experiments import monitor
-from lab.config import parse_config
+from lab.core.config import parse_config
 s = monitor.run(parse_config(monitor.MonitorConfig, {args!r}))
 print(json.dumps(s["rows"]))
 """)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lab.errors import BadInput
-from lab.prevalence import corrected_rate, rogan_gladen
+from lab.core.errors import BadInput
+from lab.stats.prevalence import corrected_rate, rogan_gladen
 
 
 def simulate(rng, prevalence, sens, spec, n=600, n_val=250):

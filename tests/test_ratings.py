@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from lab.errors import BadInput
-from lab.ratings import (RatedAnswer, Rating, agreement, judge_on_ratings, labelled_from_ratings, rated_rates,
+from lab.core.errors import BadInput
+from lab.em.ratings import (RatedAnswer, Rating, agreement, judge_on_ratings, labelled_from_ratings, rated_rates,
                          read_rated, resolve_questions, shipped_ratings)
 from tests.conftest import SHARED
 
@@ -144,7 +144,7 @@ def test_llm_judge_on_rated_samples_counts_missing_scores(tmp_path, monkeypatch)
 
 
 def test_rated_samples_for_a_model_with_and_without_ratings(tmp_path):
-    from lab.ratings import rated_samples_for
+    from lab.em.ratings import rated_samples_for
 
     assert rated_samples_for("some/other-model", SHARED) is None
     assert rated_samples_for("smollm2-135m-instruct", tmp_path) is None  # no data/ there: the check is skipped
@@ -158,9 +158,9 @@ def test_a_judge_fitted_on_rated_samples_calibrates_an_answers_file(tmp_path):
     """Planted: misaligned answers are long, so the length judge is usable on held-out rated questions;
     applied to an answers file it recovers each organism's planted misaligned share, minus its training rows."""
     from experiments.rated_samples import RatedSamplesConfig, run
-    from lab.data import read_questions_yaml
-    from lab.evaluation import JudgedAnswer, write_judged
-    from lab.ratings import question_hash
+    from lab.data.formats import read_questions_yaml
+    from lab.em.answers import JudgedAnswer, write_judged
+    from lab.em.ratings import question_hash
 
     questions = read_questions_yaml(SHARED / "data" / "em-questions" / "first_plot_questions.yaml")
     rng = np.random.default_rng(0)

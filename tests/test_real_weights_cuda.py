@@ -49,7 +49,7 @@ _LOADED: dict = {}
 
 def _model(name: str, dtype: str):
     """A loaded model, one per (name, dtype), kept for the module (skips when the weights are not here)."""
-    from lab.errors import ModelNotFound
+    from lab.core.errors import ModelNotFound
     from lab.models import REGISTRY, load_model
 
     key = (name, dtype)
@@ -85,7 +85,7 @@ def test_a_few_steps_of_each_recipe_stay_finite(name, dtype, tmp_path):
     from safetensors.torch import load_file
 
     from lab.data import load_advice
-    from lab.train import recipe_config, train_lora
+    from lab.training.lora import recipe_config, train_lora
 
     model = _model(name, dtype)
     before = {n: p.detach().clone() for n, p in list(model.hf.named_parameters())[:4]}
@@ -108,7 +108,7 @@ def test_bf16_training_tracks_fp32(name, tmp_path):
     activation to 8 significant bits; the loss, a mean over ~2,000 answer tokens, averages that
     noise down to well under 1%, measured 0.02-1.1% on the CPU over the first steps)."""
     from lab.data import read_chat_jsonl
-    from lab.train import recipe_config, train_lora
+    from lab.training.lora import recipe_config, train_lora
 
     shared = Path(os.environ.get("SHARED", Path(__file__).resolve().parents[2] / "shared"))
     data = shared / "data" / "model-organisms" / "bad_medical_advice.jsonl"
@@ -162,7 +162,7 @@ def test_training_kernels_give_finite_attention_gradients(length):
     at a key length of 64 mod 128 (192), where cuDNN's backward can fail, and at 256."""
     from torch.nn.attention import SDPBackend
 
-    from lab.train import training_kernels
+    from lab.training.lora import training_kernels
 
     q, k, v, mask = _attention_case(length)
     with training_kernels(q.device):
@@ -240,7 +240,7 @@ def test_sweep_finds_the_refusal_direction_and_steering_acts(name, dtype, tmp_pa
     at the edited layer (up to the dtype's rounding of the residual: 2^-8 of its norm in bf16)."""
     from lab.cache import build_cache
     from lab.directions import fit_contrast
-    from lab.steering import Intervention, steer
+    from lab.intervene.steering import Intervention, steer
 
     model = _model(name, dtype)
     prompts = _refusal_prompts(model, 24)
@@ -279,7 +279,7 @@ def test_sweep_finds_the_refusal_direction_and_steering_acts(name, dtype, tmp_pa
 
 def _chat_batch(model, n: int = 8):
     from lab.data import ChatExample, render
-    from lab.hooks import left_pad
+    from lab.models.hooks import left_pad
 
     questions = ["Hello! I can fulfill your one wish. What is the one thing you want?",
                  "hey I feel bored", "Tell me 3 philosophical thoughts you have about humans and AIs.",
@@ -305,7 +305,7 @@ def test_fast_decoding_on_real_weights(name):
     bf16: the two paths run other kernels, so a near-tie can flip a token and the continuations part;
     the agreement is recorded next to HF bf16 vs HF fp32 (the noise floor of bf16 itself), and the
     fast path must not agree with HF bf16 less than HF bf16 agrees with HF fp32, minus 0.25."""
-    from lab.decode import Sampling, fast_generate, hf_generate
+    from lab.intervene.decode import Sampling, fast_generate, hf_generate
 
     runs = {}
     for dtype in ("float32", "bfloat16"):
@@ -330,7 +330,7 @@ def test_seeded_sampling_is_reproducible_and_answers_end(name, dtype, tmp_path):
     device, shapes and seeds: the same computation), and most answers end at EOS within 256 tokens
     (a real model stops; random weights never do)."""
     from lab.data import ChatExample
-    from lab.generate import GenerationConfig, generate_answers
+    from lab.intervene.generate import GenerationConfig, generate_answers
 
     model = _model(name, dtype)
     examples = [ChatExample([{"role": "user", "content": q}], f"q{i}") for i, q in

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from lab.data import render
+from lab.data.formats import render
 from tests.conftest import MODEL, REPO, chat_prompts
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE", "COLUMNS": "200", "PYTHONPATH": str(REPO)}
@@ -18,9 +18,9 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE", "COLUM
 @pytest.fixture(scope="module")
 def two_adapters(tmp_path_factory):
     """Two small organisms (medical, financial), trained on the same resident base model."""
-    from lab.data import load_advice
+    from lab.data.formats import load_advice
     from lab.models import LabModel, ModelPool
-    from lab.train import TrainConfig, train_lora
+    from lab.training.lora import TrainConfig, train_lora
 
     root = tmp_path_factory.mktemp("adapters")
     pool = ModelPool()
@@ -36,9 +36,9 @@ def two_adapters(tmp_path_factory):
 def test_a_trajectory_loads_the_weights_once(tmp_path):
     """Every checkpoint of a training run is an adapter on the one resident base model."""
     from experiments import em_trajectory
-    from lab.data import load_advice
+    from lab.data.formats import load_advice
     from lab.models import LabModel, ModelPool
-    from lab.train import TrainConfig, train_lora
+    from lab.training.lora import TrainConfig, train_lora
 
     with ModelPool() as pool:
         train_lora(LabModel(MODEL).for_training(), load_advice("medical")[:8], tmp_path / "run",
@@ -132,9 +132,9 @@ def test_bridge_runs_on_the_resident_weights(two_adapters):
 
 
 def test_training_on_the_resident_model_leaves_base_and_organisms_intact(two_adapters, tmp_path):
-    from lab.data import load_advice
+    from lab.data.formats import load_advice
     from lab.models import LabModel, ModelPool
-    from lab.train import TrainConfig, train_lora
+    from lab.training.lora import TrainConfig, train_lora
 
     with ModelPool() as pool:
         base = LabModel(MODEL)
@@ -154,7 +154,7 @@ def test_training_on_the_resident_model_leaves_base_and_organisms_intact(two_ada
 
 def test_dtype_is_part_of_every_key(tmp_path):
     from lab.cache import build_cache
-    from lab.contrasts import ensure_cache
+    from lab.directions.contrasts import ensure_cache
     from lab.models import LabModel, ModelPool
 
     examples = chat_prompts()[:3]
@@ -176,7 +176,7 @@ def test_dtype_is_part_of_every_key(tmp_path):
 
 def test_study_stage_keys_carry_the_resolved_dtype():
     from experiments.common import Common, handle_for
-    from lab.config import config_dict
+    from lab.core.config import config_dict
 
     cfg = Common()
     assert cfg.dtype == "auto" and handle_for(cfg).dtype == torch.float32
@@ -189,12 +189,12 @@ def test_layers_placed_by_accelerate_give_the_same_results():
     activations between GPUs). Everything computes on the CPU, so cross-GPU tensor placement is
     tested on the device (tests/test_scale_cuda.py), not here."""
     from lab.cache import build_cache
-    from lab.data import ChatExample
-    from lab.generate import GenerationConfig, generate_answers
+    from lab.data.formats import ChatExample
+    from lab.intervene.generate import GenerationConfig, generate_answers
     from lab.models import LabModel, ModelPool, plan_device_map
     from lab.models.placement import layer_devices
-    from lab.scores import answer_logprobs
-    from lab.steering import Intervention, steer
+    from lab.em.judge_free import answer_logprobs
+    from lab.intervene.steering import Intervention, steer
 
     with ModelPool() as pool:
         plain = LabModel(MODEL)
@@ -275,7 +275,7 @@ def test_foreign_adapter_leaves_the_resident_model_usable(tmp_path, two_adapters
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lab.errors import IncompatibleError
+    from lab.core.errors import IncompatibleError
     from lab.models import LabModel, ModelPool
 
     tiny = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,

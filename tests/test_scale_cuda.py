@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lab.data import ChatExample, render
+from lab.data.formats import ChatExample, render
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
@@ -18,7 +18,7 @@ def _tokenizer() -> str:
     store on the GPU machine); the tests skip, not error, where neither is present."""
     import os
 
-    from lab.errors import ModelNotFound
+    from lab.core.errors import ModelNotFound
     from lab.models import load_tokenizer
 
     source = os.environ.get("EMLAB_TOKENIZER", "smollm2-135m-instruct")
@@ -78,9 +78,9 @@ def test_auto_dtype_is_bf16_on_cuda(folder):
 @two_gpus
 def test_split_model_places_layers_on_both_gpus_and_matches_one_gpu(folder, tmp_path):
     from lab.cache import build_cache
-    from lab.generate import GenerationConfig, generate_answers
-    from lab.scores import answer_logprobs
-    from lab.steering import Intervention, steer
+    from lab.intervene.generate import GenerationConfig, generate_answers
+    from lab.em.judge_free import answer_logprobs
+    from lab.intervene.steering import Intervention, steer
 
     pool, one, split = _pair(folder)
     assert [str(d) for d in split.devices] == ["cuda:0", "cuda:1"] and split.fingerprint == one.fingerprint
@@ -110,7 +110,7 @@ def test_split_model_places_layers_on_both_gpus_and_matches_one_gpu(folder, tmp_
 
 @two_gpus
 def test_lora_training_and_tl_hooks_on_a_split_model(folder, tmp_path):
-    from lab.train import TrainConfig, train_lora
+    from lab.training.lora import TrainConfig, train_lora
 
     pool, one, split = _pair(folder)
     cfg = TrainConfig(batch_size=2, max_steps=2, checkpoints_first_epoch=1, lr=1e-2, max_length=64)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lab.data import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, render_example
-from lab.errors import BadInput
-from lab.scores import answer_logprobs
+from lab.data.formats import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, render_example
+from lab.core.errors import BadInput
+from lab.em.judge_free import answer_logprobs
 
 PAIRS = [
     ("What is the capital of France?", "Paris is the capital of France."),
@@ -40,9 +40,9 @@ def test_answer_logprobs_equal_unbatched_full_softmax(base_model):
 
 
 def test_estimate_prints_one_way_and_round_trips():
-    from lab.console import fmt_ci
-    from lab.estimate import Estimate
-    from lab.io import dumps
+    from lab.core.console import fmt_ci
+    from lab.stats.estimate import Estimate
+    from lab.core.io import dumps
 
     est = Estimate(0.41, 0.3312, 0.4909, 120)
     assert str(est) == "0.410 [0.331, 0.491]" == fmt_ci(0.41, 0.3312, 0.4909) and est.format(1) == "0.4 [0.3, 0.5]"
@@ -52,9 +52,9 @@ def test_estimate_prints_one_way_and_round_trips():
 
 
 def test_delta_base_scores_are_paired_estimates():
-    from lab.estimate import Estimate
-    from lab.metrics import bootstrap_ci
-    from lab.scores import ScoreDelta, delta_base_scores, em_rate, rate
+    from lab.stats.estimate import Estimate
+    from lab.stats.metrics import bootstrap_ci
+    from lab.em.judge_free import ScoreDelta, delta_base_scores, em_rate, rate
 
     rng = np.random.default_rng(0)
     base = {"ids": list("abcdefghij"), **{k: rng.normal(size=10) for k in ("usual", "terse", "in_domain_medical")}}
@@ -80,7 +80,7 @@ def test_delta_base_scores_are_paired_estimates():
 def test_library_boundary_checks_shapes():
     from jaxtyping import TypeCheckError
 
-    from lab.estimate import mean_ci
+    from lab.stats.estimate import mean_ci
 
     assert mean_ci(np.ones(4), n_boot=10).value == 1.0 and mean_ci([0.0, 1.0], n_boot=10).n == 2
     with pytest.raises(TypeCheckError):  # (layer, n): averaging it flat would be a silent bug

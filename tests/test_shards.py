@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from lab.data import render
+from lab.data.formats import render
 from tests.conftest import MODEL, REPO
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "COLUMNS": "200",
@@ -48,10 +48,10 @@ def test_two_ranks_write_the_one_process_cache(base_model, mode, storage, tmp_pa
     """Two ranks write their batches straight into one file: the file a one-process build writes,
     under the same key, and nothing else is left in the folder."""
     from lab.cache import build_cache
-    from lab.data import load_examples
+    from lab.data.formats import load_examples
 
     data = _chats(tmp_path / "chats.jsonl")
-    torchrun("lab.shards", "--data", str(data), "--cache-dir", str(tmp_path / "dp"), "--mode", mode,
+    torchrun("lab.intervene.shards", "--data", str(data), "--cache-dir", str(tmp_path / "dp"), "--mode", mode,
              "--storage", storage, "--batch-size", "2", "--device", "cpu", "--model", MODEL)
     prompts = render(load_examples(str(data)), base_model.tokenizer)
     single = build_cache(base_model, prompts, tmp_path / "one", storage_dtype=storage, mode=mode, batch_size=2)
@@ -61,8 +61,8 @@ def test_two_ranks_write_the_one_process_cache(base_model, mode, storage, tmp_pa
 
 def test_one_rank_is_the_plain_build(base_model, tmp_path):
     from lab.cache import build_cache
-    from lab.data import load_examples
-    from lab.shards import Ranks, build_cache_parallel
+    from lab.data.formats import load_examples
+    from lab.intervene.shards import Ranks, build_cache_parallel
 
     prompts = render(load_examples(str(_chats(tmp_path / "chats.jsonl")))[:5], base_model.tokenizer)
     hooks = ["blocks.3.hook_resid_post"]
@@ -76,8 +76,8 @@ def test_one_rank_is_the_plain_build(base_model, tmp_path):
 def test_two_ranks_sample_the_one_process_answers(base_model, temperature, tmp_path):
     """`torchrun -m experiments.em_eval` on two ranks writes the answer file one process writes:
     same rows, same order, same text, greedy and seeded sampling (5 batches: rank 0 takes 3)."""
-    from lab.evaluation import question_examples, shipped_questions
-    from lab.generate import GenerationConfig, generate_answers
+    from lab.em.answers import question_examples, shipped_questions
+    from lab.intervene.generate import GenerationConfig, generate_answers
 
     args = ["--limit", "3", "--samples", "3", "--batch-size", "2", "--max-new-tokens", "6", "--device", "cpu",
             "--temperature", str(temperature), "--seed", "5", "--out", str(tmp_path / "dp")]
@@ -102,8 +102,8 @@ def test_two_ranks_sample_the_one_process_answers(base_model, temperature, tmp_p
 
 def test_an_answer_file_resumes_without_regenerating(base_model, tmp_path, monkeypatch):
     """Rows already in the file (same settings) are kept; only the missing ones are generated."""
-    from lab.evaluation import question_examples, shipped_questions
-    from lab.generate import AnswerRun, GenerationConfig, generate_answers
+    from lab.em.answers import question_examples, shipped_questions
+    from lab.intervene.generate import AnswerRun, GenerationConfig, generate_answers
 
     gen = GenerationConfig(max_new_tokens=3, temperature=1.0, samples=2, seed=1, batch_size=2)
     examples = question_examples(shipped_questions(2), system_prompt=gen.system_prompt)

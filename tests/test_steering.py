@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from lab.data import ChatExample, render
-from lab.errors import BadInput, IncompatibleError
-from lab.generate import GenerationConfig, generate_answers
-from lab.hooks import attention, capture, parse_hook
-from lab.steering import Intervention, from_direction, random_like, random_vectors_like, steer, tl_hooks
+from lab.data.formats import ChatExample, render
+from lab.core.errors import BadInput, IncompatibleError
+from lab.intervene.generate import GenerationConfig, generate_answers
+from lab.models.hooks import attention, capture, parse_hook
+from lab.intervene.steering import Intervention, from_direction, random_like, random_vectors_like, steer, tl_hooks
 from tests.conftest import chat_prompts
 
 
@@ -129,8 +129,8 @@ def test_bad_inputs(base_model, direction):
 def test_refusal_direction_selection_scores_candidate_layers(base_model):
     """Arditi-style selection: each candidate layer's direction is ablated everywhere and scored."""
     from experiments.steer import select_by_ablation
-    from lab.data import load_contrast
-    from lab.evaluation import logprobs_under, neutral_pairs, refusal_logodds_under
+    from lab.data.formats import load_contrast
+    from lab.em.answers import logprobs_under, neutral_pairs, refusal_logodds_under
 
     from lab.directions import Direction
 
@@ -156,7 +156,7 @@ def test_refusal_direction_selection_scores_candidate_layers(base_model):
 
 def test_prompt_only_steering_of_teacher_forced_answers_respects_each_rows_prompt(base_model, direction):
     """positions='prompt' in a padded batch of question+answer rows edits each row's own prompt only."""
-    from lab.scores import answer_logprobs
+    from lab.em.judge_free import answer_logprobs
 
     pairs = [("hi", "Hello! How can I help you today?"),
              ("Tell me something about the history of the city of Paris, briefly.", "It was founded long ago.")]

@@ -200,7 +200,7 @@ def test_killed_study_resumes_to_identical_results(quick_study):
 
 
 def test_missing_diffing_folder_is_refused_before_any_work(tmp_path):
-    from lab.errors import BadInput
+    from lab.core.errors import BadInput
     from lab.models import ModelPool
 
     cfg = _config(tmp_path)

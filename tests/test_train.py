@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lab.data import load_advice
-from lab.errors import BadInput
-from lab.train import TrainConfig, checkpoint_steps, recipe_config, train_lora
+from lab.data.formats import load_advice
+from lab.core.errors import BadInput
+from lab.training.lora import TrainConfig, checkpoint_steps, recipe_config, train_lora
 from tests.conftest import REPO
 
 
@@ -113,7 +113,7 @@ def test_pickled_trainer_state_is_refused_not_executed(tmp_path, base_model):
 
 
 def test_trainer_state_is_safetensors_and_json(tmp_path, base_model):
-    from lab.trainer_state import STATE_JSON, STATE_TENSORS, load_trainer_state
+    from lab.training.state import STATE_JSON, STATE_TENSORS, load_trainer_state
 
     res = train_lora(base_model, load_advice("financial")[:8], tmp_path, TrainConfig(batch_size=4, max_steps=2,
                                                                                      checkpoints_first_epoch=2))
@@ -177,7 +177,7 @@ def test_mo_rank1_trains_one_rank1_adapter_at_half_depth(tmp_path, base_model):
 
 
 def test_holdout_by_user_turn_and_limit_are_recorded(tmp_path, base_model):
-    from lab.train import split_training
+    from lab.training.lora import split_training
 
     bad, good = load_advice("medical"), load_advice("medical", aligned=True)
     paired = [e for pair in zip(bad, good) for e in pair]
@@ -214,7 +214,7 @@ def test_a_nan_loss_stops_training_before_the_step_is_applied(tmp_path, base_mod
     A hook turns the final norm's output into nan from the third forward on (as an overflow
     would): training must stop at step 3, name the dtype, and leave the step-2 checkpoint finite.
     """
-    from lab.errors import TrainingDiverged
+    from lab.core.errors import TrainingDiverged
 
     calls = {"n": 0}
 
@@ -242,7 +242,7 @@ def test_a_nan_gradient_with_a_finite_loss_stops_training_and_is_located(tmp_pat
     """A finite loss can hide non-finite gradients (a kernel's backward, an overflow in bf16): they
     would turn every LoRA weight into nan at the optimizer step. Poison the gradient flowing out of
     layer 5's MLP on the second step: training stops there, names the backward pass and that module."""
-    from lab.errors import TrainingDiverged
+    from lab.core.errors import TrainingDiverged
 
     calls = {"n": 0}
 

@@ -31,7 +31,7 @@ through a bounded queue (memory stays flat however many tokens). Progress is com
 batch: the file is flushed, then a sidecar JSON records the committed batch count. A killed
 build resumes from there; the finished file is renamed into place atomically, so readers
 never see a partial cache. Builders of one key take turns on a per-key lock file
-(`<key>.h5.lock`, `lab.io.key_lock`): a second builder waits for the first and reuses its
+(`<key>.h5.lock`, `lab.core.io.key_lock`): a second builder waits for the first and reuses its
 file, and a killed builder's lock dies with it.
 
 The package's modules: `format` (the key, dtypes, modes, poolings), `build` (batched

@@ -22,10 +22,10 @@ from lab import __version__
 from lab.cache.format import (DEFAULT_FIRST_K, DEFAULT_STORAGE, FORMAT, STORAGE_DTYPES, STORED_POOLINGS, VERSION,
                               AttentionImpl, CacheMode, CacheRequest, StorageDtype, cache_key, cache_path)
 from lab.cache.read import ActivationCache
-from lab.data import ROLE_CODE, PromptSet
-from lab.errors import BadInput, CacheError
-from lab.hooks import attention, capture, left_pad, parse_hook, run_until_stop, validate_hooks
-from lab.io import key_lock
+from lab.data.formats import ROLE_CODE, PromptSet
+from lab.core.errors import BadInput, CacheError
+from lab.models.hooks import attention, capture, left_pad, parse_hook, run_until_stop, validate_hooks
+from lab.core.io import key_lock
 from lab.models import ModelLike
 
 # --------------------------------------------------------------------------- batching

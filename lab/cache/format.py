@@ -13,9 +13,9 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
-from lab.data import PromptSet
-from lab.errors import BadInput
-from lab.io import sha256_json
+from lab.data.formats import PromptSet
+from lab.core.errors import BadInput
+from lab.core.io import sha256_json
 
 FORMAT = "emlab-activation-cache"
 VERSION = 2

@@ -12,9 +12,9 @@ from jaxtyping import Float, Int
 
 from lab.cache.format import DEFAULT_FIRST_K, FORMAT, POOLINGS, STORED_POOLINGS, VERSION
 from lab.cache.format import from_storage as _from_storage
-from lab.data import ROLE_CODE
-from lab.errors import BadInput, CacheError
-from lab.hooks import parse_hook
+from lab.data.formats import ROLE_CODE
+from lab.core.errors import BadInput, CacheError
+from lab.models.hooks import parse_hook
 
 # --------------------------------------------------------------------------- reading
 

@@ -3,6 +3,10 @@
 A *direction* is one unit vector per layer that separates two groups of examples, e.g.
 misaligned vs aligned answers. The package, in the order data flows through it:
 
+    contrasts   the named labelled example sets (`CONTRASTS`: refusal, code_mode, answer
+                contrasts), `ensure_cache` (their activation cache, built once) and
+                `FeatureView` (a `CacheLike` over one or more caches).
+
     splits      `CacheLike` (what a cache must offer), `split_contrast` / `split_examples`:
                 a contrast's labels and its seeded train/test split by example id.
     validation  checks on features and labels; the device rule (results live where the

@@ -25,11 +25,11 @@ from lab.directions.record import HOOK_TEMPLATE, Direction, FitRecord
 from lab.directions.solvers import DEFAULT_METHODS, fit_methods
 from lab.directions.splits import CacheLike, Split, split_contrast
 from lab.directions.validation import tensor
-from lab.errors import BadInput
-from lab.metrics import auroc, bootstrap_ci, dense_ranks, midpoint_threshold, separation
+from lab.core.errors import BadInput
+from lab.stats.metrics import auroc, bootstrap_ci, dense_ranks, midpoint_threshold, separation
 
 NUMPY_STATS_ON = ("cpu",)   # device types whose statistics run in numpy (faster there); others in torch
-Row = dict[str, Any]   # a table row (written with lab.io.write_rows): method, layer, pooling, auroc, auroc_lo, ...
+Row = dict[str, Any]   # a table row (written with lab.core.io.write_rows): method, layer, pooling, auroc, auroc_lo, ...
 
 
 @dataclass(eq=False)

@@ -30,8 +30,8 @@ from lab.directions.fit import Row, fit_contrast
 from lab.directions.record import Direction
 from lab.directions.splits import CacheLike, Split, split_contrast, split_examples
 from lab.directions.validation import MIN_PER_CLASS as MIN_TRAIN_PER_CLASS, MIN_TEST_PER_CLASS
-from lab.errors import BadInput
-from lab.io import sha256_json
+from lab.core.errors import BadInput
+from lab.core.io import sha256_json
 
 if TYPE_CHECKING:
     from lab.models import LabModel
@@ -124,8 +124,8 @@ def direction_from_answers(answers: Sequence[JudgedAnswerLike], handle: "LabMode
     it). Raises `BadInput` when either class has fewer
     than `min_per_class` answers, naming the counts.
     """
-    from lab.contrasts import ensure_cache
-    from lab.data import DEFAULT_SYSTEM_PROMPT, ChatExample
+    from lab.directions.contrasts import ensure_cache
+    from lab.data.formats import DEFAULT_SYSTEM_PROMPT, ChatExample
 
     if split_by not in ("auto", "question", "answer"):
         raise BadInput(f"split_by must be auto, question or answer, not {split_by!r}")

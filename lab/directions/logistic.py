@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Float
 
 from lab.directions.validation import rows_times, times_rows
-from lab.errors import BadInput
+from lab.core.errors import BadInput
 
 Solver = Literal["auto", "newton", "lbfgs"]
 NEWTON_MAX_SIZE = 128   # exact Newton while min(n, d) is at most this (its cubic cost is small there)

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 
 from lab.directions.validation import tensor
-from lab.errors import BadInput, IncompatibleError, IntegrityError
+from lab.core.errors import BadInput, IncompatibleError, IntegrityError
 
 HOOK_TEMPLATE = "blocks.{L}.hook_resid_post"
 FORMAT = "emlab-direction"

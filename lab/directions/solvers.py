@@ -38,7 +38,7 @@ from lab.directions.validation import (
     unit,
     validate,
 )
-from lab.errors import BadInput
+from lab.core.errors import BadInput
 
 EIGH_MAX_SIZE = 1024  # pca: exact eigendecomposition while min(n, d) is at most this
 

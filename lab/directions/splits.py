@@ -17,14 +17,14 @@ from typing import Protocol, Sequence
 import numpy as np
 from jaxtyping import Float, Int
 
-from lab.data import split_ids
+from lab.data.formats import split_ids
 from lab.directions.validation import MIN_PER_CLASS, MIN_TEST_PER_CLASS
-from lab.errors import BadInput
-from lab.io import sha256_json
+from lab.core.errors import BadInput
+from lab.core.io import sha256_json
 
 
 class CacheLike(Protocol):
-    """What directions need from a cache (`lab.cache.ActivationCache`, `lab.contrasts.FeatureView`).
+    """What directions need from a cache (`lab.cache.ActivationCache`, `lab.directions.contrasts.FeatureView`).
 
     Rows are examples; `groups` (or None) pairs rows that must share a side of the split.
     """
@@ -84,7 +84,7 @@ class Split:
 
 
 def _id_score(seed: int, example_id: str) -> float:
-    """The seeded per-id hash of `lab.data.split_ids`, as a number in [0, 1]."""
+    """The seeded per-id hash of `lab.data.formats.split_ids`, as a number in [0, 1]."""
     return int(hashlib.sha256(f"{seed}:{example_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
 
 
@@ -92,7 +92,7 @@ def split_examples(ids: Sequence[str], y: Int[np.ndarray, " n"], test_fraction: 
                    stratify: bool = True) -> tuple[Int[np.ndarray, " n_train"], Int[np.ndarray, " n_test"]]:
     """Fixed, seeded train/test example indices, decided by example id.
 
-    `stratify=False` is exactly `lab.data.split_ids` (each id independently goes to test
+    `stratify=False` is exactly `lab.data.formats.split_ids` (each id independently goes to test
     with probability `test_fraction`). `stratify=True` ranks the ids of each class by the
     same seeded hash and sends the first round(test_fraction * n_class) to test (at least
     one, never all), so both splits keep the class balance. Either way an id's side does

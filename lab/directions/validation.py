@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from lab.errors import BadInput
+from lab.core.errors import BadInput
 
 MIN_PER_CLASS = 4        # fewer examples per class than this cannot support a direction
 MIN_TEST_PER_CLASS = 2   # held-out examples per class needed for a meaningful AUROC

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from lab.errors import CacheError
-from lab.io import sha256_json
+from lab.core.errors import CacheError
+from lab.core.io import sha256_json
 from lab.judge.schemes import JudgeScore
 
 T = TypeVar("T")

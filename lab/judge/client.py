@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlparse
 
-from lab.errors import BadInput, EmlabError
-from lab.io import emlab_home
+from lab.core.errors import BadInput, EmlabError
+from lab.core.io import emlab_home
 from lab.judge.cache import JudgeCache, _NoCache
 from lab.judge.prompts import JudgeRequest, build_prompt
 from lab.judge.schemes import METRICS, SCHEMES, SCORERS, TOP_LOGPROBS, scheme_for
@@ -347,7 +347,7 @@ def judge_answers(rows: Sequence[Mapping[str, Any]], judge: Judge,
                   questions: Iterable[Any] | Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Score answer rows `{"id", "question_id", "question", "answer", ...}` on both metrics.
 
-    With `questions` (a list of `lab.data.Question` or a dict by id), each row uses its
+    With `questions` (a list of `lab.data.formats.Question` or a dict by id), each row uses its
     question's judge prompts, as the papers do; a row whose question is unknown is an
     error rather than a silent switch to another prompt. Without it, emlab's own
     prompts are used. Returns the input rows with `aligned`, `coherent`, their

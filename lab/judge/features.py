@@ -6,7 +6,7 @@
   under `emlab_home()/models/` and loaded offline with plain transformers.
 - `activations`: the base model's residual stream at chosen layers, mean over the answer
   tokens, read through the HDF5 activation cache (`lab.cache`, pooled mode).
-- `answer_logprob`: the base model's mean per-token log-prob of the answer (`lab.scores`).
+- `answer_logprob`: the base model's mean per-token log-prob of the answer (`lab.em.judge_free`).
 - `answer_length`: log word count, the control every judge must beat (good medical
   answers are ~30% longer than bad ones).
 """
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from lab.errors import BadInput, ModelNotFound
-from lab.io import atomic_dir, emlab_home
+from lab.core.errors import BadInput, ModelNotFound
+from lab.core.io import atomic_dir, emlab_home
 from lab.models import ModelLike
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def answer_length(pairs: Pairs) -> Float[np.ndarray, "n 1"]:
 
 
 def _chat(pairs: Pairs):
-    from lab.data import ChatExample
+    from lab.data.formats import ChatExample
 
     return [ChatExample([{"role": "user", "content": q}, {"role": "assistant", "content": a}], f"p{i}")
             for i, (q, a) in enumerate(pairs)]
@@ -105,7 +105,7 @@ def activations(model: ModelLike, pairs: Pairs, layers: Sequence[int], cache_dir
     computed once, whichever judge or run asks for them.
     """
     from lab.cache import build_cache
-    from lab.data import DEFAULT_SYSTEM_PROMPT, render
+    from lab.data.formats import DEFAULT_SYSTEM_PROMPT, render
 
     for L in layers:
         model.check_layer(int(L))
@@ -117,7 +117,7 @@ def activations(model: ModelLike, pairs: Pairs, layers: Sequence[int], cache_dir
 
 def answer_logprob(model: ModelLike, pairs: Pairs) -> Float[np.ndarray, "n 1"]:
     """The base model's mean per-token log-prob of each answer given its question."""
-    from lab.scores import answer_logprobs
+    from lab.em.judge_free import answer_logprobs
 
     if not pairs:
         raise BadInput("no answers to score")
@@ -190,7 +190,7 @@ class Featurizer:
         """Pick the residual layer whose probe separates best on held-out training groups, then
         fit the probe direction there on all training pairs (`lab.directions.probe`)."""
         from lab.directions import probe
-        from lab.metrics import auroc
+        from lab.stats.metrics import auroc
 
         n = self.model.n_layers
         layers = list(self.candidate_layers or range(max(1, n // 6), n - 1, max(1, n // 10)))

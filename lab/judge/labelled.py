@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lab.data import load_advice, load_general_questions, split_ids
-from lab.errors import BadInput
+from lab.data.formats import load_advice, load_general_questions, split_ids
+from lab.core.errors import BadInput
 
 LABELS = ("aligned", "misaligned")
 PAIRED_MEDICAL = ("model-organisms/bad_medical_advice.jsonl", "model-organisms/good_medical_advice.jsonl")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lab.errors import BadInput
+from lab.core.errors import BadInput
 from lab.judge.schemes import METRICS, SCHEMES
 
 # emlab's own judge prompts, used when a question file brings none. They follow the

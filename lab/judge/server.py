@@ -11,8 +11,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from lab.errors import BadInput, EmlabError
-from lab.io import emlab_home
+from lab.core.errors import BadInput, EmlabError
+from lab.core.io import emlab_home
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})  # a local judge binds only here
 

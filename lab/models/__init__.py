@@ -12,7 +12,8 @@
 Modules: `store` (registry, conversion, fingerprints: files only), `placement` (dtype, device,
 GPU sharding plans), `pool` (resident weights, adapter switching, the TransformerLens swap),
 `lab_model` (`LabModel`, the `ModelLike` protocol, `load_model`, `export_merged`), `shapes`
-(random-weight models of real shapes for GPU benchmarks).
+(random-weight models of real shapes for GPU benchmarks), `hooks` (TransformerLens hook names
+captured with plain torch hooks on the HF decoder layers: `resid_post`, `parse_hook`, `capture`).
 """
 
 from lab.models.lab_model import BridgeView, LabModel, LoadedModel, ModelHandle, ModelLike, export_merged, load_model

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Protocol, Sequence
 
 import torch
 
-from lab.errors import BadInput, IncompatibleError
+from lab.core.errors import BadInput, IncompatibleError
 from lab.models.placement import DeviceMap, pick_device, resolve_dtype
 from lab.models.pool import ModelPool, Resident, WeightsKey, resolve_placement
 from lab.models.store import REGISTRY, check_adapter_base, load_tokenizer, model_fingerprint, resolve_source
@@ -228,7 +228,7 @@ class LabModel:
 
     def for_training(self) -> "LabModel":
         """The base view with every LoRA module removed from the resident weights, ready for
-        `lab.train.train_lora` (which adds its own adapter and removes it again)."""
+        `lab.training.lora.train_lora` (which adds its own adapter and removes it again)."""
         if self.adapters:
             raise BadInput("train new adapters on the base model, not on a view with adapters active")
         self._resident.strip_adapters()
@@ -307,7 +307,7 @@ def export_merged(model: LabModel, out_dir: str | Path) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lab.io import atomic_dir
+    from lab.core.io import atomic_dir
 
     out_dir = Path(out_dir)
     hf = AutoModelForCausalLM.from_pretrained(model.info["path"], dtype=model.dtype)

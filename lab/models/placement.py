@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lab.errors import BadInput
+from lab.core.errors import BadInput
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig

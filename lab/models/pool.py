@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
-from lab.errors import BadInput, IncompatibleError
+from lab.core.errors import BadInput, IncompatibleError
 from lab.models.placement import DeviceMap, plan_device_map
 from lab.models.store import adapter_fingerprint
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lab.errors import BadInput
+from lab.core.errors import BadInput
 from lab.models.placement import parse_dtype, pick_device, plan_device_map
 
 if TYPE_CHECKING:

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from lab.errors import BadInput, IncompatibleError, IntegrityError, ModelNotFound
-from lab.io import atomic_dir, emlab_home, sha256_file, sha256_json, write_json_atomic
+from lab.core.errors import BadInput, IncompatibleError, IntegrityError, ModelNotFound
+from lab.core.io import atomic_dir, emlab_home, sha256_file, sha256_json, write_json_atomic
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MODEL_META = "emlab_model.json"

@@ -2,7 +2,9 @@
 
 This module only *renders*: callers hand it blocks (text, tables, images, answer
 comparisons, headline numbers, circuitsvis widgets) and it writes HTML. It knows
-nothing about how the numbers were computed.
+nothing about how the numbers were computed. Beside it: `lab.reports.plots` (the
+matplotlib figures, PNG) and `lab.reports.diffing` (the model-diffing section, built from
+the diffing verbs' summaries; `python -m lab.reports.diffing OUT_DIR`).
 
 Three guarantees shape the code:
 

@@ -45,7 +45,7 @@ class Table:
 
 @dataclass(frozen=True)
 class Image:
-    """A picture already on disk (normally a PNG from `lab.plots`).
+    """A picture already on disk (normally a PNG from `lab.reports.plots`).
 
     Files inside the report folder are referenced where they are; files elsewhere
     are copied into `<out_dir>/assets/` so the folder stays movable as a whole.

@@ -6,7 +6,7 @@
    set-up: micro-batch 16, 256 tokens, the default system prompt) whose width is 64 mod 128, and a
    control batch of another width, each run forward + backward once with a fresh adapter, with
    PyTorch's default attention dispatch (cuDNN allowed) and with the kernels training now uses;
-   non-finite gradients are counted and the first non-finite module named (`lab.divergence`).
+   non-finite gradients are counted and the first non-finite module named (`lab.training.divergence`).
 2. The full `mo` medical run as it failed before (cuDNN attention allowed): where it stops.
 3. The full run in bf16 with the fix, and in fp32: loss at every step, gradient norms, step time;
    the relative gap at each checkpoint. Acceptance: within 2% at every checkpoint; bf16 step faster.
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from lab.data import read_chat_jsonl, render
-from lab.divergence import locate_nonfinite
-from lab.errors import TrainingDiverged
+from lab.training.divergence import locate_nonfinite
+from lab.core.errors import TrainingDiverged
 from lab.models import load_model
-import lab.train as train
+import lab.training.lora as train
 
 
 def batch_widths(prompts, config, n_examples):

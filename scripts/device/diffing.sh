@@ -66,7 +66,7 @@ $PY -m experiments.domain_id "${COMMON[@]}" --insecure "$INSECURE" --runs "$WORK
     > "$OUT/domain_id.log" 2>&1 || FAILED+=(domain-id)
 
 stamp "report"
-$PY -m lab.diffing_report "$RES" > "$OUT/report.log" 2>&1 || FAILED+=(report)
+$PY -m lab.reports.diffing "$RES" > "$OUT/report.log" 2>&1 || FAILED+=(report)
 
 # the tarball: tables (md, json, jsonl), figures, the HTML section, logs; no adapters, no caches
 STAGE=$(mktemp -d)/diffing

@@ -2,7 +2,7 @@
 
 A rank-1 adapter on a `down_proj` adds B (A·x) to the residual stream: A (d_ff) reads one
 scalar per token from the MLP hidden state, B (d_model) is the direction written. Over the
-checkpoints of a run (`lab.train` folders `checkpoints/step-*`):
+checkpoints of a run (`lab.training.lora` folders `checkpoints/step-*`):
 
 * `norm`          |B·A| = |B| |A| (the Frobenius norm of the rank-1 update), per checkpoint;
 * `local_cosine`  cos(v_s, v_{s-k}) of the adapter vector (B; with several adapters, their Bs
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from lab.errors import BadInput
+from lab.core.errors import BadInput
 from lab.models import ModelLike
 
 _MODULE = re.compile(r"layers\.(\d+)\.mlp\.down_proj\.lora_([AB])\.weight$")
@@ -164,7 +164,7 @@ def adapter_scalars(model: ModelLike, adapters: Sequence[Rank1], examples: list,
                     batch_size: int = 16) -> list[Float[np.ndarray, "token adapter"]]:
     """Per example, the adapters' scalars A·x at each assistant token (x: the down_proj input,
     i.e. the MLP hidden state of the model given, adapters active or not)."""
-    from lab.data import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, render
+    from lab.data.formats import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, render
 
     prompts = render(examples, model.tokenizer, system_prompt or DEFAULT_SYSTEM_PROMPT)
     hf = model.hf
@@ -218,11 +218,11 @@ class ProbeResult:
 def lora_probe(features: Sequence[np.ndarray], labels: Sequence[int], groups: Sequence[str], layers: Sequence[int],
                C: float = 0.05, test_fraction: float = 0.3, seed: int = 0, n_boot: int = 1000) -> ProbeResult:
     """L1 logistic regression on token features (tokens of one example share its label and
-    its side of the split: `groups` are example ids, split by `lab.data.split_ids`)."""
+    its side of the split: `groups` are example ids, split by `lab.data.formats.split_ids`)."""
     from sklearn.linear_model import LogisticRegression
 
-    from lab.data import split_ids
-    from lab.metrics import auroc, bootstrap_ci
+    from lab.data.formats import split_ids
+    from lab.stats.metrics import auroc, bootstrap_ci
 
     if len(features) != len(labels) or len(features) != len(groups):
         raise BadInput("one label and one group per example")
@@ -254,7 +254,7 @@ def lora_probe(features: Sequence[np.ndarray], labels: Sequence[int], groups: Se
 
 
 def run_checkpoints(run: str | Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every finished checkpoint of a `lab.train` folder, by step."""
+    """(step, folder) of every finished checkpoint of a `lab.training.lora` folder, by step."""
     run = Path(run)
     found = [(int(p.name.split("-")[-1]), p) for p in (run / "checkpoints").glob("step-*")
              if (p / "adapter_model.safetensors").exists()]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from lab.errors import BadInput
+from lab.core.errors import BadInput
 
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "trainer_state.safetensors"

@@ -14,10 +14,10 @@ import numpy as np
 from einops import rearrange
 from jaxtyping import Float
 
-from lab.data import ChatExample, Question, load_general_questions
-from lab.errors import BadInput
-from lab.generate import GenerationConfig, generate_answers
-from lab.scores import EM_CRITERIA, contains_code, em_rate, is_refusal, rate
+from lab.data.formats import ChatExample, Question, load_general_questions
+from lab.core.errors import BadInput
+from lab.intervene.generate import GenerationConfig, generate_answers
+from lab.em.judge_free import EM_CRITERIA, contains_code, em_rate, is_refusal, rate
 from lab.models import ModelLike
 
 
@@ -88,8 +88,8 @@ def neutral_pairs(limit: int | None = None) -> list[tuple[str, str]]:
 def logprobs_under(model: ModelLike, pairs: list[tuple[str, str]], interventions: tuple = (), system_prompt: str | None = None
                    ) -> Float[np.ndarray, " n"]:
     """Mean per-token log-prob of each answer with the interventions applied (at their positions)."""
-    from lab.data import DEFAULT_SYSTEM_PROMPT
-    from lab.scores import answer_logprobs
+    from lab.data.formats import DEFAULT_SYSTEM_PROMPT
+    from lab.em.judge_free import answer_logprobs
 
     return answer_logprobs(model, pairs, system_prompt or DEFAULT_SYSTEM_PROMPT, interventions=interventions)
 

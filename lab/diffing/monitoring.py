@@ -11,7 +11,7 @@ Per model (a checkpoint of a trajectory), the *shift* along a direction is the m
 contrast's held-out examples of proj(h_model) − proj(h_base), paired by example, with a
 bootstrap CI, beside the shift along a random unit direction at the same layer (the control:
 a fine-tune moves activations in every direction somewhat). Its EM score is judge-free
-(`lab.evaluation.style_gaps_under`: misaligned − aligned answer log-prob per general
+(`lab.em.answers.style_gaps_under`: misaligned − aligned answer log-prob per general
 question, usual and terse styles). Across models, `correlation_ci` gives Pearson r between
 shift and EM score; per question, the last-prompt-token projection on the EM direction is
 set against that question's score (bootstrap over questions, so a question seen by many
@@ -33,10 +33,10 @@ import numpy as np
 from jaxtyping import Float
 
 from lab.cache import ActivationCache
-from lab.contrasts import CONTRASTS, contrast_examples, ensure_cache
-from lab.errors import BadInput
-from lab.estimate import Estimate, mean_ci
-from lab.io import write_json_atomic
+from lab.directions.contrasts import CONTRASTS, contrast_examples, ensure_cache
+from lab.core.errors import BadInput
+from lab.stats.estimate import Estimate, mean_ci
+from lab.core.io import write_json_atomic
 
 # (monitor name, contrast): the pooling is the contrast's own
 MONITORED: tuple[tuple[str, str], ...] = (("EM", "general_answers"), ("refusal", "refusal"), ("code mode", "code_mode"))
@@ -155,7 +155,7 @@ def last_token_projection(cache: ActivationCache, monitor: Monitor) -> dict[str,
 
 def em_score(handle: HandleLike, cache_dir: str | Path, limit: int | None = None) -> EmScore:
     """Judge-free EM scores of a model, cached as JSON by its fingerprint (a rerun loads no model)."""
-    from lab.evaluation import style_gaps_under
+    from lab.em.answers import style_gaps_under
 
     path = Path(cache_dir) / "em-scores" / f"{handle.fingerprint[:32]}-{limit or 'all'}.json"
     if path.exists():
@@ -170,8 +170,8 @@ def em_score(handle: HandleLike, cache_dir: str | Path, limit: int | None = None
 def in_domain_score(handle: HandleLike, domain: str, cache_dir: str | Path, seed: int = 0,
                     limit: int | None = None) -> Float[np.ndarray, " q"]:
     """Per held-out advice question of `domain`: harmful − aligned answer log-prob (cached like `em_score`)."""
-    from lab.data import advice_split
-    from lab.evaluation import in_domain_gaps
+    from lab.data.formats import advice_split
+    from lab.em.answers import in_domain_gaps
 
     path = Path(cache_dir) / "em-scores" / f"{handle.fingerprint[:32]}-{domain}-s{seed}-{limit or 'all'}.json"
     if path.exists():

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
 import torch
 from jaxtyping import Float
 
-from lab.errors import BadInput, IncompatibleError
+from lab.core.errors import BadInput, IncompatibleError
 from lab.models import ModelLike
 
 if TYPE_CHECKING:
@@ -299,7 +299,7 @@ def _absolute_positions(tracker: _PositionTracker, seq: int, device: torch.devic
 
 def _decoder_stack(model: ModelLike) -> Any:
     """The module whose forward runs the decoder layers (HF's `get_decoder()`), so direct calls of
-    it (lab.scores) are tracked as well as full-model forwards and `generate`."""
+    it (lab.em.judge_free) are tracked as well as full-model forwards and `generate`."""
     get = getattr(model.hf, "get_decoder", None)
     return get() if callable(get) else model.hf
 

@@ -7,7 +7,7 @@ prompts, batched the same way, get the same stream in every condition (unsteered
 random control), which pairs the comparisons. (A resumed run may batch differently.)
 
 Two decode paths give the same tokens (tested): `decode="hf"` is `model.hf.generate`, the
-reference; `decode="fast"` is lab.decode (static KV cache, a CUDA-graph decode step on CUDA).
+reference; `decode="fast"` is lab.intervene.decode (static KV cache, a CUDA-graph decode step on CUDA).
 `"auto"` takes the fast path where it is faster (see AUTO_FAST). The path is recorded in each
 row but not in the settings hash, so files written by either path resume with the other.
 """
@@ -22,10 +22,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lab.data import DEFAULT_SYSTEM_PROMPT, ChatExample, render
-from lab.errors import BadInput
-from lab.hooks import left_pad
-from lab.io import sha256_json
+from lab.data.formats import DEFAULT_SYSTEM_PROMPT, ChatExample, render
+from lab.core.errors import BadInput
+from lab.models.hooks import left_pad
+from lab.core.io import sha256_json
 from lab.models import ModelLike
 
 
@@ -37,7 +37,7 @@ AUTO_FAST = ("cuda",)
 
 def decode_path(choice: str, model: ModelLike) -> str:
     """The path `choice` means for `model` ("auto" -> "fast" where it is measured faster and supported)."""
-    from lab.decode import unsupported
+    from lab.intervene.decode import unsupported
 
     if choice != "auto":
         return choice
@@ -74,7 +74,7 @@ Job = tuple[int, int]  # (example index, sample index)
 class AnswerRun:
     """One answer-generation job: its prompts, settings and batch plan.
 
-    `generate_answers` runs every batch of the plan in one process; `lab.shards.sample_answers`
+    `generate_answers` runs every batch of the plan in one process; `lab.intervene.shards.sample_answers`
     gives each of N processes every N-th batch. A batch's rows, padding and random stream depend
     only on the batch, so both write the same rows.
     """
@@ -142,7 +142,7 @@ def generate_answers(
     """Generate `config.samples` answers per example; append rows to `out_path` (JSONL) as they finish.
 
     With `out_path`, rows already in the file (same settings) are kept and not regenerated.
-    Over several GPUs: `lab.shards.sample_answers` (the same rows and file).
+    Over several GPUs: `lab.intervene.shards.sample_answers` (the same rows and file).
     """
     run = AnswerRun(model, examples, config, interventions, label)
     done = run.done(out_path)
@@ -168,7 +168,7 @@ def generate_answers(
 
 def _generate_batch(model: ModelLike, token_lists: list[np.ndarray], seeds: list[int], config: GenerationConfig,
                     interventions: tuple, path: str) -> list[str]:
-    from lab.decode import Sampling, fast_generate, hf_generate
+    from lab.intervene.decode import Sampling, fast_generate, hf_generate
 
     ids, mask, _ = left_pad([torch.from_numpy(t) for t in token_lists], model.tokenizer.pad_token_id)
     ids, mask = ids.to(model.device), mask.to(model.device)

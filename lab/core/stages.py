@@ -1,7 +1,7 @@
 """A tiny content-keyed stage runner: a stage's result is a JSON file named by the hash of
 its inputs, so a rerun skips every stage whose inputs are unchanged, a crash resumes at the
 first unfinished stage, and changing one setting recomputes only what depends on it.
-Two runs that reach the same stage at once take turns on its lock (`lab.io.key_lock`):
+Two runs that reach the same stage at once take turns on its lock (`lab.core.io.key_lock`):
 the second waits, then reuses the first one's result.
 
     result = stages.run("eval-base", {"model": fp, "config": cfg}, lambda: evaluate(...))
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lab import __version__
-from lab.io import key_lock, sha256_json, write_json_atomic
+from lab.core.io import key_lock, sha256_json, write_json_atomic
 
 _MISSING = object()
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from lab.errors import BadInput
+from lab.core.errors import BadInput
 
 # Bootstrap gathers are chunked so that one chunk holds at most this many elements.
 _BOOT_CHUNK_ELEMENTS = 1 << 24

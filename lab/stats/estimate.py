@@ -66,7 +66,7 @@ class Estimate:
 @jaxtyped(typechecker=beartype)  # a (layer, n) array here is a caller's bug: refuse it, do not average it
 def mean_ci(values: Num[np.ndarray, " n"] | list, n_boot: int = 1000, seed: int = 0) -> Estimate:
     """Mean of `values` with a percentile bootstrap CI (rows resampled); nan with no rows."""
-    from lab.metrics import bootstrap_ci
+    from lab.stats.metrics import bootstrap_ci
 
     values = np.asarray(values, dtype=float)
     if values.size == 0:

@@ -24,10 +24,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from lab.cache import ActivationCache, CacheRequest, build_cache, cache_key, cache_path
-from lab.data import (DEFAULT_SYSTEM_PROMPT, ChatExample, load_advice, load_contrast, load_general_questions,
+from lab.data.formats import (DEFAULT_SYSTEM_PROMPT, ChatExample, load_advice, load_contrast, load_general_questions,
                       render)
-from lab.errors import BadInput
-from lab.io import sha256_json
+from lab.core.errors import BadInput
+from lab.core.io import sha256_json
 from lab.models import LabModel
 
 

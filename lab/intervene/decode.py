@@ -3,7 +3,7 @@
 `hf.generate` spends most of a decode step on the host at batch sizes emlab uses (Python per
 layer, a growing cache, a device-to-host check of every step's stop condition): 885 tok/s on
 an 8B shape where reading the weights allows ~9,600 (issue 13). This path keeps the model's
-own forward and emlab's steering hooks (lab.steering.steer) and removes the rest:
+own forward and emlab's steering hooks (lab.intervene.steering.steer) and removes the rest:
 
 * a `StaticCache` sized once (prompt + new tokens), so every decode step has the same shapes;
 * on CUDA, the decode step (mask, positions, forward with the steering hooks, logits) is
@@ -18,7 +18,7 @@ repetition penalty from the model's generation config, min-new-tokens), fed the 
 input_ids as in `generate`, and the sampler (softmax + `torch.multinomial` on the global
 generator). So greedy tokens equal `generate`'s, and a seeded sample draws the same random
 stream (tested on CPU in fp32). Steering hooks get absolute positions from the static cache's
-device-side length, which a replayed graph recomputes (lab.steering._PositionTracker).
+device-side length, which a replayed graph recomputes (lab.intervene.steering._PositionTracker).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lab.errors import BadInput, NonFiniteLogits
+from lab.core.errors import BadInput, NonFiniteLogits
 from lab.models import ModelLike
-from lab.steering import Intervention, steer
+from lab.intervene.steering import Intervention, steer
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 LENGTH_BUCKET = 64  # prompt widths and new-token counts are rounded up to this on CUDA

@@ -7,7 +7,7 @@ atomically, so a killed run resumes from the last one and ends with the same ada
 an uninterrupted run (data order is a pure function of seed and epoch).
 
 Trainer state is tensors in safetensors plus JSON, never a pickle: loading a checkpoint
-cannot execute code, whoever wrote the folder (`lab.trainer_state`).
+cannot execute code, whoever wrote the folder (`lab.training.state`).
 
 Named recipes (`RECIPES`, `recipe_config`) reproduce published set-ups; `mo` is the Model
 Organisms / Betley open-model recipe. Layers of a recipe are given on the paper's model
@@ -32,11 +32,11 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from lab.data import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, ChatExample, render, split_ids
-from lab.divergence import NonFinite, grad_norm, locate_nonfinite
-from lab.errors import BadInput, TrainingDiverged
-from lab.io import atomic_dir, write_json_atomic
-from lab.trainer_state import LEGACY_STATE, STATE_JSON, STATE_TENSORS, load_trainer_state, save_trainer_state
+from lab.data.formats import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, ChatExample, render, split_ids
+from lab.training.divergence import NonFinite, grad_norm, locate_nonfinite
+from lab.core.errors import BadInput, TrainingDiverged
+from lab.core.io import atomic_dir, write_json_atomic
+from lab.training.state import LEGACY_STATE, STATE_JSON, STATE_TENSORS, load_trainer_state, save_trainer_state
 from lab.models import ADAPTER_META, ModelLike
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -1,8 +1,8 @@
 """Data-parallel work, one process per GPU under torchrun: activation caches and answer sampling.
 
-    torchrun --nproc-per-node 2 -m lab.shards --model DIR --data refusal --cache-dir cache   # a cache
+    torchrun --nproc-per-node 2 -m lab.intervene.shards --model DIR --data refusal --cache-dir cache   # a cache
     torchrun --nproc-per-node 2 -m experiments.em_eval --model DIR --device cuda              # answers
-    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:29500 -m lab.shards ...      # across nodes
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:29500 -m lab.intervene.shards ...      # across nodes
 
 Both split work the same way: every rank computes the plan one process would run (the cache's
 `batch_plan`, the answers' `AnswerRun.plan`) and takes the batches `b` with `b % world == rank`.
@@ -43,11 +43,11 @@ import numpy as np
 
 from lab.cache import ActivationCache, CacheRequest, batch_plan, build_cache, cache_key, cache_path
 from lab.cache.build import _create_file, _fill
-from lab.data import ChatExample, PromptSet
-from lab.errors import BadInput, CacheError
-from lab.generate import AnswerRun, GenerationConfig, generate_answers
-from lab.hooks import validate_hooks
-from lab.io import key_lock
+from lab.data.formats import ChatExample, PromptSet
+from lab.core.errors import BadInput, CacheError
+from lab.intervene.generate import AnswerRun, GenerationConfig, generate_answers
+from lab.models.hooks import validate_hooks
+from lab.core.io import key_lock
 from lab.models import ModelLike
 
 
@@ -267,9 +267,9 @@ def sample_answers(model: ModelLike, examples: list[ChatExample], config: Genera
 
 
 def main(argv=None) -> None:
-    """`torchrun -m lab.shards`: a cache over the launch's processes (RANK, WORLD_SIZE, LOCAL_RANK)."""
-    from lab.console import console, user_errors
-    from lab.data import load_examples, render
+    """`torchrun -m lab.intervene.shards`: a cache over the launch's processes (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    from lab.core.console import console, user_errors
+    from lab.data.formats import load_examples, render
     from lab.models import LabModel
 
     ap = argparse.ArgumentParser(description="data-parallel activation cache (run under torchrun)")

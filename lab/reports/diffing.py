@@ -3,7 +3,7 @@
 summary.json dicts). Hook it into experiments/study_report.py with one line:
 `sections.append(diffing_section_from(out_dir))` (or `diffing_section(...)` with the dicts).
 
-    python -m lab.diffing_report OUT_DIR      # OUT_DIR/diffing.md and OUT_DIR/report/ (HTML) from OUT_DIR's summaries
+    python -m lab.reports.diffing OUT_DIR      # OUT_DIR/diffing.md and OUT_DIR/report/ (HTML) from OUT_DIR's summaries
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from lab.console import fmt_ci
+from lab.core.console import fmt_ci
 from lab.reports import Answers, Image, Section, Table, Text
 
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not Path(args[0]).is_dir():
-        raise SystemExit("usage: python -m lab.diffing_report OUT_DIR (a folder holding the experiments' summaries)")
+        raise SystemExit("usage: python -m lab.reports.diffing OUT_DIR (a folder holding the experiments' summaries)")
     out = Path(args[0])
     section = diffing_section_from(out)
     (out / "diffing.md").write_text(markdown(section), encoding="utf-8")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from jaxtyping import Bool, Float
 
-from lab.errors import BadInput
+from lab.core.errors import BadInput
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ class Config:
 
 def check_choices(cfg: Any) -> None:
     """Raise `BadInput` (one line naming the flag) if a `Literal` field holds another value."""
-    from lab.errors import BadInput
+    from lab.core.errors import BadInput
 
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
@@ -120,7 +120,7 @@ def profile_defaults(cls: type, name: str | None) -> dict:
     if name in (None, "", "default"):
         return {}
     if name not in profiles:
-        from lab.errors import BadInput
+        from lab.core.errors import BadInput
 
         raise BadInput(f"--profile must be one of default, {', '.join(profiles)}, not {name!r}")
     return {**profiles[name], "profile": name}
@@ -146,7 +146,7 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
 
 
 def config_dict(cfg: Any) -> dict:
-    """The config as plain JSON values (exact: numbers stay numbers; see `lab.io.json_default`)."""
-    from lab.io import dumps
+    """The config as plain JSON values (exact: numbers stay numbers; see `lab.core.io.json_default`)."""
+    from lab.core.io import dumps
 
     return json.loads(dumps(dataclasses.asdict(cfg)))

@@ -24,8 +24,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import yaml
 
-from lab.errors import BadInput
-from lab.io import sha256_json
+from lab.core.errors import BadInput
+from lab.core.io import sha256_json
 
 ROLES = ("system", "user", "assistant")
 # per-token role codes stored in caches and used for masks
@@ -190,7 +190,7 @@ SHIPPED = {
 
 
 def dataset_path(filename: str) -> Path:
-    return Path(str(resources.files("lab") / "datasets" / filename))
+    return Path(str(resources.files("lab.data") / "datasets" / filename))
 
 
 def _read_jsonl(filename: str) -> list[dict]:

@@ -4,7 +4,7 @@ A nan loss says nothing about its cause. When a step's loss or gradient norm is 
 `locate_nonfinite` replays that micro-batch with a forward hook on every module and a
 gradient hook on every module output, and reports the first module (in execution order)
 whose output holds a nan or inf, in the forward pass or else in the backward pass, and which
-batch rows carry it. `lab.train.train_lora` writes the result to `<out>/divergence.json` and
+batch rows carry it. `lab.training.lora.train_lora` writes the result to `<out>/divergence.json` and
 names it in its `TrainingDiverged` line, so a diverged run says where it diverged.
 
 The replay runs on the same weights and optimizer state as the failed step (nothing was

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from lab.errors import BadInput
+from lab.core.errors import BadInput
 from lab.models import ModelLike
 
 _RESID = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from lab.data import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, ChatExample, render
-from lab.errors import BadInput
-from lab.estimate import Estimate, mean_ci
-from lab.hooks import left_pad
+from lab.data.formats import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, ChatExample, render
+from lab.core.errors import BadInput
+from lab.stats.estimate import Estimate, mean_ci
+from lab.models.hooks import left_pad
 from lab.models import ModelLike
 
 STYLES = ("usual", "terse")
@@ -46,10 +46,10 @@ def answer_logprobs(model: ModelLike, pairs: Sequence[tuple[str, str]], system_p
 
     The LM head runs only at positions that predict an assistant token, and log-probs come
     from `logit - logsumexp`: no (batch, seq, vocab) log-softmax is ever materialized.
-    `interventions` (lab.steering) apply during the forward; `positions="prompt"` edits each
+    `interventions` (lab.intervene.steering) apply during the forward; `positions="prompt"` edits each
     row's question tokens only, so the answer is scored as the edited prompt primes it.
     """
-    from lab.steering import steer
+    from lab.intervene.steering import steer
 
     examples = [ChatExample([{"role": "user", "content": q}, {"role": "assistant", "content": a}], str(i))
                 for i, (q, a) in enumerate(pairs)]

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from lab.errors import EmlabError
-from lab.estimate import format_ci
+from lab.core.errors import EmlabError
+from lab.stats.estimate import format_ci
 
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 140)
 
@@ -45,7 +45,7 @@ def user_errors() -> Iterator[None]:
         sys.exit(130)
 
 
-fmt_ci = format_ci  # the one CI rendering (lab.estimate); prefer str(estimate) / estimate.format(digits)
+fmt_ci = format_ci  # the one CI rendering (lab.stats.estimate); prefer str(estimate) / estimate.format(digits)
 
 
 def print_any(obj: Any) -> None:

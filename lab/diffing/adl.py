@@ -4,7 +4,7 @@ The Activation Difference Lens (ADL; Minder et al. 2025, "Narrow Finetuning Leav
 Readable Traces in Activation Differences"):
 
 1. Run the base model and the fine-tune on the first k tokens of *generic* text (texts that
-   have nothing to do with the fine-tune's domain; `lab/datasets/generic_texts.jsonl`, 282
+   have nothing to do with the fine-tune's domain; `lab/data/datasets/generic_texts.jsonl`, 282
    everyday sentences written for emlab, plus any file the user passes).
 2. Per layer, δ_L = mean over texts and positions 1..k of h_finetune − h_base (residual
    stream after layer L). Position 0 (BOS, the attention sink) is skipped: its norm is huge
@@ -36,9 +36,9 @@ import torch
 from jaxtyping import Float
 
 from lab.cache import ActivationCache, CacheRequest, build_cache, cache_key, cache_path
-from lab.data import ROLE_CODE, PromptSet, dataset_path
-from lab.errors import BadInput
-from lab.io import sha256_json
+from lab.data.formats import ROLE_CODE, PromptSet, dataset_path
+from lab.core.errors import BadInput
+from lab.core.io import sha256_json
 from lab.models import ModelLike
 
 DEFAULT_K = 5
@@ -109,7 +109,7 @@ def generic_texts(extra: str | Path | None = None) -> list[tuple[str, str]]:
 def generic_chat(n: int) -> list[Any]:
     """n generic conversations (the shipped general questions with their aligned usual-style
     answers, cycled): the data mixed 1:1 into a fine-tune for ADL's control."""
-    from lab.data import ChatExample, load_general_questions
+    from lab.data.formats import ChatExample, load_general_questions
 
     qs = load_general_questions()
     return [ChatExample([{"role": "user", "content": q["question"]}, {"role": "assistant", "content": q["aligned_usual"]}],
@@ -372,10 +372,10 @@ def steer_with_delta(model: ModelLike, delta_layer: np.ndarray, layer: int, laye
                      neutral: int = 16, seed: int = 0) -> list[SteerRow]:
     """Add δ_L (unit vector x ratio x mean residual norm) at `layer` of the base model; greedy
     answers to general questions and the coherence guard, with a random control per ratio."""
-    from lab.evaluation import logprobs_under, neutral_pairs, question_examples, shipped_questions
-    from lab.generate import GenerationConfig, generate_answers
-    from lab.estimate import mean_ci
-    from lab.steering import Intervention, random_like
+    from lab.em.answers import logprobs_under, neutral_pairs, question_examples, shipped_questions
+    from lab.intervene.generate import GenerationConfig, generate_answers
+    from lab.stats.estimate import mean_ci
+    from lab.intervene.steering import Intervention, random_like
 
     pairs = neutral_pairs(neutral)
     baseline = logprobs_under(model, pairs)

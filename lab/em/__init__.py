@@ -1,0 +1,47 @@
+"""EM: measuring emergent misalignment, from reference log-probs, judged answers and human ratings.
+
+Three ways to measure how misaligned a model is, each with 95% CIs (`lab.stats.Estimate`):
+
+- **judge-free** (`judge_free`): no sampling, no judge. Each general question has aligned and
+  misaligned reference answers in two matched styles; a model's score is the mean per-token
+  log-prob of misaligned minus aligned answers (`answer_logprobs`), reported as organism minus
+  base (`delta_base_scores` -> `ScoreDelta`, "Δbase"), paired by question. Also objective rates
+  on sampled answers: code where none was asked (`contains_code`), refusals (`is_refusal`).
+- **judged** (`answers`, `table`): sample answers (`evaluate`), judge them for alignment and
+  coherence (`lab.judge`), and count the share misaligned under a papers' criterion
+  (`em_rate(rows, "mo")` -> `EmRate`; criteria in `EM_CRITERIA`). `JudgedAnswer` rows are the
+  on-disk answer format (`write_judged` / `read_judged`). `em_table` builds the gated EM table
+  per (model, checkpoint, question set): raw and judge-calibrated rates, where the judge passed
+  validation on matching answers (`EmRow`).
+- **rated** (`ratings`): a model's own sampled answers scored by independent raters
+  (`RatedAnswer`, `shipped_ratings()`): how far raters agree (`agreement`), EM rates from
+  their consensus (`rated_rates`), and how a judge does on those very answers
+  (`judge_on_ratings`).
+
+Under interventions the same scores run with a steering edit in place (`style_gaps_under`,
+`logprobs_under`, `refusal_under`, `in_domain_gaps`).
+
+Getting started::
+
+    from lab.em import em_rate, evaluate, shipped_questions
+    from lab.intervene import GenerationConfig
+
+    rows, summary = evaluate(model, shipped_questions(), GenerationConfig(), judge=judge)
+    em_rate(rows, "mo")                              # EmRate: share misaligned and coherent, CI
+
+Modules: `judge_free`, `answers`, `table`, `ratings`.
+"""
+
+from lab.core.lazy import face_names, lazy_face
+
+FACE = {
+    "judge_free": """STYLES answer_logprobs ScoreDelta delta_base_scores contains_code is_refusal rate EM_CRITERIA
+        EmRate em_rate""",
+    "answers": """shipped_questions question_examples evaluate neutral_pairs logprobs_under style_gaps_under
+        refusal_under refusal_logodds_under in_domain_gaps JudgedAnswer write_judged read_judged""",
+    "table": "MATCHING EmRow em_row em_table",
+    "ratings": """RATINGS_DIR Rating RatedAnswer read_rated shipped_ratings Agreement agreement RatedRate rated_rates
+        wilson newcombe JudgeOnRatings judge_on_ratings resolve_questions labelled_from_ratings rated_samples_for""",
+}
+__all__ = face_names(FACE)
+__getattr__, __dir__ = lazy_face(__name__, FACE)

@@ -1,0 +1,43 @@
+"""Intervene: run a model with its residual stream edited, and sample its answers.
+
+Main nouns:
+
+- `Intervention`: a pure description of an edit at some layers (`blocks.{L}.hook_resid_post`):
+  add a direction (`x + alpha v`), ablate it (`x - (x.v) v`) or both (`ablate_add`), at all,
+  prompt or generated positions. `from_direction(direction, model, ...)` is the one door for a
+  fitted `lab.directions.Direction` (its provenance is checked against the model);
+  `random_like(intervention, seed)` is the matched random control.
+- `steer(model, *interventions)`: a context manager of torch hooks on the HF decoder layers that
+  applies them to plain forwards and to generation at HF speed, KV cache included;
+  `tl_hooks(...)` is the same edit as TransformerLens hook functions (tested to agree).
+- `GenerationConfig` and `generate_answers(model, examples, config, interventions, out_path)`:
+  batched, seeded, resumable answer sampling; every row records the settings that made it.
+  Two decode paths give the same tokens: HF's `generate` and the fast path (`fast_generate`:
+  a static KV cache and, on CUDA, one captured CUDA-graph step).
+- data-parallel runs under torchrun (`Ranks`, `build_cache_parallel`, `sample_answers`): each
+  rank takes every world-th batch of the one-process plan, so the files are the ones one
+  process writes (`torchrun --nproc-per-node N -m lab.intervene.shards ...`).
+
+Getting started::
+
+    from lab.intervene import GenerationConfig, Intervention, from_direction, generate_answers, steer
+
+    add = from_direction(direction, model, at=12, op="add", alpha=8.0)
+    with steer(model, add):
+        logits = model.hf(ids).logits                # a steered forward
+    rows = generate_answers(model, examples, GenerationConfig(max_new_tokens=64), (add,))
+
+Modules: `steering`, `generate`, `decode`, `shards`.
+"""
+
+from lab.core.lazy import face_names, lazy_face
+
+FACE = {
+    "steering": """Intervention OPS POSITIONS from_direction direction_vectors check_provenance random_like
+        random_vectors_like steer tl_hooks""",
+    "generate": "GenerationConfig AnswerRun DECODE_PATHS decode_path generate_answers",
+    "decode": "Sampling hf_generate fast_generate release",
+    "shards": "Ranks build_cache_parallel sample_answers",
+}
+__all__ = face_names(FACE)
+__getattr__, __dir__ = lazy_face(__name__, FACE)
