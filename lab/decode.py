@@ -15,9 +15,10 @@ own forward and emlab's steering hooks (lab.steering.steer) and removes the rest
 
 What stays HF's: the logits processors (`_get_logits_processor`: temperature, top-p,
 repetition penalty from the model's generation config, min-new-tokens), fed the same
-input_ids as in `generate`, and the sampler (softmax + `torch.multinomial` on the global
-generator). So greedy tokens equal `generate`'s, and a seeded sample draws the same random
-stream (tested on CPU in fp32). Steering hooks get absolute positions from the static cache's
+input_ids as in `generate`, and, unless rows bring their own seeds, the sampler (softmax +
+`torch.multinomial` on the global generator). So greedy tokens equal `generate`'s, and a seeded
+sample draws the same random stream (tested on CPU in fp32). With `seeds`, each row samples by
+Gumbel-max with its own noise (lab.sampling_noise), whatever else is in the batch. Steering hooks get absolute positions from the static cache's
 device-side length, which a replayed graph recomputes (lab.steering._PositionTracker).
 """
 
@@ -31,6 +32,7 @@ import torch
 
 from lab.errors import BadInput
 from lab.models import ModelLike
+from lab.sampling_noise import pick
 from lab.steering import Intervention, steer
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -193,13 +195,16 @@ def _runner(model: ModelLike, batch: int, width: int, length: int, interventions
 
 def fast_generate(model: ModelLike, ids: torch.Tensor, mask: torch.Tensor, sampling: Sampling,
                   interventions: tuple[Intervention, ...] = (), eos_id: int | list[int] | None = None,
-                  graph: bool | None = None, bucket: bool | None = None, eos_every: int = 8) -> torch.Tensor:
+                  graph: bool | None = None, bucket: bool | None = None, eos_every: int = 8,
+                  seeds: torch.Tensor | None = None) -> torch.Tensor:
     """New tokens (batch, <= max_new_tokens) for left-padded `ids`, as `hf_generate` would return them.
 
     `graph`: capture the decode step as a CUDA graph (default: on CUDA); `bucket`: pad the batch
     and the prompt width up to buckets so graphs are reused (default: with graphs; extra rows and
     columns are masked padding, so tokens do not change, tested). Finished rows get the
     pad token, and the output ends at the step where the last row finished, like `generate`.
+    `seeds` (one per row): sample by Gumbel-max with each row's own noise (lab.sampling_noise),
+    independent of the batch; without them, HF's sampler on the global generator (as `generate`).
     """
     reason = unsupported(model)
     if reason:
@@ -235,7 +240,9 @@ def fast_generate(model: ModelLike, ids: torch.Tensor, mask: torch.Tensor, sampl
         run.start(ids_b, mask_b)
         for t in range(n):
             scores = processors(run.tokens[:b, first: width + t], run.logits[:b])
-            if sampling.do_sample:
+            if sampling.do_sample and seeds is not None:
+                nxt = pick(scores, seeds, torch.full_like(seeds, t))
+            elif sampling.do_sample:
                 nxt = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
             else:
                 nxt = scores.argmax(-1)
