@@ -76,7 +76,8 @@ class EmTableConfig(Config):
     in_domain_questions: int = field(default=100, metadata={"help": "held-out user turns per domain, 1 sample each"})
     max_new_tokens: int = field(default=256, metadata={"help": "answer length cap"})
     gen_batch_size: int = field(default=64, metadata={"help": "generation batch"})
-    decode: Literal["auto", "fast", "hf"] = field(default="auto", metadata={"help": "decode path (auto: fast on CUDA)"})
+    decode: Literal["auto", "continuous", "fast", "hf"] = field(default="auto", metadata={
+        "help": "decode path (auto: continuous on CUDA, hf on CPU)"})
     judge_layers: list[int] = field(default_factory=list, metadata={
         "help": "candidate layers of the activation judge (empty: every ~10%% of depth)"})
     judge_groups: int = field(default=300, metadata={"help": "mo-medical user turns the alignment judge fits on"})

@@ -98,21 +98,25 @@ def table_checksum() -> str:
     return hashlib.sha256(gumbel_table("cpu").numpy().tobytes()).hexdigest()
 
 
+def _bits(keys: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    return mix32((keys.view(-1, 1) + offsets) & M32)
+
+
 def uniform_bits(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
     """(rows, vocab) int64: the 32-bit hash of (seed, step, v) for every row and token."""
-    keys = stream_keys(seeds, steps)
-    x = (keys.view(-1, 1) + _token_offsets(vocab, keys.device)) & M32
-    return mix32(x)
+    return _bits(stream_keys(seeds, steps), _token_offsets(vocab, seeds.device))
 
 
 def gumbel(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
     """(rows, vocab) float32 Gumbel noise for rows with these seeds drawing their `steps`-th token."""
-    table = gumbel_table(seeds.device)
-    return table[uniform_bits(seeds, steps, vocab) >> (32 - TABLE_BITS)]
+    return gumbel_table(seeds.device)[uniform_bits(seeds, steps, vocab) >> (32 - TABLE_BITS)]
 
 
-def _pick(scores: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    return (scores.float() + gumbel(seeds, steps, scores.shape[-1])).argmax(-1)
+def _pick(scores: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor, offsets: torch.Tensor,
+          table: torch.Tensor) -> torch.Tensor:
+    """argmax(scores + noise): tensors only, so `torch.compile` sees one pure function."""
+    noise = table[_bits(stream_keys(seeds, steps), offsets) >> (32 - TABLE_BITS)]
+    return (scores.float() + noise).argmax(-1)
 
 
 _FUSED: dict[str, object] = {}
@@ -134,17 +138,16 @@ def pick(scores: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor) -> torc
 
     `scores`: (rows, vocab) processed logits (-inf where filtered); `seeds`, `steps`: (rows,) int64.
     """
+    args = (scores, seeds, steps, _token_offsets(scores.shape[-1], scores.device), gumbel_table(scores.device))
     if scores.is_cuda and FUSE_ON_CUDA:
-        gumbel_table(scores.device)  # built outside any trace or graph capture
-        _token_offsets(scores.shape[-1], scores.device)
         fused = _fused_pick()
         if fused is not None:
             try:
-                return fused(scores, seeds, steps)
+                return fused(*args)
             except Exception as exc:  # e.g. Triton missing at first call: fall back for good
                 warnings.warn(f"sampling noise runs unfused ({type(exc).__name__}: {exc})")
                 _FUSED["pick"] = None
-    return _pick(scores, seeds, steps)
+    return _pick(*args)
 
 
 def margins(scores: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
