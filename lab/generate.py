@@ -28,7 +28,6 @@ continuous paths, and differ from the hf path's (another random stream, the same
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -36,6 +35,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from lab.answers_file import open_for_append, read_rows, settle
 from lab.data import DEFAULT_SYSTEM_PROMPT, ChatExample, render
 from lab.errors import BadInput
 from lab.hooks import left_pad
@@ -122,7 +122,7 @@ class AnswerRun:
         """Rows of these settings already in `files` (JSONL; missing files are empty), by (id, sample)."""
         rows: dict[tuple[str, int], dict] = {}
         for f in files:
-            for row in _read_rows(f):
+            for row in read_rows(f):
                 if row.get("settings_hash") == self.settings_hash:
                     rows[(row["id"], row["sample"])] = row
         return rows
@@ -153,18 +153,13 @@ class AnswerRun:
     def stream(self, batches: list[list[Job]], **sampler_options) -> Iterator[list[dict]]:
         """Rows of these batches as they are ready: a batch at a time on the static paths, one row at a
         time as it ends on the continuous path (which runs every job of `batches` through its slots)."""
-        if self.path != "continuous":
-            for batch in batches:
-                yield self.generate(batch)
-            return
-        from lab.sampler import ContinuousSampler
+        if self.path == "continuous":
+            from lab.sampler import stream_rows
 
-        sampler = ContinuousSampler(self.model, _sampling(self.config), self.interventions, self.slot_plan,
-                                    **sampler_options)
-        jobs = [(j, self.prompts.tokens[j[0]], self.seed(j)) for batch in batches for j in batch]
-        for job, tokens in sampler.run(jobs):
-            yield [self.row(job, self.model.tokenizer.decode(tokens, skip_special_tokens=True).strip())]
-        self.sampler = sampler  # its counters (steps, prefills) for benchmarks
+            yield from stream_rows(self, _sampling(self.config), batches, **sampler_options)
+            return
+        for batch in batches:
+            yield self.generate(batch)
 
     def ordered(self, rows: list[dict]) -> list[dict]:
         """`rows` in example order, samples of one example together."""
@@ -173,40 +168,9 @@ class AnswerRun:
         return sorted(rows, key=lambda r: index.get((r["id"], r["sample"]), 0))
 
     def settle(self, path: str | Path) -> None:
-        """Rewrite `path` (atomically) so this job's rows are in the order of its full plan, which is the
-        order a static run writes them; other lines keep their place. A no-op when already in order."""
-        position = {(self.examples[i].id, s): n for n, (i, s) in enumerate(j for b in self.plan({}) for j in b)}
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-        mine = [(n, json.loads(line)) for n, line in enumerate(lines)]
-        mine = [(n, r) for n, r in mine if r.get("settings_hash") == self.settings_hash]
-        want = sorted(mine, key=lambda nr: position.get((nr[1]["id"], nr[1]["sample"]), len(position)))
-        if [n for n, _ in want] == [n for n, _ in mine]:
-            return
-        slots = iter(n for n, _ in mine)
-        order = {next(slots): n for n, _ in want}  # the k-th of my lines' places gets the k-th wanted row
-        text = "".join(lines[order.get(n, n)] + "\n" for n in range(len(lines)))
-        tmp = Path(path).with_name(f".tmp-{Path(path).name}-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-
-
-def _read_rows(path: str | Path | None) -> list[dict]:
-    """The rows of a JSONL answers file; a last line cut short by a killed writer is not a row."""
-    if path is None or not Path(path).exists():
-        return []
-    text = Path(path).read_text(encoding="utf-8")
-    lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
-    return [json.loads(line) for line in lines]
-
-
-def open_for_append(path: str | Path):
-    """`path` opened for appending rows, after dropping a last line cut short by a killed writer."""
-    if Path(path).exists():
-        with open(path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
-    return open(path, "a", encoding="utf-8")
+        """Put this job's rows in `path` into the order of its full plan (the order a static run writes)."""
+        settle(path, self.settings_hash,
+               {(self.examples[i].id, s): n for n, (i, s) in enumerate(j for b in self.plan({}) for j in b)})
 
 
 def generate_answers(

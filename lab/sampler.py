@@ -167,3 +167,12 @@ class ContinuousSampler:
         self.slots.move(src, dst)
         for s, d in zip(src, dst):
             held[d], held[s] = held[s], None
+
+
+def stream_rows(run, sampling, batches: list[list[tuple[int, int]]], **options) -> Iterator[list[dict]]:
+    """The answer rows of `run` (a lab.generate.AnswerRun) for every job of `batches`, each as its row ends.
+    The sampler is left on `run.sampler` (its step and prefill counts)."""
+    run.sampler = ContinuousSampler(run.model, sampling, run.interventions, run.slot_plan, **options)
+    jobs = [(j, run.prompts.tokens[j[0]], run.seed(j)) for batch in batches for j in batch]
+    for job, tokens in run.sampler.run(jobs):
+        yield [run.row(job, run.model.tokenizer.decode(tokens, skip_special_tokens=True).strip())]

@@ -47,7 +47,8 @@ from lab.cache import ActivationCache, CacheRequest, batch_plan, build_cache, ca
 from lab.cache.build import _create_file, _fill
 from lab.data import ChatExample, PromptSet
 from lab.errors import BadInput, CacheError
-from lab.generate import AnswerRun, GenerationConfig, open_for_append, generate_answers
+from lab.answers_file import open_for_append
+from lab.generate import AnswerRun, GenerationConfig, generate_answers
 from lab.hooks import validate_hooks
 from lab.io import key_lock
 from lab.models import ModelLike
