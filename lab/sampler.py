@@ -113,7 +113,11 @@ class ContinuousSampler:
             raise BadInput(f"decode='continuous' cannot run {reason}: use decode='hf'")
         graph = model.device.type == "cuda" if graph is None else graph
         choice = RowChoice.build(model, sampling, stop_ids(model))
-        self.slots = Slots(model, plan.slots, plan.length, sampling.max_new_tokens, choice, interventions, graph)
+        try:
+            self.slots = Slots(model, plan.slots, plan.length, sampling.max_new_tokens, choice, interventions, graph)
+        except torch.OutOfMemoryError:
+            raise BadInput(f"{plan.slots} answer slots of {plan.length} tokens did not fit on {model.device} "
+                           f"(another process may hold memory): pass a smaller --max-batch") from None
         self.refill = refill or (max(1, plan.slots // 16) if model.device.type == "cuda" else 1)
         self.prefills = self.steps = 0
 

@@ -1,6 +1,5 @@
 """Batch-invariant seeded sampling and the continuous-batching sampler (real SmolLM2, fp32, CPU)."""
 
-import json
 import math
 import os
 import signal
@@ -20,7 +19,6 @@ from lab.data import ChatExample, load_contrast
 from lab.decode import Sampling, hf_generate
 from lab.errors import BadInput
 from lab.generate import AnswerRun, GenerationConfig, generate_answers
-from lab.hooks import left_pad
 from lab.steering import Intervention
 from tests.conftest import MODEL, REPO
 
