@@ -42,7 +42,9 @@ class EvalConfig(Config):
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     max_new_tokens: int = field(default=64, metadata={"help": "max new tokens per answer"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
-    batch_size: int = field(default=16, metadata={"help": "generation batch size"})
+    batch_size: int = field(default=16, metadata={"help": "generation batch size (static paths)"})
+    max_batch: int = field(default=0, metadata={
+        "help": "continuous-batching slots (0: as many as GPU memory holds; CPU: --batch-size)"})
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={
         "help": "explicit system prompt, for questions without their own `system`"})
     judge_base_url: str = field(default="", metadata={"help": "OpenAI-compatible judge endpoint (empty: none)"})
@@ -64,8 +66,11 @@ def run(cfg: EvalConfig) -> dict:
     model = load_model(cfg.model, cfg.adapters, dtype=cfg.dtype, device=ranks.device(cfg.device),
                        device_map=cfg.device_map)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, samples=cfg.samples,
-                           seed=cfg.seed, batch_size=cfg.batch_size, system_prompt=cfg.system_prompt)
-    out = out_dir(cfg, f"em_eval/{model.name}-{sha256_json(config_dict(cfg))[:8]}")
+                           seed=cfg.seed, batch_size=cfg.batch_size, system_prompt=cfg.system_prompt,
+                           max_batch=cfg.max_batch)
+    # --max-batch changes how fast, not what is sampled: the folder (and a resume) does not depend on it
+    keyed = {k: v for k, v in config_dict(cfg).items() if k != "max_batch"}
+    out = out_dir(cfg, f"em_eval/{model.name}-{sha256_json(keyed)[:8]}")
     model.hf  # load the weights before the clock starts (answer_seconds times sampling, not loading)
     ranks.barrier()
     start = time.perf_counter()
