@@ -36,8 +36,8 @@ if [[ " $STEPS " == *" bf16 "* ]]; then
     2>&1 | grep -v -e "Loading weights" -e "it/s\]" | tail -25
 fi
 if [[ " $STEPS " == *" suite "* ]]; then
-  EMLAB_CUDA_REPORT=$OUT timeout ${SUITE_S:-300} python3 -m pytest -v -k cuda -p no:cacheprovider -rfEs \
-      tests/test_real_weights_cuda.py tests/test_decode.py tests/test_directions_cuda.py tests/test_cache_cuda.py \
+  EMLAB_CUDA_REPORT=$OUT timeout ${SUITE_S:-300} python3 -m pytest -v -k "${SUITE_K:-cuda}" -p no:cacheprovider -rfEs \
+      ${SUITE_FILES:-tests/test_real_weights_cuda.py tests/test_decode.py tests/test_directions_cuda.py tests/test_cache_cuda.py tests/test_sampler_cuda.py} \
       > "$OUT/suite.log" 2>&1
   grep -E "passed|failed|FAILED|ERROR|SKIPPED" "$OUT/suite.log" | tail -30
 fi
