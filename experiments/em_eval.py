@@ -6,8 +6,9 @@
 
 Without a judge, only judge-free numbers are reported (no internet here: no strong judge).
 
-Over several GPUs, one process per GPU (rank r samples on cuda:r; the answers file is the one a
-single process writes, same seeds, same rows; rank 0 scores, judges and reports):
+Over several GPUs, one process per GPU (rank r samples on cuda:r; the answers file has a single
+process's rows, order and seeds, and its text when every process runs the same kernels; rank 0
+scores, judges and reports):
 
     torchrun --standalone --nproc-per-node 2 -m experiments.em_eval --device cuda --samples 50
 """

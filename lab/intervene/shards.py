@@ -6,9 +6,11 @@
 
 Both split work the same way: every rank computes the plan one process would run (the cache's
 `batch_plan`, the answers' `AnswerRun.plan`) and takes the batches `b` with `b % world == rank`.
-Every batch is therefore computed with the same rows, padding, kernels and random stream as in
-one process, and the result is the file one process writes (tested on CPU with two processes:
-identical arrays, identical answer files).
+Every batch is therefore computed with the same rows, padding and random stream as in one
+process. With the same kernels too (the same device and threads per process) the result is the
+file one process writes: tested on CPU, two one-thread ranks against one one-thread process
+(identical arrays, identical answer files). Another thread count or device may round differently
+in the last bit.
 
 Caches: rank 0 creates the final file under the key lock, laid out by the global plan, with each
 activation dataset allocated as one contiguous block, and sends every rank the blocks' byte
