@@ -361,13 +361,15 @@ def _diverged(peft_model, optimizer, model: ModelLike, prompts, micro, pad: int,
         f"(last good checkpoint: {last}); {where.line()}; see {out_dir / 'divergence.json'}")
 
 
-# cuDNN's fused attention backward (PyTorch's default SDPA backend on H100/H200 for bf16/fp16 since 2.5)
-# returns NaN in grad_q when an explicit attention mask is passed, the key length is 64 mod 128 and a
-# query row's log-sum-exp is below ln(FLT_MAX) ~ -88.7 (the padded half of its last 128-wide key tile is
-# scored 0, not -inf, and exp(0 - lse) overflows): pytorch/pytorch#196678, hit through Qwen2.5's
-# massive-activation attention heads. Padded training batches always pass a mask, so bf16 Qwen training
-# went to nan at the first batch 192 tokens wide; the forward is unaffected. Training excludes that backend;
-# flash and memory-efficient attention compute the same attention (tests/test_real_weights_cuda.py).
+# cuDNN's fused attention backward (PyTorch's default SDPA backend on H100/H200 for bf16/fp16) returns
+# NaN in grad_q when an explicit attention mask is passed, the key length is 64 mod 128 and a query
+# row's log-sum-exp is below -ln(FLT_MAX) ~ -88.7 (the padded half of its last 128-wide key tile is
+# scored 0, not -inf, and exp(0 - lse) overflows): pytorch/pytorch#196678. Padded training batches always
+# pass a mask and are as wide as their longest example, and real Qwen2.5 weights make such rows
+# (tests/test_bf16_attention.py, on the CPU); that is the most likely cause of bf16 Qwen training's nan
+# on the GPU (loss 2.748, then nan), to be confirmed by scripts/device/bf16_training.py. The forward is
+# unaffected. Training excludes that backend; flash and memory-efficient attention compute the same
+# attention (tests/test_real_weights_cuda.py).
 EXCLUDE_CUDNN_ATTENTION = True
 
 
