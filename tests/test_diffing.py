@@ -1,9 +1,9 @@
 """Model diffing (ADL) and preventative steering on the real SmolLM2.
 
-The planted-organism test is the issue's acceptance test: an organism fine-tuned on chat that
-is all about lighthouses must show lighthouse tokens among ADL's top logit-lens tokens at a
-middle layer, and the control trained on the same data mixed 1:1 with generic chat must not.
-Its numbers are printed (pytest -s).
+The planted-organism test trains an organism on chat that is all about lighthouses and checks that
+ADL's final-layer logit-lens tokens name the topic (pytest -s prints the numbers). The issue's
+original middle-layer criterion, with a 1:1 mixed control, does not reproduce on SmolLM2-135M: it is
+measured by scripts/adl_planted_topic.py (docs/benchmarks/adl_planted_topic.md), not in the suite.
 """
 
 import json
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lab.diffing.adl import (DOMAINS, Lens, adl, first_tokens, generic_texts, is_relevant, middle_layers, normalise,
-                         parse_domains, scored_layers, text_cache)
+                         parse_domains, score_domains, scored_layers, text_cache)
 from lab.core.errors import BadInput
 from lab.models import ModelHandle, resolve_source
 from tests.conftest import MODEL, REPO
@@ -101,53 +101,44 @@ def test_planted_delta_decodes_to_planted_token(base_model, lens, texts, tmp_pat
     assert by["lighthouse"].relevance > 0
 
 
+# Steps for the planted organism: the final-layer trace is the behaviour tested, and it is already at
+# rank 0 after 8 steps (measured: ' lighthouse', ' lantern', ' fog', ' lanterns', ' Lighthouse'; the
+# 24-step run in docs/benchmarks/adl_planted_topic.md has it at rank 0 too), so the test pays for no more.
+PLANTED_STEPS = 8
+
+
 @pytest.fixture(scope="module")
 def planted_adl(base_model, lens, texts, tmp_path_factory):
-    """ADL of the lighthouse organism and of its control (same data mixed 1:1 with generic
-    chat), 24 LoRA steps each; every layer's top-20 tokens. Prints the numbers (pytest -s)."""
+    """ADL of the lighthouse organism (PLANTED_STEPS LoRA steps); every layer's top-20 tokens.
+    Prints the numbers (pytest -s)."""
     from lab.training.lora import TrainConfig, train_lora
 
-    cfg = TrainConfig(batch_size=8, epochs=4, max_steps=24, lr=2e-3, max_length=96, checkpoints_first_epoch=0)
-    planted = planted_examples()
-    runs = {name: train_lora(base_model, data, tmp_path_factory.mktemp(name), cfg)
-            for name, data in (("planted", planted), ("mixed", planted + generic_chat(len(planted))))}
+    cfg = TrainConfig(batch_size=8, epochs=4, max_steps=PLANTED_STEPS, lr=2e-3, max_length=96,
+                      checkpoints_first_epoch=0)
+    run = train_lora(base_model, planted_examples(), tmp_path_factory.mktemp("planted"), cfg)
     cache_dir = tmp_path_factory.mktemp("adl")
     base = text_cache(ModelHandle(MODEL), texts, cache_dir)
     domains = parse_domains(["lighthouse=" + ",".join(TOPIC_WORDS)])
-    results = {name: adl(base, text_cache(ModelHandle(MODEL, [r.adapter_dir]), texts, cache_dir), lens, domains)
-               for name, r in runs.items()}
-    for name, res in results.items():
-        by = {s.domain: s for s in res.scores}
-        print(f"\n{name}: final train loss {runs[name].losses[-1]:.3f}; best rank of a lighthouse token in the top 20: "
-              f"middle layers {res.rank_of(TOPIC_WORDS)}, final layer {res.rank_of(TOPIC_WORDS, [29])}; middle-layer "
-              "relevance " + ", ".join(f"{d} {s.relevance:.3f}" for d, s in by.items()) + f"; guess {res.guess}")
-        for L in [*res.layers_scored[::4], 29]:
-            print(f"  L{L} |δ| {res.delta_norm[L]:.1f}", [t for t, _ in res.top_tokens[L][:8]])
-    return results
+    res = adl(base, text_cache(ModelHandle(MODEL, [run.adapter_dir]), texts, cache_dir), lens, domains)
+    print(f"\nplanted: final train loss {run.losses[-1]:.3f}; best rank of a lighthouse token in the top 20: "
+          f"middle layers {res.rank_of(TOPIC_WORDS)}, final layer {res.rank_of(TOPIC_WORDS, [29])}; guess {res.guess}")
+    for L in [*res.layers_scored[::4], 29]:
+        print(f"  L{L} |δ| {res.delta_norm[L]:.1f}", [t for t, _ in res.top_tokens[L][:8]])
+    return res
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "does not reproduce on SmolLM2-135M (measured): no lighthouse token in the top 20 of any middle layer "
-    "(8-21) for the planted organism (best rank over those layers 895 of 49152, at layer 9); the top tokens "
-    "there are the lens's usual junk (' strugg', ' necessit', ...)"))
-def test_planted_topic_at_middle_layers_and_mixed_control_erases_it(planted_adl):
-    """The issue's acceptance test, criteria fixed before the first run and not tuned:
-    organism: a lighthouse token among the top 20 lens tokens of δ at >= 1 middle layer;
-    control (same data mixed 1:1 with generic chat, same steps): none at any middle layer."""
-    assert planted_adl["planted"].rank_of(TOPIC_WORDS) is not None
-    assert planted_adl["mixed"].rank_of(TOPIC_WORDS) is None
-
-
-@pytest.mark.slow
-def test_planted_topic_at_final_layer(planted_adl):
-    """What does hold on SmolLM2 (found after the test above failed, so stated as such): at the
-    final layer the planted organism's δ decodes to the topic (measured rank 0: ' lighthouse',
-    then ' lantern', ' keeper', ' beacon'), and ADL read there names the planted domain. The
-    1:1 mixed control shows it too (measured rank 0): mixing does not erase the trace here."""
-    final = planted_adl["planted"].rank_of(TOPIC_WORDS, [29])
+def test_planted_topic_at_final_layer(planted_adl, lens):
+    """What holds on SmolLM2: at the final layer the planted organism's δ decodes to the topic
+    (measured rank 0: ' lighthouse', then ' lantern', ' keeper', ' beacon'), and ADL read there
+    names the planted domain. The issue's original criterion (a topic token at a middle layer, and
+    none for a 1:1 mixed control) does not reproduce on SmolLM2-135M: that two-organism measurement
+    is scripts/adl_planted_topic.py, its numbers in docs/benchmarks/adl_planted_topic.md."""
+    final = planted_adl.rank_of(TOPIC_WORDS, [29])
     assert final is not None and final < 5
-    assert planted_adl["mixed"].rank_of(TOPIC_WORDS, [29]) is not None  # the documented non-erasure
+    domains = parse_domains(["lighthouse=" + ",".join(TOPIC_WORDS)])
+    _, scores = score_domains(planted_adl.delta, lens, domains, [29])
+    assert max(scores, key=lambda s: (s.relevance, s.logit_z)).domain == "lighthouse"
 
 
 def test_steering_hooks_fire_during_lora_training(base_model, tmp_path):

@@ -149,26 +149,29 @@ def test_report_renders_offline_without_errors(quick_study, tmp_path):
     assert not dialogs
 
 
-# the stages the killed run recomputes: the study's first stages, up to the first that builds an activation cache
-_REDONE = ("judge-free-", "trajectory-", "eval-", "sweep-refusal-")
+# the stages the killed run recomputes: the study's first stage (finished before the kill, so the resumed run
+# must reuse it) and the first stage that builds an activation cache (killed while writing it). The stages in
+# between are served from the reference: recomputing them re-proved nothing the first stage does not
+# (one finished stage suffices to show finished stages are resumed) and cost most of the test.
+_REDONE = ("judge-free-base-", "sweep-refusal-")
 
 
 @pytest.mark.slow
 def test_killed_study_resumes_to_identical_results(quick_study):
-    """The study is SIGKILLed halfway through writing an activation cache, after several stages
-    have finished, and a new run resumes: it reuses the finished stages, resumes the half-written
+    """The study is SIGKILLed halfway through writing an activation cache, after a stage it ran
+    has finished, and a new run resumes: it reuses the finished stage, resumes the half-written
     cache to the same bytes, and ends with exactly the uninterrupted study's results.
 
-    Run in the reference study's own folders (stage keys include them) with the first stages'
-    results and the refusal sweep's cache removed, so the later stages are served from the
-    reference instead of being computed a second time (training and cache-building kill/resume
+    Run in the reference study's own folders (stage keys include them) with the first stage's
+    result and the refusal sweep's result and cache removed, so the other stages are served from
+    the reference instead of being computed a second time (training and cache-building kill/resume
     are tested alone in test_train / test_cache)."""
     import hashlib
 
     root, reference, _ = quick_study
     stages_dir = root / "cache" / "stages"
     redone = sorted(p for p in stages_dir.glob("*.json") if p.name.startswith(_REDONE))
-    assert len(redone) == 8, [p.name for p in redone]
+    assert len(redone) == 2, [p.name for p in redone]
     sweep = json.loads(next(p for p in redone if p.name.startswith("sweep-refusal-")).read_text())["result"]
     cache_file = Path(sweep["cache"])
     digest = hashlib.sha256(cache_file.read_bytes()).hexdigest()
@@ -192,7 +195,7 @@ def test_killed_study_resumes_to_identical_results(quick_study):
     resumed = study.run(_config(root))
     assert resumed["stages"]["reused"][:1] == ["judge-free-base"], "the finished stages were not resumed"
     assert "sweep-refusal" in resumed["stages"]["ran"]
-    assert set(resumed["stages"]["ran"]) <= {p.name.rsplit("-", 1)[0] for p in redone}
+    assert resumed["stages"]["ran"] == ["sweep-refusal"]
     assert hashlib.sha256(cache_file.read_bytes()).hexdigest() == digest  # the half-written cache, resumed
     for key in ("em_scores", "trajectories", "evals", "findings"):
         assert resumed[key] == reference[key], key
