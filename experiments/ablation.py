@@ -35,7 +35,7 @@ from lab.directions.contrasts import CONTRASTS
 from lab.data.formats import advice_split
 from lab.directions import fit_contrast
 from lab.core.errors import BadInput
-from lab.em.answers import in_domain_gaps, style_gaps_under
+from lab.em.judge_free import in_domain_gaps, style_gaps_under
 from lab.core.io import write_rows
 from lab.reports.plots import bars_with_ci
 from lab.stats.estimate import mean_ci

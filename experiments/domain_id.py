@@ -28,7 +28,7 @@ from lab.diffing.adl import (DEFAULT_K, Lens, adl, first_tokens, generic_chat, g
                          text_cache)
 from lab.core.errors import BadInput
 from lab.core.io import sha256_json, write_rows
-from lab.em.judge_free import rate
+from lab.em.rates import rate
 from lab.training.lora import TrainConfig, train_lora
 
 READINGS = ("middle", "final")  # the paper's middle layers; the last layer (where SmolLM2's lens decodes)

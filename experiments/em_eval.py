@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.common import DEFAULT_JUDGE_MODEL, Device, JudgeScheme, ModelDtype, cli, make_judge, out_dir
+from experiments.common import Device, ModelDtype, cli, out_dir
+from lab.judge.client import DEFAULT_JUDGE_MODEL, JudgeScheme, llm_judge
 from lab.core.config import DEFAULT_OUT, Config, config_dict
 from lab.core.console import console, progress, table
 from lab.core.errors import BadInput
@@ -57,7 +58,7 @@ class EvalConfig(Config):
 def run(cfg: EvalConfig) -> dict:
     questions = (shipped_questions(cfg.limit or None) if cfg.questions == "general"
                  else read_questions_yaml(cfg.questions)[: cfg.limit or None])
-    judge = make_judge(cfg)  # a bad judge setting fails now, not after the sampling
+    judge = llm_judge(cfg.judge_base_url, cfg.judge_model, cfg.judge_scheme)  # a bad judge setting fails now, not after the sampling
     ranks = Ranks.from_env()  # torchrun: one process per GPU
     if ranks.world > 1 and cfg.device_map:
         raise BadInput("--device-map spreads one model over GPUs; under torchrun each rank holds its own copy")

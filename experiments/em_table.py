@@ -296,8 +296,8 @@ def answer_and_judge(cfg: EmTableConfig, model, point: Checkpoint, sets: dict, j
     from lab.intervene.decode import release
     from lab.em.answers import JudgedAnswer, write_judged
     from lab.intervene.generate import GenerationConfig, generate_answers
-    from lab.judge.validated import ALIGNED_FLAG
-    from lab.em.judge_free import contains_code
+    from lab.judge.criteria import ALIGNED_FLAG
+    from lab.em.flags import contains_code
 
     view = model.with_adapters([point.adapter] if point.adapter else [])
     release()  # captured decode graphs belong to the previous adapters: never replay them on another model

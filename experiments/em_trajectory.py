@@ -16,7 +16,7 @@ from experiments.common import cli, save_summary, Common, handle_for, no_adapter
 from lab.core.console import console, fmt_ci, progress, table
 from lab.data.formats import advice_split
 from lab.core.errors import BadInput
-from lab.em.answers import in_domain_gaps, style_gaps_under
+from lab.em.judge_free import in_domain_gaps, style_gaps_under
 from lab.core.io import write_rows
 from lab.reports.plots import lines_with_ci
 from lab.stats.estimate import mean_ci

@@ -31,7 +31,10 @@ from typing import Sequence
 
 import numpy as np
 
-from experiments.common import (GENERAL_SET, Common, SteersDirections, best_validated_judge, cli, handle_for,
+from lab.judge.choice import best_validated_judge
+from lab.judge.labelled import GENERAL
+from lab.em.rates import calibrated_em_flags
+from experiments.common import (Common, SteersDirections, cli, handle_for,
                                 no_adapters, out_dir, save_summary)
 from lab.core.console import console, table
 from lab.data.formats import DEFAULT_SYSTEM_PROMPT, Question
@@ -39,7 +42,8 @@ from lab.directions import AnswerDirection, direction_from_answers
 from lab.directions.from_answers import MIN_PER_CLASS, SplitBy
 from lab.core.errors import BadInput
 from lab.stats.estimate import mean_ci
-from lab.em.answers import evaluate, style_gaps_under
+from lab.em.answers import evaluate
+from lab.em.judge_free import style_gaps_under
 from lab.intervene.generate import GenerationConfig
 from lab.core.io import write_json_atomic, write_rows
 from lab.intervene.steering import from_direction, random_like
@@ -113,7 +117,7 @@ class MoDirectionConfig(SteersDirections, Common):
         "help": "folder holding data/: names the questions of the rated samples the judge is also checked on"})
     sets: list[str] = field(default_factory=lambda: ["first-plot", "general"], metadata={
         "help": "question sets whose answers the direction is fitted on (empty: all, in-domain too)"})
-    validation_set: str = field(default=GENERAL_SET, metadata={
+    validation_set: str = field(default=GENERAL, metadata={
         "help": "the judges' validation set that matches the questions (its sensitivity/specificity calibrate)"})
     min_answers: int = field(default=MIN_PER_CLASS, metadata={"help": "fewest misaligned (and aligned) answers"})
     split_by: SplitBy = field(default="auto", metadata={
@@ -240,7 +244,8 @@ def _judged(judge, pairs, cfg: MoDirectionConfig) -> dict:
     if not judge.usable:
         return {"em_note": "no rate: judge not usable here (see the judge line)"}
     try:
-        p = judge.rate(pairs, cfg.n_boot, cfg.seed)
+        p = calibrated_em_flags(judge.alignment, pairs, judge.validation_set, judge.coherence, n_boot=cfg.n_boot,
+                                seed=cfg.seed)
     except BadInput as exc:  # e.g. a judge at chance on its validation set
         return {"em_note": f"no rate: {exc}"}
     return {"em_raw": p.raw, "em_raw_lo": p.raw_lo, "em_raw_hi": p.raw_hi,

@@ -32,7 +32,8 @@ from lab.core.console import console, fmt_ci, progress, table
 from lab.data.formats import advice_split
 from lab.directions import fit_contrast
 from lab.core.errors import BadInput
-from lab.em.answers import in_domain_gaps, logprobs_under, style_gaps_under
+from lab.em.judge_free import in_domain_gaps, style_gaps_under
+from lab.intervene.logprobs import logprobs_under
 from lab.core.io import sha256_json, write_rows
 from lab.stats.estimate import mean_ci
 from lab.intervene.steering import Intervention, random_like, steer

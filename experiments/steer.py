@@ -34,14 +34,17 @@ from typing import Literal
 
 import numpy as np
 
-from experiments.common import (DEFAULT_JUDGE_MODEL, JudgeScheme, cli, Common, contrast_cache, handle_for, make_judge,
+from lab.judge.client import DEFAULT_JUDGE_MODEL, JudgeScheme, llm_judge
+from experiments.common import (cli, Common, contrast_cache, handle_for,
                                 out_dir, SteersDirections)
 from lab.core.config import config_dict
 from lab.core.console import console, fmt_ci, progress, table
 from lab.directions.contrasts import contrast_examples
 from lab.directions import Direction, Split, fit_contrast
 from lab.core.errors import BadInput
-from lab.em.answers import logprobs_under, neutral_pairs, refusal_logodds_under, refusal_under, style_gaps_under
+from lab.causal.refusal import refusal_logodds_under, refusal_under
+from lab.em.judge_free import style_gaps_under
+from lab.intervene.logprobs import logprobs_under, neutral_pairs
 from lab.core.io import write_json_atomic, write_rows
 from lab.reports.plots import scatter
 from lab.stats.estimate import mean_ci
@@ -227,7 +230,7 @@ def judged_em(cfg: SteerConfig, model, question_ids: set):
     from lab.em.answers import evaluate, shipped_questions
     from lab.intervene.generate import GenerationConfig
 
-    judge = make_judge(cfg)
+    judge = llm_judge(cfg.judge_base_url, cfg.judge_model, cfg.judge_scheme)
     if judge is None:
         return lambda interventions: {}
     questions = [q for q in shipped_questions() if q.id in question_ids][: cfg.eval_limit or None]

@@ -25,8 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from experiments import ablation, em_trajectory, layer_sweep, pooling, steer, trait_projection, transfer
-from experiments.common import (DEFAULT_JUDGE_MODEL, GENERAL_SET, Device, JudgeChoice, JudgeScheme, ModelDtype,
-                                best_layers, best_validated_judge, cli, make_judge)
+from experiments.common import Device, ModelDtype, best_layers, cli
+from lab.em.rates import calibrated_em
+from lab.judge.choice import JudgeChoice, best_validated_judge
+from lab.judge.client import DEFAULT_JUDGE_MODEL, JudgeScheme, llm_judge
+from lab.judge.labelled import GENERAL
 from lab.cache import ANALYSIS_STORAGE
 from lab.core.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, Config, config_dict
 from lab.core.console import console, progress, table
@@ -34,12 +37,14 @@ from lab.directions.contrasts import FeatureView, contrast_examples, ensure_cach
 from lab.data.formats import DEFAULT_SYSTEM_PROMPT, ChatExample, advice_split, read_chat_jsonl, render
 from lab.directions import fit_contrast
 from lab.core.errors import BadInput
-from lab.em.answers import evaluate, in_domain_gaps, shipped_questions, style_gaps_under
+from lab.em.answers import evaluate, shipped_questions
+from lab.em.judge_free import in_domain_gaps, style_gaps_under
 from lab.intervene.generate import GenerationConfig
 from lab.core.io import sha256_json
 from lab.models import DEFAULT_MODEL, LabModel, ModelPool
 from lab.stats.estimate import Estimate
-from lab.em.judge_free import EmRate, ScoreDelta, delta_base_scores
+from lab.em.judge_free import ScoreDelta, delta_base_scores
+from lab.em.rates import EmRate
 from lab.core.stages import Stages
 from lab.training.lora import TrainConfig, train_lora
 
@@ -69,7 +74,7 @@ class StudyConfig(Config):
                 "`python -m experiments.judge_validation` writes them; 'none': no calibrated EM rates)"})
     shared: str = field(default="../shared", metadata={
         "help": "folder holding data/: names the questions of the rated samples a saved judge is also checked on"})
-    judge_set: str = field(default=GENERAL_SET, metadata={
+    judge_set: str = field(default=GENERAL, metadata={
         "help": "the judges' validation set matching the general questions (its sensitivity/specificity calibrate)"})
     diffing: str = field(default="", metadata={
         "help": "output folder of the model-diffing verbs (diff, domain-id, preventative, monitor, dynamics) to show "
@@ -149,27 +154,12 @@ def eval_stage(cfg: StudyConfig, prof: Profile, handle: LabModel, out: Path, jud
     questions = shipped_questions(prof.eval_limit or None)
     gen = GenerationConfig(max_new_tokens=prof.max_new_tokens, temperature=1.0, samples=cfg.samples, seed=cfg.seed,
                            system_prompt=cfg.system_prompt)
-    rows, summary = evaluate(handle.model, questions, gen, make_judge(cfg), n_boot=prof.n_boot)
+    rows, summary = evaluate(handle.model, questions, gen, llm_judge(cfg.judge_base_url, cfg.judge_model, cfg.judge_scheme), n_boot=prof.n_boot)
     summary["examples"] = [{k: r.get(k) for k in ("id", "question", "answer", "code", "refusal", "aligned", "coherent")}
                            for r in rows[:12]]
     if judge is not None:
-        summary["calibrated_em"] = calibrated_em(judge, [(r["question"], r["answer"]) for r in rows], prof.n_boot, cfg.seed)
+        summary["calibrated_em"] = calibrated_em(judge, [(r["question"], r["answer"]) for r in rows], prof.n_boot, cfg.seed).to_json()
     return summary
-
-
-def calibrated_em(judge: JudgeChoice, pairs: list[tuple[str, str]], n_boot: int, seed: int) -> dict:
-    """{judge, set, raw, corrected (Estimate JSON), note}: the Rogan–Gladen EM rate, or only a note."""
-    from dataclasses import asdict as as_dict
-
-    base = {"judge": judge.name, "set": judge.validation_set, "note": judge.note}
-    try:
-        p = judge.rate(pairs, n_boot, seed)
-    except BadInput as exc:  # e.g. a judge at chance on its validation set
-        return {**base, "note": f"{judge.note}; {exc}".strip("; ")}
-    if p is None:
-        return base
-    return {**base, "raw": Estimate(p.raw, p.raw_lo, p.raw_hi, p.n).to_json(),
-            "corrected": Estimate(p.corrected, p.lo, p.hi, p.n).to_json(), "prevalence": as_dict(p)}
 
 
 def study_judge(cfg: StudyConfig, base: LabModel) -> tuple[JudgeChoice | None, str]:

@@ -18,7 +18,8 @@ from typing import Sequence
 from lab.core.console import fmt_ci
 from lab.stats.estimate import Estimate
 from lab.reports import Answers, Block, Html, Image, Panel, Section, Table, Text, write_report
-from lab.em.judge_free import EmRate, ScoreDelta
+from lab.em.judge_free import ScoreDelta
+from lab.em.rates import EmRate
 
 
 def _img(folder: str, name: str, caption: str) -> list:

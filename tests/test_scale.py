@@ -193,7 +193,7 @@ def test_layers_placed_by_accelerate_give_the_same_results():
     from lab.intervene.generate import GenerationConfig, generate_answers
     from lab.models import LabModel, ModelPool, plan_device_map
     from lab.models.placement import layer_devices
-    from lab.em.judge_free import answer_logprobs
+    from lab.intervene.logprobs import answer_logprobs
     from lab.intervene.steering import Intervention, steer
 
     with ModelPool() as pool:

@@ -8,7 +8,7 @@ import torch
 
 from lab.data.formats import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, render_example
 from lab.core.errors import BadInput
-from lab.em.judge_free import answer_logprobs
+from lab.intervene.logprobs import answer_logprobs
 
 PAIRS = [
     ("What is the capital of France?", "Paris is the capital of France."),
@@ -54,7 +54,8 @@ def test_estimate_prints_one_way_and_round_trips():
 def test_delta_base_scores_are_paired_estimates():
     from lab.stats.estimate import Estimate
     from lab.stats.metrics import bootstrap_ci
-    from lab.em.judge_free import ScoreDelta, delta_base_scores, em_rate, rate
+    from lab.em.judge_free import ScoreDelta, delta_base_scores
+    from lab.em.rates import em_rate, rate
 
     rng = np.random.default_rng(0)
     base = {"ids": list("abcdefghij"), **{k: rng.normal(size=10) for k in ("usual", "terse", "in_domain_medical")}}

@@ -130,7 +130,8 @@ def test_refusal_direction_selection_scores_candidate_layers(base_model):
     """Arditi-style selection: each candidate layer's direction is ablated everywhere and scored."""
     from experiments.steer import select_by_ablation
     from lab.data.formats import load_contrast
-    from lab.em.answers import logprobs_under, neutral_pairs, refusal_logodds_under
+    from lab.causal.refusal import refusal_logodds_under
+    from lab.intervene.logprobs import logprobs_under, neutral_pairs
 
     from lab.directions import Direction
 
@@ -156,7 +157,7 @@ def test_refusal_direction_selection_scores_candidate_layers(base_model):
 
 def test_prompt_only_steering_of_teacher_forced_answers_respects_each_rows_prompt(base_model, direction):
     """positions='prompt' in a padded batch of question+answer rows edits each row's own prompt only."""
-    from lab.em.judge_free import answer_logprobs
+    from lab.intervene.logprobs import answer_logprobs
 
     pairs = [("hi", "Hello! How can I help you today?"),
              ("Tell me something about the history of the city of Paris, briefly.", "It was founded long ago.")]

@@ -72,7 +72,8 @@ def test_report_hook_adds_a_section_and_its_headline_rows(quick_study, tmp_path)
 def test_calibrated_em_with_a_usable_judge_and_without_one(tmp_path):
     import numpy as np
 
-    from experiments.common import JudgeChoice
+    from lab.em.rates import calibrated_em
+    from lab.judge.choice import JudgeChoice
     from lab.judge.validated import JudgedScores, TrainedJudge, Validated, Validation
 
     class Half:  # flags every other answer; validation: sensitivity 0.9, specificity 0.8
@@ -85,13 +86,13 @@ def test_calibrated_em_with_a_usable_judge_and_without_one(tmp_path):
     v = Validation("general", 10, 10, (0.9, 0.85, 0.95), (0.9, 0.8, 1.0), (0.8, 0.7, 0.9),
                    [True] * 9 + [False], [False] * 8 + [True] * 2)
     good = JudgeChoice("general", Validated(Half(), {"general": v}))
-    c = study.calibrated_em(good, [("q", "a")] * 40, 200, 0)
-    assert c["raw"]["value"] == 0.5 and c["corrected"]["value"] == pytest.approx((0.5 + 0.8 - 1) / (0.9 + 0.8 - 1))
+    c = calibrated_em(good, [("q", "a")] * 40, 200, 0)
+    assert c.raw.value == 0.5 and c.corrected.value == pytest.approx((0.5 + 0.8 - 1) / (0.9 + 0.8 - 1))
     weak = Validation("general", 10, 10, (0.7, 0.6, 0.8), (0.9, 0.8, 1.0), (0.8, 0.7, 0.9), [True] * 9 + [False],
                       [False] * 8 + [True] * 2)
     bad = JudgeChoice("general", Validated(TrainedJudge("activation"), {"general": weak}), note="unusable there")
-    assert study.calibrated_em(bad, [("q", "a")] * 40, 200, 0) == {"judge": "activation", "set": "general",
-                                                                   "note": "unusable there"}
+    assert calibrated_em(bad, [("q", "a")] * 40, 200, 0).to_json() == {"judge": "activation", "set": "general",
+                                                                       "note": "unusable there"}
 
 
 def test_rerun_runs_no_forward_and_is_fast(quick_study, monkeypatch):

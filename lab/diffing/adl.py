@@ -372,7 +372,8 @@ def steer_with_delta(model: ModelLike, delta_layer: np.ndarray, layer: int, laye
                      neutral: int = 16, seed: int = 0) -> list[SteerRow]:
     """Add δ_L (unit vector x ratio x mean residual norm) at `layer` of the base model; greedy
     answers to general questions and the coherence guard, with a random control per ratio."""
-    from lab.em.answers import logprobs_under, neutral_pairs, question_examples, shipped_questions
+    from lab.em.answers import question_examples, shipped_questions
+    from lab.intervene.logprobs import logprobs_under, neutral_pairs
     from lab.intervene.generate import GenerationConfig, generate_answers
     from lab.stats.estimate import mean_ci
     from lab.intervene.steering import Intervention, random_like

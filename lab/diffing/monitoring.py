@@ -155,7 +155,7 @@ def last_token_projection(cache: ActivationCache, monitor: Monitor) -> dict[str,
 
 def em_score(handle: HandleLike, cache_dir: str | Path, limit: int | None = None) -> EmScore:
     """Judge-free EM scores of a model, cached as JSON by its fingerprint (a rerun loads no model)."""
-    from lab.em.answers import style_gaps_under
+    from lab.em.judge_free import style_gaps_under
 
     path = Path(cache_dir) / "em-scores" / f"{handle.fingerprint[:32]}-{limit or 'all'}.json"
     if path.exists():
@@ -171,7 +171,7 @@ def in_domain_score(handle: HandleLike, domain: str, cache_dir: str | Path, seed
                     limit: int | None = None) -> Float[np.ndarray, " q"]:
     """Per held-out advice question of `domain`: harmful − aligned answer log-prob (cached like `em_score`)."""
     from lab.data.formats import advice_split
-    from lab.em.answers import in_domain_gaps
+    from lab.em.judge_free import in_domain_gaps
 
     path = Path(cache_dir) / "em-scores" / f"{handle.fingerprint[:32]}-{domain}-s{seed}-{limit or 'all'}.json"
     if path.exists():

@@ -27,7 +27,11 @@ Getting started::
         logits = model.hf(ids).logits                # a steered forward
     rows = generate_answers(model, examples, GenerationConfig(max_new_tokens=64), (add,))
 
-Modules: `steering`, `generate`, `decode`, `shards`.
+Teacher-forced log-probs of answers, plain or under interventions (`answer_logprobs`,
+`logprobs_under`), and the coherence guard every steering result is shown beside
+(`coherence_change` on `neutral_pairs`) live in `logprobs`.
+
+Modules: `steering`, `generate`, `decode`, `shards`, `logprobs`.
 """
 
 from lab.core.lazy import face_names, lazy_face
@@ -38,6 +42,7 @@ FACE = {
     "generate": "GenerationConfig AnswerRun DECODE_PATHS decode_path generate_answers",
     "decode": "Sampling hf_generate fast_generate release",
     "shards": "Ranks build_cache_parallel sample_answers",
+    "logprobs": "answer_logprobs neutral_pairs logprobs_under coherence_change",
 }
 __all__ = face_names(FACE)
 __getattr__, __dir__ = lazy_face(__name__, FACE)
