@@ -28,9 +28,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from experiments.common import (cli, save_summary, Common, contrast_cache, handle_for, no_adapters, out_dir,
-                                parse_organisms, SteersDirections)
-from lab.core.console import console, fmt_ci, progress, table
+from experiments.common import cli
+from lab.causal.controls import SteeringOptions
+from lab.core.config import parse_pairs
+from lab.core.io import out_folder, write_summary
+from lab.directions.contrasts import contrast_cache
+from lab.directions.options import AnalysisOptions
+from lab.core.console import console, progress, table
 from lab.directions.contrasts import CONTRASTS
 from lab.data.formats import advice_split
 from lab.directions import fit_contrast
@@ -38,12 +42,12 @@ from lab.core.errors import BadInput
 from lab.em.judge_free import in_domain_gaps, style_gaps_under
 from lab.core.io import write_rows
 from lab.reports.plots import bars_with_ci
-from lab.stats.estimate import mean_ci
+from lab.stats.estimate import format_ci, mean_ci
 from lab.intervene.steering import Intervention, direction_vectors, random_vectors_like
 
 
 @dataclass
-class AblationConfig(SteersDirections, Common):
+class AblationConfig(SteeringOptions, AnalysisOptions):
     """Ablate misalignment directions from EM organisms, with transferred and random controls."""
 
     organisms: list[str] = field(default_factory=list, metadata={"help": "NAME=ADAPTER_DIR pairs"})
@@ -73,7 +77,7 @@ def misalignment_direction(cfg: AblationConfig, adapter: str, name: str):
     """(direction, the cache it was fitted on, general question ids it never saw; None: all)."""
     contrast = contrast_of(cfg, name)
     held = {e.id for e in advice_split(name, seed=cfg.seed)[1]} if contrast != "general_answers" else set()
-    cache, _ = contrast_cache(handle_for(cfg, [adapter]), contrast, cfg, name,
+    cache, _ = contrast_cache(cfg.view([adapter]), contrast, cfg.cache_dir, cfg.storage, cfg.limit, name,
                               keep=lambda e: e.meta.get("group") not in held)
     fit = fit_contrast(cache, "misaligned", [cfg.method], cfg.pooling, cfg.test_fraction, cfg.seed, 200,
                        negative_label="aligned", contrast=contrast)
@@ -112,14 +116,14 @@ def em_scores(model, interventions: tuple, cfg: AblationConfig, held_out: list, 
 
 
 def run(cfg: AblationConfig) -> dict:
-    no_adapters(cfg, "--model (the base) and --organisms")
-    organisms = parse_organisms(cfg.organisms)
+    cfg.refuse_adapters("--model (the base) and --organisms")
+    organisms = {n: [a] for n, a in parse_pairs("--organisms", cfg.organisms, "ADAPTER_DIR").items()}
     for name in organisms:  # fail on a bad --contrast before any model runs
         contrast_of(cfg, name)
     fitted = {name: misalignment_direction(cfg, adapters[0], name) for name, adapters in organisms.items()}
     unseen_sets = [u for _, _, u in fitted.values() if u is not None]
     unseen = set.intersection(*unseen_sets) if unseen_sets else None  # general questions no direction saw
-    base = handle_for(cfg, []).model
+    base = cfg.view([])
     rows = []
     with progress() as bar:
         scored = {n: a for n, a in organisms.items() if not cfg.score or n in cfg.score}
@@ -129,7 +133,7 @@ def run(cfg: AblationConfig) -> dict:
         for name, adapters in scored.items():
             held_out = held_out_of(name, cfg)
             base_scores[name] = {**base_general, **({"in-domain": in_domain_gaps(base, held_out)} if held_out else {})}
-            model = handle_for(cfg, adapters).model
+            model = cfg.view(adapters)
             own_cache = fitted[name][1]
             layers = range(model.n_layers) if cfg.layers == "all" else [fitted[name][0].record.best_layer]
             conditions, removed = [("unsteered", ())], {}
@@ -137,7 +141,7 @@ def run(cfg: AblationConfig) -> dict:
                 best = d.record.best_layer
                 label = f"ablate {'own' if src == name else 'transferred from ' + src}"
                 chosen = layers if cfg.layers == "all" else [best]
-                removed[src] = direction_vectors(d, model, chosen, at=best, fitted_on=handle_for(cfg, organisms[src]),
+                removed[src] = direction_vectors(d, model, chosen, at=best, fitted_on=cfg.view(organisms[src]),
                                                  allow_foreign=cfg.allow_foreign_direction)
                 conditions.append((label, removal(removed[src], cfg, own_cache, label)))
             # controls with the own direction's structure: one random vector at every layer, like it
@@ -156,7 +160,7 @@ def run(cfg: AblationConfig) -> dict:
                                  "n": delta["n"]})
                 bar.advance(task)
             del model
-    out = out_dir(cfg, "ablation")
+    out = out_folder(cfg.out, "ablation")
     write_rows(rows, out / "rows")
     shown = []
     for r in rows:
@@ -166,8 +170,8 @@ def run(cfg: AblationConfig) -> dict:
         reduction = (1 - r["em_dbase"] / base_row["em_dbase"]) if em_present else None
         r["reduction"] = reduction
         shown.append({"organism": r["organism"], "score": r["score"], "condition": r["condition"],
-                      "EM score Δbase [95% CI]": fmt_ci(r["em_dbase"], r["em_dbase_lo"], r["em_dbase_hi"]),
-                      "change vs unsteered": fmt_ci(r["change"], r["change_lo"], r["change_hi"]),
+                      "EM score Δbase [95% CI]": format_ci(r["em_dbase"], r["em_dbase_lo"], r["em_dbase_hi"]),
+                      "change vs unsteered": format_ci(r["change"], r["change_lo"], r["change_hi"]),
                       "reduction": f"{reduction:.0%}" if reduction is not None else "n/a (no EM to remove)"})
     shown_rows = [r for r in rows if r["score"] in ("usual", "in-domain")]
     bars_with_ci([f"{r['organism']} {r['score']}: {r['condition']}" for r in shown_rows],
@@ -176,7 +180,7 @@ def run(cfg: AblationConfig) -> dict:
                  "EM score under ablation, organism - base", "Δ log-prob (misaligned - aligned)")
     console.print(table(f"EM ablation (judge-free, style-matched; {cfg.method} on {cfg.contrast}, {cfg.pooling}, "
                         f"layers {cfg.layers}, {cfg.ablation} ablation, positions {cfg.positions})", shown))
-    return save_summary(cfg, out, rows=rows)
+    return write_summary(out, cfg, rows=rows)
 
 
 main = cli(AblationConfig, run)

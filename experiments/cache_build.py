@@ -13,7 +13,9 @@ from typing import Literal
 
 import numpy as np
 
-from experiments.common import DEFAULT_CACHE_DIR, Device, cli
+from experiments.common import cli
+from lab.core.config import DEFAULT_CACHE_DIR
+from lab.models.options import Device
 from lab.cache import DEFAULT_STORAGE, STORAGE_DTYPES, AttentionImpl, CacheMode, StorageDtype, build_cache
 from lab.core.config import Config
 from lab.core.console import console, progress

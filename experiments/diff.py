@@ -16,17 +16,21 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from experiments.common import Common, cli, handle_for, out_dir, save_summary
-from lab.core.console import console, fmt_ci, table
-from lab.diffing.adl import (DEFAULT_K, AdlResult, Lens, SteerRow, adl, first_tokens, generic_texts, mean_norms,
+from experiments.common import cli
+from lab.core.io import out_folder, write_summary
+from lab.directions.options import AnalysisOptions
+from lab.stats.estimate import format_ci
+from lab.core.console import console, table
+from lab.diffing.adl import (DEFAULT_K, AdlResult, Lens, SteerRow, adl, first_tokens, generic_texts,
                          parse_domains, scored_layers, steer_with_delta, text_cache,
                          with_shares)
 from lab.core.errors import BadInput
 from lab.core.io import sha256_json, write_json_atomic
+from lab.directions.norms import token_residual_norms
 
 
 @dataclass
-class DiffConfig(Common):
+class DiffConfig(AnalysisOptions):
     """Activation Difference Lens: read a fine-tune's domain from activation differences on generic text."""
 
     adapter: str = field(default="", metadata={"help": "PEFT adapter of the base model to diff against it"})
@@ -64,14 +68,14 @@ def lens_for(cfg: DiffConfig, base) -> Lens:
     path = Path(resolve_source(cfg.model)[0])
     if path.is_dir():
         return Lens.from_files(path, base.tokenizer)
-    hf = base.model.hf  # a hub id: take the weights from the loaded model
+    hf = base.hf  # a hub id: take the weights from the loaded model
     return Lens(hf.model.norm.weight.detach().float().cpu(), hf.get_output_embeddings().weight.detach().float().cpu(),
                 float(getattr(hf.config, "rms_norm_eps", 1e-6)), base.tokenizer)
 
 
 def diff(cfg: DiffConfig, adapters: list[str]) -> tuple[AdlResult, list[SteerRow], int]:
     """ADL and (optionally) δ-steering for one organism; caches make a rerun file-only."""
-    base, organism = handle_for(cfg, []), handle_for(cfg, adapters)
+    base, organism = cfg.view([]), cfg.view(adapters)
     prompts = first_tokens(generic_texts(cfg.texts or None), base.tokenizer, cfg.k)
     with console.status(f"caching {len(prompts)} generic texts (first {cfg.k} tokens) on base and organism ..."):
         base_cache = text_cache(base, prompts, cfg.cache_dir, cfg.storage)
@@ -91,8 +95,8 @@ def diff(cfg: DiffConfig, adapters: list[str]) -> tuple[AdlResult, list[SteerRow
             rows = with_shares([SteerRow(**r) for r in json.loads(path.read_text())], domains)
         else:
             with console.status("steering the base model with δ ..."):
-                norm = float(mean_norms(base_cache)[layer])
-                rows = steer_with_delta(base.model, result.delta[layer], layer, norm, cfg.ratios, domains,
+                norm = float(token_residual_norms(base_cache)[layer])
+                rows = steer_with_delta(base, result.delta[layer], layer, norm, cfg.ratios, domains,
                                         cfg.questions, cfg.max_new_tokens, seed=cfg.seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, [asdict(r) for r in rows])
@@ -132,14 +136,14 @@ def run(cfg: DiffConfig) -> dict:
     if rows:
         console.print(table(f"steering the base model with δ at layer {layer} (coherence floor {cfg.coherence_floor})",
                             [{"condition": r.condition, "ratio": r.ratio,
-                              "coherence Δ [95% CI]": fmt_ci(r.coherence, r.coherence_lo, r.coherence_hi, 2),
+                              "coherence Δ [95% CI]": format_ci(r.coherence, r.coherence_lo, r.coherence_hi, 2),
                               **{f"{d} words": f"{v:.3f}" for d, v in r.domain_share.items()}} for r in rows]))
         shown = [r for r in (unsteered, pick, random_at) if r is not None]
         console.print(table("answers (greedy)", [{"question": a["question"],
                                                    **{f"{r.condition} x{r.ratio}": r.answers[i]["answer"] for r in shown}}
                                                   for i, a in enumerate(shown[0].answers)]))
-    out = out_dir(cfg, f"diff/{Path(adapters[-1]).parent.name}-{Path(adapters[-1]).name}")
-    return save_summary(cfg, out, guess=result.guess, k=result.k, n_texts=result.n_texts,
+    out = out_folder(cfg.out, f"diff/{Path(adapters[-1]).parent.name}-{Path(adapters[-1]).name}")
+    return write_summary(out, cfg, guess=result.guess, k=result.k, n_texts=result.n_texts,
                         layers_scored=result.layers_scored, steer_layer=layer,
                         top_tokens={str(L): t for L, t in result.top_tokens.items()},
                         delta_norm={str(L): v for L, v in result.delta_norm.items()},

@@ -21,8 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import Common, cli, handle_for, out_dir, save_summary
-from lab.core.console import console, fmt_ci, progress, table
+from experiments.common import cli
+from lab.core.io import out_folder, write_summary
+from lab.directions.options import AnalysisOptions
+from lab.stats.estimate import format_ci
+from lab.core.console import console, progress, table
 from lab.data.formats import ChatExample, advice_split, read_chat_jsonl
 from lab.diffing.adl import (DEFAULT_K, Lens, adl, first_tokens, generic_chat, generic_texts, parse_domains, scored_layers,
                          text_cache)
@@ -36,7 +39,7 @@ INSECURE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ins
 
 
 @dataclass
-class DomainIdConfig(Common):
+class DomainIdConfig(AnalysisOptions):
     """ADL's domain guess vs the truth, over organisms x seeds, with the 1:1 generic mix as control."""
 
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "training seeds"})
@@ -73,7 +76,7 @@ def organisms(cfg: DomainIdConfig, candidates: dict) -> dict[str, tuple[str, lis
 def run(cfg: DomainIdConfig) -> dict:
     candidates = parse_domains(cfg.domains)
     orgs = organisms(cfg, candidates)
-    base = handle_for(cfg, [])
+    base = cfg.view([])
     prompts = first_tokens(generic_texts(), base.tokenizer, cfg.k)
     from lab.models import resolve_source
 
@@ -103,8 +106,8 @@ def run(cfg: DomainIdConfig) -> dict:
                             bar.advance(task)
                             continue
                         bar.update(task, info=f"train {name} {variant} s{seed}")
-                        train_lora(base.model.for_training(), train, folder, tc)
-                    org_cache = text_cache(handle_for(cfg, [str(adapter)]), prompts, cfg.cache_dir, cfg.storage)
+                        train_lora(base.for_training(), train, folder, tc)
+                    org_cache = text_cache(cfg.view([str(adapter)]), prompts, cfg.cache_dir, cfg.storage)
                     row = {"organism": name, "truth": truth, "variant": variant, "seed": seed}
                     for reading in READINGS:
                         res = adl(base_cache, org_cache, lens, candidates,
@@ -126,15 +129,15 @@ def run(cfg: DomainIdConfig) -> dict:
             flags = [r[f"correct ({reading})"] for r in rows if r["variant"] == variant]
             acc = rate(flags, cfg.n_boot, cfg.seed)
             summary_rows.append({"variant": variant, "layers": reading, "n": acc.n,
-                                 "accuracy [95% CI]": fmt_ci(acc.value, acc.lo, acc.hi), "chance": f"{chance:.3f}",
+                                 "accuracy [95% CI]": format_ci(acc.value, acc.lo, acc.hi), "chance": f"{chance:.3f}",
                                  "accuracy": acc.value, "lo": acc.lo, "hi": acc.hi})
     console.print(table("ADL domain guesses", [{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()
                                                 if k not in ("adapter",) and not k.startswith("relevance ")} for r in rows]))
     console.print(table(f"Accuracy vs chance ({len(candidates)} candidate domains)",
                         [{k: v for k, v in r.items() if k not in ("accuracy", "lo", "hi")} for r in summary_rows]))
-    out = out_dir(cfg, "domain_id")
+    out = out_folder(cfg.out, "domain_id")
     write_rows(rows, out / "rows")
-    return save_summary(cfg, out, rows=rows, accuracy=summary_rows, chance=chance, skipped=skipped,
+    return write_summary(out, cfg, rows=rows, accuracy=summary_rows, chance=chance, skipped=skipped,
                         mean_truth_relevance={f"{v}, {reading}": float(np.mean([r[f"truth relevance ({reading})"]
                                                                                  for r in rows if r["variant"] == v]))
                                               for v in variants for reading in READINGS})

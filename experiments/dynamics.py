@@ -27,13 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import Common, cli, handle_for, no_adapters, out_dir, save_summary
-from lab.core.console import console, fmt_ci, table
+from experiments.common import cli
+from lab.core.io import out_folder, write_summary
+from lab.directions.options import AnalysisOptions
+from lab.core.console import console, table
 from lab.data.formats import ChatExample, advice_split, load_general_questions
 from lab.diffing.dynamics import (AdapterPath, Rank1, adapter_scalars, local_cosine, lora_probe, pca_path, read_rank1,
                           run_checkpoints, transition)
 from lab.core.errors import BadInput
-from lab.stats.estimate import mean_ci
+from lab.stats.estimate import format_ci, mean_ci
 from lab.core.io import sha256_json, write_rows
 from lab.diffing.monitoring import em_score, in_domain_score
 from lab.reports.plots import dynamics_panel
@@ -41,7 +43,7 @@ from lab.training.lora import RECIPES, recipe_config, split_training, train_lora
 
 
 @dataclass
-class DynamicsConfig(Common):
+class DynamicsConfig(AnalysisOptions):
     """Rank-1 adapters over training: norm, local cosine, PCA path vs EM; L1 probing of the adapters."""
 
     domain: str = field(default="medical", metadata={"help": "shipped training set: medical or financial"})
@@ -99,14 +101,14 @@ def random_control(adapters: list[Rank1], seed: int) -> list[Rank1]:
 def cached_scalars(cfg: DynamicsConfig, adapter: Path, adapters: list[Rank1], examples: list[ChatExample]
                    ) -> list[np.ndarray]:
     """Per-token adapter scalars of the organism on `examples`, from file when computed before."""
-    handle = handle_for(cfg, [str(adapter)])
+    handle = cfg.view([str(adapter)])
     key = sha256_json([handle.fingerprint, [e.id for e in examples], [e.messages for e in examples],
                        [sha256_json(a.A.tolist()) for a in adapters]])[:24]
     path = Path(cfg.cache_dir) / "lora-probe" / f"{key}.npz"
     if path.exists():
         z = np.load(path)
         return np.split(z["x"], np.cumsum(z["n"])[:-1])
-    feats = adapter_scalars(handle.model, adapters, examples)
+    feats = adapter_scalars(handle, adapters, examples)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}")
     np.savez(tmp, x=np.concatenate(feats), n=np.array([len(f) for f in feats]))
@@ -129,17 +131,17 @@ def probe(cfg: DynamicsConfig, adapter: Path) -> list[dict]:
 
 
 def run(cfg: DynamicsConfig) -> dict:
-    no_adapters(cfg, "the organisms this verb trains")
+    cfg.refuse_adapters("the organisms this verb trains")
     if cfg.domain not in ("medical", "financial"):
         raise BadInput(f"--domain must be medical or financial, not {cfg.domain!r}")
     start = time.monotonic()
     over = lambda: cfg.budget_min > 0 and time.monotonic() - start > 60 * cfg.budget_min  # noqa: E731
-    base = handle_for(cfg, [])
+    base = cfg.view([])
     train, _ = advice_split(cfg.domain, seed=cfg.seed)
     limit = cfg.eval_limit or None
     base_em = em_score(base, cfg.cache_dir, limit)
     base_dom = in_domain_score(base, cfg.domain, cfg.cache_dir, cfg.seed, limit)
-    out = out_dir(cfg, f"dynamics/{cfg.domain}")
+    out = out_folder(cfg.out, f"dynamics/{cfg.domain}")
     runs, skipped = {}, []
     for recipe in cfg.recipes:
         if over():
@@ -150,7 +152,7 @@ def run(cfg: DynamicsConfig) -> dict:
         if not (folder / "adapter" / "adapter_model.safetensors").exists():
             with console.status(f"training {recipe} ({tc.checkpoints_first_epoch} checkpoints in epoch 1) ..."):
                 t0 = time.monotonic()
-                train_lora(base.model.for_training(), train, folder, tc)
+                train_lora(base.for_training(), train, folder, tc)
                 console.print(f"trained {recipe} in {time.monotonic() - t0:.1f} s")
         ckpts = run_checkpoints(folder)
         path = AdapterPath.from_checkpoints([p for _, p in ckpts], [s for s, _ in ckpts])
@@ -163,7 +165,7 @@ def run(cfg: DynamicsConfig) -> dict:
             if over():
                 skipped.append(f"{recipe}: EM scores from step {step} on (wall budget)")
                 break
-            handle = handle_for(cfg, [str(ck)])
+            handle = cfg.view([str(ck)])
             em = em_score(handle, cfg.cache_dir, limit)
             u, t = mean_ci(em.usual - base_em.usual, cfg.n_boot, cfg.seed), mean_ci(em.terse - base_em.terse, cfg.n_boot, cfg.seed)
             d = mean_ci(in_domain_score(handle, cfg.domain, cfg.cache_dir, cfg.seed, limit) - base_dom, cfg.n_boot, cfg.seed)
@@ -199,7 +201,7 @@ def run(cfg: DynamicsConfig) -> dict:
         show(recipe, runs[recipe], cfg.ks)
     for s in skipped:
         console.print(f"[yellow]skipped[/]: {s}")
-    return save_summary(cfg, out, runs=runs, skipped=skipped, wall_s=time.monotonic() - start)
+    return write_summary(out, cfg, runs=runs, skipped=skipped, wall_s=time.monotonic() - start)
 
 
 def em_rise(em_rows: list[dict]) -> int | None:
@@ -212,8 +214,8 @@ def show(recipe: str, r: dict, ks: list[int]) -> None:
         {"step": row["step"], "|B·A|": f"{row['norm']:.3f}",
          **{f"cos k={k}": "" if row[f"cos k={k}"] is None else f"{row[f'cos k={k}']:.3f}" for k in ks},
          "PC1, PC2": f"{row['pc1']:.2f}, {row['pc2']:.2f}",
-         "EM usual Δbase [95% CI]": fmt_ci(row["EM usual"], row["EM usual lo"], row["EM usual hi"]) if "EM usual" in row else "",
-         "EM in-domain Δbase [95% CI]": fmt_ci(row["EM in-domain"], row["EM in-domain lo"], row["EM in-domain hi"])
+         "EM usual Δbase [95% CI]": format_ci(row["EM usual"], row["EM usual lo"], row["EM usual hi"]) if "EM usual" in row else "",
+         "EM in-domain Δbase [95% CI]": format_ci(row["EM in-domain"], row["EM in-domain lo"], row["EM in-domain hi"])
          if "EM in-domain" in row else ""}
         for row in r["rows"]]))
     tr = ", ".join(f"k={k}: step {t[0]} (cos {t[1]:.3f})" for k, t in r["transition"].items() if t)
@@ -222,7 +224,7 @@ def show(recipe: str, r: dict, ks: list[int]) -> None:
                   f"PCA explained {', '.join(f'{x:.2f}' for x in r['pca_explained'])}")
     if r["probes"]:
         console.print(table(f"{recipe}: L1 probes on per-token adapter scalars (held out by question)", [
-            {"task": p["task"], "features": p["features"], "AUROC [95% CI]": fmt_ci(p["auroc"], p["auroc_lo"], p["auroc_hi"]),
+            {"task": p["task"], "features": p["features"], "AUROC [95% CI]": format_ci(p["auroc"], p["auroc_lo"], p["auroc_hi"]),
              "carriers (layer, by |w|)": " ".join(map(str, p["carriers"])) or "none",
              "weights": " ".join(f"L{L}:{w:+.2f}" for L, w in zip(p["layers"], p["coef"])),
              "single-adapter AUROC": " ".join(f"{a:.2f}" for a in p["single_auroc"]),

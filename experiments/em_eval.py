@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.common import Device, ModelDtype, cli, out_dir
+from experiments.common import cli
+from lab.core.io import out_folder
+from lab.models.options import Device, ModelDtype
 from lab.judge.client import DEFAULT_JUDGE_MODEL, JudgeScheme, llm_judge
 from lab.core.config import DEFAULT_OUT, Config, config_dict
 from lab.core.console import console, progress, table
@@ -66,7 +68,7 @@ def run(cfg: EvalConfig) -> dict:
                        device_map=cfg.device_map)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, samples=cfg.samples,
                            seed=cfg.seed, batch_size=cfg.batch_size, system_prompt=cfg.system_prompt)
-    out = out_dir(cfg, f"em_eval/{model.name}-{sha256_json(config_dict(cfg))[:8]}")
+    out = out_folder(cfg.out, f"em_eval/{model.name}-{sha256_json(config_dict(cfg))[:8]}")
     model.hf  # load the weights before the clock starts (answer_seconds times sampling, not loading)
     ranks.barrier()
     start = time.perf_counter()

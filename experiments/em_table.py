@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import lab  # noqa: F401  (environment before torch)
-from experiments.common import Device, cli
+from experiments.common import cli
+from lab.models.options import Device
 from lab.core.config import Config, config_dict
 from lab.core.console import console
 from lab.core.errors import BadInput

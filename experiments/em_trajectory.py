@@ -12,19 +12,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.common import cli, save_summary, Common, handle_for, no_adapters, out_dir
-from lab.core.console import console, fmt_ci, progress, table
+from experiments.common import cli
+from lab.core.io import out_folder, write_summary
+from lab.directions.options import AnalysisOptions
+from lab.core.console import console, progress, table
 from lab.data.formats import advice_split
 from lab.core.errors import BadInput
 from lab.em.judge_free import in_domain_gaps, style_gaps_under
 from lab.core.io import write_rows
 from lab.reports.plots import lines_with_ci
-from lab.stats.estimate import mean_ci
+from lab.stats.estimate import format_ci, mean_ci
 from lab.training.lora import adapter_meta
 
 
 @dataclass
-class TrajectoryConfig(Common):
+class TrajectoryConfig(AnalysisOptions):
     """Judge-free EM scores across an organism's checkpoints."""
 
     run: str = field(default="", metadata={"help": "training folder holding checkpoints/step-*"})
@@ -50,7 +52,7 @@ def trajectory(cfg: TrajectoryConfig, run: Path, domain: str, on_step=None, base
     """Rows of (step, score, Δbase with CI). `base`: precomputed `base_scores` (the study shares them)."""
     _, held_out = advice_split(domain, seed=cfg.seed)
     held_out = held_out[: cfg.eval_limit or None]
-    base = base or base_scores(handle_for(cfg, []).model, domain, cfg.eval_limit or None, cfg.seed)
+    base = base or base_scores(cfg.view([]), domain, cfg.eval_limit or None, cfg.seed)
     if len(base["in-domain"]) != len(held_out) or len(base["usual"]) != len(style_gaps_ids(cfg.eval_limit)):
         raise BadInput("base scores do not match the trajectory's questions")
     rows = []
@@ -59,7 +61,7 @@ def trajectory(cfg: TrajectoryConfig, run: Path, domain: str, on_step=None, base
             step, scores = 0, {"in-domain": base["in-domain"] * 0, "general (usual)": base["usual"] * 0,
                                "general (terse)": base["terse"] * 0}
         else:
-            model = handle_for(cfg, [str(ckpt)]).model
+            model = cfg.view([str(ckpt)])
             step = adapter_meta(ckpt).get("step", int(ckpt.name.split("-")[-1]))
             gen = style_gaps_under(model, (), cfg.eval_limit or None)
             scores = {"in-domain": in_domain_gaps(model, held_out) - base["in-domain"],
@@ -81,19 +83,19 @@ def style_gaps_ids(limit: int) -> list[str]:
 def run(cfg: TrajectoryConfig, base: dict | None = None) -> dict:
     if not cfg.run:
         raise BadInput("--run TRAINING_FOLDER is required")
-    no_adapters(cfg, "--model (step 0) and the checkpoints under --run")
+    cfg.refuse_adapters("--model (step 0) and the checkpoints under --run")
     run_dir = Path(cfg.run)
     with progress() as bar:
         task = bar.add_task("checkpoints", total=len(checkpoints(run_dir)) + 1, info="")
         rows = trajectory(cfg, run_dir, cfg.domain, lambda: bar.advance(task), base)
-    out = out_dir(cfg, f"em_trajectory/{run_dir.name}")
+    out = out_folder(cfg.out, f"em_trajectory/{run_dir.name}")
     write_rows(rows, out / "rows")
     lines_with_ci(rows, "score", "step", "value", out / "trajectory.png",
                   f"{run_dir.name}: EM scores across training (Δbase)", "Δ log-prob (misaligned - aligned)", hline=0.0)
     console.print(table(f"EM trajectory: {run_dir.name}",
                         [{"step": r["step"], "score": r["score"],
-                          "Δbase [95% CI]": fmt_ci(r["value"], r["value_lo"], r["value_hi"])} for r in rows]))
-    return save_summary(cfg, out, rows=rows)
+                          "Δbase [95% CI]": format_ci(r["value"], r["value_lo"], r["value_hi"])} for r in rows]))
+    return write_summary(out, cfg, rows=rows)
 
 
 main = cli(TrajectoryConfig, run)

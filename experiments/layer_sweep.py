@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from experiments.common import best_layers, cli, Common, contrast_cache, handle_for, out_dir, say
+from experiments.common import cli
+from lab.directions.sweep import best_layers
+from lab.core.io import out_folder
+from lab.directions.contrasts import contrast_cache
+from lab.directions.options import AnalysisOptions
 from lab.core.config import config_dict
 from lab.core.console import console, table
 from lab.directions import DEFAULT_METHODS, fit_contrast
@@ -19,7 +23,7 @@ from lab.reports.plots import lines_with_ci
 
 
 @dataclass
-class LayerSweepConfig(Common):
+class LayerSweepConfig(AnalysisOptions):
     """Layer sweep of direction methods on a contrast."""
 
     contrast: str = field(default="refusal", metadata={"help": "refusal, code_mode, medical_answers, ..."})
@@ -44,13 +48,13 @@ def sklearn_probe_auroc(X: np.ndarray, y: np.ndarray, train: np.ndarray, test: n
 
 
 def run(cfg: LayerSweepConfig) -> dict:
-    handle = handle_for(cfg)
-    cache, contrast = contrast_cache(handle, cfg.contrast, cfg)
+    handle = cfg.view()
+    cache, contrast = contrast_cache(handle, cfg.contrast, cfg.cache_dir, cfg.storage, cfg.limit)
     pooling = cfg.pooling or contrast.pooling
     fit = fit_contrast(cache, contrast.positive, cfg.methods, pooling, cfg.test_fraction, cfg.seed,
                        cfg.n_boot, negative_label=contrast.negative, contrast=contrast.name)
     rows, directions = fit.rows, fit.directions
-    out = out_dir(cfg, f"layer_sweep/{contrast.name}-{pooling}")
+    out = out_folder(cfg.out, f"layer_sweep/{contrast.name}-{pooling}")
     check = {}
     if cfg.sklearn_check and "probe" in cfg.methods:
         split = fit.split
@@ -68,7 +72,7 @@ def run(cfg: LayerSweepConfig) -> dict:
                   f"{contrast.description}: held-out AUROC ({pooling})", "AUROC", hline=0.5)
     console.print(table(f"layer sweep: {contrast.name} on {cache.attrs['model_name']}", best))
     if check:
-        say(f"probe vs sklearn, max |AUROC diff| over layers: {check['max_abs_auroc_diff_vs_sklearn']:.4f}")
+        console.print(f"probe vs sklearn, max |AUROC diff| over layers: {check['max_abs_auroc_diff_vs_sklearn']:.4f}")
     summary = {"config": config_dict(cfg), "best": best, "cache": str(cache.path), "out": str(out), **check}
     write_json_atomic(out / "summary.json", summary)
     return summary

@@ -34,11 +34,14 @@ import numpy as np
 from lab.judge.choice import best_validated_judge
 from lab.judge.labelled import GENERAL
 from lab.em.rates import calibrated_em_flags
-from experiments.common import (Common, SteersDirections, cli, handle_for,
-                                no_adapters, out_dir, save_summary)
+from experiments.common import cli
+from lab.causal.controls import SteeringOptions
+from lab.core.io import out_folder, write_summary
+from lab.directions.options import AnalysisOptions
 from lab.core.console import console, table
 from lab.data.formats import DEFAULT_SYSTEM_PROMPT, Question
 from lab.directions import AnswerDirection, direction_from_answers
+from lab.directions.norms import prompt_residual_norm
 from lab.directions.from_answers import MIN_PER_CLASS, SplitBy
 from lab.core.errors import BadInput
 from lab.stats.estimate import mean_ci
@@ -105,7 +108,7 @@ def read_judged_answers(path: str | Path, organism: str, sets: Sequence[str] = (
 
 
 @dataclass
-class MoDirectionConfig(SteersDirections, Common):
+class MoDirectionConfig(SteeringOptions, AnalysisOptions):
     """The Model Organisms direction from an organism's own judged answers: ablation and addition, judged."""
 
     em_out: str = field(default="runs/em-table", metadata={"help": "EM pipeline output (organisms/, answers.jsonl, judges/)"})
@@ -151,7 +154,7 @@ def conditions(cfg: MoDirectionConfig, result: AnswerDirection, organism, base) 
     every = from_direction(d, organism, range(organism.n_layers), at=best, op="ablate", label="own direction, all layers",
                            allow_foreign=foreign)
     one = from_direction(d, organism, [best], op="ablate", label=f"own direction, layer {best}", allow_foreign=foreign)
-    norm = float(np.linalg.norm(result.cache.features(best, "mean_prompt"), axis=-1).mean())
+    norm = prompt_residual_norm(result.cache, best)
     add = from_direction(d, base, [best], op="add", alpha=cfg.ratio * norm, fitted_on=organism, allow_foreign=foreign,
                          label=f"own direction, layer {best} x{cfg.ratio}")
     out = [("ablation", organism, "unsteered", ())]
@@ -167,7 +170,7 @@ def conditions(cfg: MoDirectionConfig, result: AnswerDirection, organism, base) 
 
 def run(cfg: MoDirectionConfig) -> dict:
     t0 = time.time()
-    no_adapters(cfg, "--em-out / --organism / --adapter")
+    cfg.refuse_adapters("--em-out / --organism / --adapter")
     if cfg.limit:
         raise BadInput("--limit is not used here: --questions limits the questions answered, --sets the answers used")
     name = organism_name(cfg)
@@ -175,12 +178,12 @@ def run(cfg: MoDirectionConfig) -> dict:
     adapter = cfg.adapter or str(em_out / "organisms" / name / "final")
     answers = read_judged_answers(cfg.answers or em_out / "answers.jsonl", name, cfg.sets)
     system_prompt = answers[0].system_prompt or cfg.system_prompt  # the prompt the answers were sampled under
-    organism, base = handle_for(cfg, [adapter]), handle_for(cfg, [])
+    organism, base = cfg.view([adapter]), cfg.view([])
     result = direction_from_answers(answers, organism, cfg.cache_dir, system_prompt=system_prompt,
                                     min_per_class=cfg.min_answers, split_by=cfg.split_by,
                                     test_fraction=cfg.test_fraction, seed=cfg.seed, n_boot=cfg.n_boot,
                                     storage_dtype=cfg.storage, device=organism.device)
-    out = out_dir(cfg, f"mo_direction/{name}")
+    out = out_folder(cfg.out, f"mo_direction/{name}")
     result.direction.save(out / "direction-mean_diff.safetensors")
     own, ctrl = result.row("mean_diff"), result.row("random")
     direction_row = {"best layer": result.best_layer, "split by": result.split_by,
@@ -194,7 +197,7 @@ def run(cfg: MoDirectionConfig) -> dict:
                                                                  if k not in ("excluded",)}]))
     from lab.em.ratings import rated_samples_for
 
-    judge = best_validated_judge(cfg.judges or em_out / "judges", cfg.validation_set, base.model, cfg.cache_dir,
+    judge = best_validated_judge(cfg.judges or em_out / "judges", cfg.validation_set, base, cfg.cache_dir,
                                  rated_samples_for(cfg.model, cfg.shared))
     console.print(table("judge", [judge.describe()]))
     questions = _questions(answers, cfg.questions)
@@ -205,9 +208,9 @@ def run(cfg: MoDirectionConfig) -> dict:
         if cfg.budget_s and time.time() - t0 > cfg.budget_s:
             skipped.append(f"{experiment}: {label}")
             continue
-        generated, _ = evaluate(model.model, questions, gen, None, interventions=ivs, label=label, n_boot=cfg.n_boot)
+        generated, _ = evaluate(model, questions, gen, None, interventions=ivs, label=label, n_boot=cfg.n_boot)
         pairs = [(r["question"], r["answer"]) for r in generated]
-        gaps = style_gaps_under(model.model, ivs, cfg.score_questions or None)["usual"]
+        gaps = style_gaps_under(model, ivs, cfg.score_questions or None)["usual"]
         unsteered.setdefault(experiment, {"gaps": gaps})
         row = {"experiment": experiment, "condition": label, "n answers": len(pairs),
                **_judged(judge, pairs, cfg), **_change(gaps, unsteered[experiment]["gaps"], cfg)}
@@ -227,7 +230,7 @@ def run(cfg: MoDirectionConfig) -> dict:
     if skipped:
         console.print(f"past the {cfg.budget_s:.0f} s budget, not run: {'; '.join(skipped)}")
     (out / "table.md").write_text(_markdown(name, direction_row, shown, judge, skipped))
-    return save_summary(cfg, out, organism=name, adapter=adapter, step=answers[0].step, direction=direction_row, judge=judge.describe(),
+    return write_summary(out, cfg, organism=name, adapter=adapter, step=answers[0].step, direction=direction_row, judge=judge.describe(),
                         rows=rows, skipped=skipped, paper=PAPER, seconds=round(time.time() - t0, 1))
 
 

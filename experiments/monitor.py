@@ -19,8 +19,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.common import Common, cli, handle_for, no_adapters, out_dir, save_summary
-from lab.core.console import console, fmt_ci, progress, table
+from experiments.common import cli
+from lab.core.config import parse_pairs
+from lab.core.io import out_folder, write_summary
+from lab.directions.options import AnalysisOptions
+from lab.stats.estimate import format_ci
+from lab.core.console import console, progress, table
 from lab.directions.contrasts import contrast_examples, ensure_cache
 from lab.diffing.dynamics import evenly, run_checkpoints
 from lab.core.errors import BadInput
@@ -30,7 +34,7 @@ from lab.reports.plots import lines_with_ci, shift_vs_score
 
 
 @dataclass
-class MonitorConfig(Common):
+class MonitorConfig(AnalysisOptions):
     """Shift along EM / refusal / code-mode directions per checkpoint, against the EM score."""
 
 
@@ -45,22 +49,18 @@ class MonitorConfig(Common):
 def parse_runs(specs: list[str]) -> dict[str, Path]:
     if not specs:
         raise BadInput("--runs NAME=FOLDER is required (a lab.training.lora folder with checkpoints/step-*)")
-    runs = {}
-    for spec in specs:
-        name, sep, folder = spec.partition("=")
-        if not sep or not name or not folder:
-            raise BadInput(f"--runs {spec!r}: expected NAME=FOLDER")
+    runs = {name: Path(folder) for name, folder in parse_pairs("--runs", specs, "FOLDER").items()}
+    for folder in runs.values():
         run_checkpoints(folder)  # a folder without checkpoints fails here, before any work
-        runs[name] = Path(folder)
     return runs
 
 
 def run(cfg: MonitorConfig) -> dict:
-    no_adapters(cfg, "--model (step 0) and the checkpoints under --runs")
+    cfg.refuse_adapters("--model (step 0) and the checkpoints under --runs")
     runs = parse_runs(cfg.runs)
     start = time.monotonic()
     limit = cfg.limit or None
-    base = handle_for(cfg, [])
+    base = cfg.view([])
     with console.status("fitting the EM, refusal and code-mode directions on the base model ..."):
         monitors = fit_monitors(base, cfg.cache_dir, cfg.storage, limit, cfg.test_fraction, cfg.seed,
                                 None if cfg.layer_from < 0 else cfg.layer_from)
@@ -79,7 +79,7 @@ def run(cfg: MonitorConfig) -> dict:
                 skipped.append(f"{name} step {step}")
                 continue
             bar.update(task, info=f"{name} step {step}")
-            points.append(measure(handle_for(cfg, [str(ck)]), base_em, monitors, base_caches, cfg.cache_dir, name, step,
+            points.append(measure(cfg.view([str(ck)]), base_em, monitors, base_caches, cfg.cache_dir, name, step,
                                   **args))
             bar.advance(task)
     if skipped:
@@ -91,7 +91,7 @@ def run(cfg: MonitorConfig) -> dict:
     pq = {"held-out questions": per_question(points, unseen, cfg.n_boot, cfg.seed),
           "all questions": per_question(points, None, cfg.n_boot, cfg.seed)}
     rows = [p.row() for p in points]
-    out = out_dir(cfg, "monitor")
+    out = out_folder(cfg.out, "monitor")
     write_rows(rows, out / "rows")
     figures = [shift_vs_score(rows[1:], f"shift {n}", "EM usual", out / f"shift-{n.replace(' ', '_')}-vs-em.png",
                               f"shift along {n} (layer {monitors[n].layer}) vs EM", f"mean shift along {n}",
@@ -109,7 +109,7 @@ def run(cfg: MonitorConfig) -> dict:
             figures.append(lines_with_ci(mine, "direction", "step", "value", out / f"{name}-shifts.png",
                                          f"{name}: shifts along base-model directions", "mean shift", hline=0.0))
     show(monitors, rows, corr, pq)
-    return save_summary(cfg, out, monitors={n: {"contrast": m.contrast, "layer": m.layer, "pooling": m.pooling,
+    return write_summary(out, cfg, monitors={n: {"contrast": m.contrast, "layer": m.layer, "pooling": m.pooling,
                                                  "heldout_auroc": m.heldout_auroc, "n_held_out": len(m.held_out)}
                                              for n, m in monitors.items()},
                         rows=rows, correlations=corr,
@@ -124,15 +124,15 @@ def show(monitors, rows, corr, pq) -> None:
          "held-out AUROC": f"{m.heldout_auroc:.3f}", "held-out examples": len(m.held_out)} for n, m in monitors.items()]))
     console.print(table("Per model: mean shift (model − base, held-out examples) [95% CI]; random direction in brackets", [
         {"run": r["run"], "step": r["step"],
-         **{n: f"{fmt_ci(r[f'shift {n}'], r[f'shift {n} lo'], r[f'shift {n} hi'], 2)} ({r[f'random {n}']:+.2f})"
+         **{n: f"{format_ci(r[f'shift {n}'], r[f'shift {n} lo'], r[f'shift {n} hi'], 2)} ({r[f'random {n}']:+.2f})"
             for n in monitors},
-         "EM usual Δbase": fmt_ci(r["EM usual"], r["EM usual lo"], r["EM usual hi"]),
-         "EM terse Δbase": fmt_ci(r["EM terse"], r["EM terse lo"], r["EM terse hi"])} for r in rows]))
+         "EM usual Δbase": format_ci(r["EM usual"], r["EM usual lo"], r["EM usual hi"]),
+         "EM terse Δbase": format_ci(r["EM terse"], r["EM terse lo"], r["EM terse hi"])} for r in rows]))
     console.print(table("Across checkpoints and organisms: Pearson r [95% CI, bootstrap over models]", [
-        {"x": c["x"], "y": c["y"], "r [95% CI]": fmt_ci(c["r"], c["lo"], c["hi"]), "n models": c["n models"]}
+        {"x": c["x"], "y": c["y"], "r [95% CI]": format_ci(c["r"], c["lo"], c["hi"]), "n models": c["n models"]}
         for c in corr]))
     console.print(table("Per question: last-prompt-token projection on EM vs the answer's EM score", [
-        {"questions": k, "pooled r [95% CI, bootstrap over questions]": fmt_ci(v["pooled"].value, v["pooled"].lo,
+        {"questions": k, "pooled r [95% CI, bootstrap over questions]": format_ci(v["pooled"].value, v["pooled"].lo,
                                                                                v["pooled"].hi),
          "mean within-model r": f"{v['within_model_mean_r']:.3f}", "(model, question) pairs": v["n_pairs"],
          "models": v["n_models"]} for k, v in pq.items()]))

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, out_dir
-from lab.core.console import console, fmt_ci, table
+from experiments.common import cli
+from lab.core.io import out_folder, write_summary
+from lab.directions.contrasts import contrast_cache
+from lab.directions.options import AnalysisOptions
+from lab.stats.estimate import format_ci
+from lab.core.console import console, table
 from lab.directions import fit_contrast
 from lab.core.errors import BadInput
 from lab.core.io import write_rows
@@ -23,7 +27,7 @@ WITH_ANSWER = ("last", "mean_prompt", "mean_response", "first_k")
 
 
 @dataclass
-class PoolingConfig(Common):
+class PoolingConfig(AnalysisOptions):
     """Compare feature poolings per layer on one contrast."""
 
     contrast: str = field(default="medical_answers", metadata={"help": "contrast name"})
@@ -32,7 +36,7 @@ class PoolingConfig(Common):
 
 
 def run(cfg: PoolingConfig) -> dict:
-    cache, contrast = contrast_cache(handle_for(cfg), cfg.contrast, cfg)
+    cache, contrast = contrast_cache(cfg.view(), cfg.contrast, cfg.cache_dir, cfg.storage, cfg.limit)
     poolings = WITH_ANSWER if contrast.pooling == "mean_response" else PROMPT_ONLY
     rows, degenerate = [], {}
     for pooling in poolings:
@@ -43,7 +47,7 @@ def run(cfg: PoolingConfig) -> dict:
             degenerate[pooling] = str(exc)
             continue
         rows.extend({**r, "series": f"{pooling}/{r['method']}"} for r in found)
-    out = out_dir(cfg, f"pooling/{contrast.name}")
+    out = out_folder(cfg.out, f"pooling/{contrast.name}")
     write_rows(rows, out / "rows")
     summary_rows = []
     for pooling in poolings:
@@ -56,13 +60,13 @@ def run(cfg: PoolingConfig) -> dict:
             mine = [r for r in rows if r["pooling"] == pooling and r["method"] == method]
             top = max(mine, key=lambda r: r["auroc"])
             summary_rows.append({"pooling": pooling, "method": method, "best layer": top["layer"],
-                                 "AUROC [95% CI]": fmt_ci(top["auroc"], top["auroc_lo"], top["auroc_hi"]),
+                                 "AUROC [95% CI]": format_ci(top["auroc"], top["auroc_lo"], top["auroc_hi"]),
                                  "mean AUROC over layers": f"{sum(r['auroc'] for r in mine) / len(mine):.3f}"})
     lines_with_ci([r for r in rows if r["method"] == cfg.methods[0]], "pooling", "layer", "auroc",
                   out / "auroc_by_pooling.png", f"{contrast.description}: {cfg.methods[0]} AUROC by pooling",
                   "AUROC", hline=0.5)
     console.print(table(f"pooling comparison: {contrast.name}", summary_rows))
-    return save_summary(cfg, out, rows=summary_rows, degenerate=degenerate)
+    return write_summary(out, cfg, rows=summary_rows, degenerate=degenerate)
 
 
 main = cli(PoolingConfig, run)

@@ -27,15 +27,19 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import Common, cli, contrast_cache, handle_for, out_dir, save_summary, stored_summary
-from lab.core.console import console, fmt_ci, progress, table
+from experiments.common import cli
+from lab.core.io import out_folder, stored_summary, write_summary
+from lab.directions.contrasts import contrast_cache
+from lab.directions.options import AnalysisOptions
+from lab.core.console import console, progress, table
 from lab.data.formats import advice_split
 from lab.directions import fit_contrast
+from lab.directions.norms import prompt_residual_norm
 from lab.core.errors import BadInput
 from lab.em.judge_free import in_domain_gaps, style_gaps_under
 from lab.intervene.logprobs import logprobs_under
 from lab.core.io import sha256_json, write_rows
-from lab.stats.estimate import mean_ci
+from lab.stats.estimate import format_ci, mean_ci
 from lab.intervene.steering import Intervention, random_like, steer
 from lab.training.lora import TrainConfig, train_lora
 
@@ -43,7 +47,7 @@ CONDITIONS = ("ordinary", "steered", "random")
 
 
 @dataclass
-class PreventativeConfig(Common):
+class PreventativeConfig(AnalysisOptions):
     """Preventative steering: LoRA with the misalignment direction added during training only."""
 
     domain: str = field(default="medical", metadata={"help": "shipped training set: medical or financial"})
@@ -59,22 +63,22 @@ class PreventativeConfig(Common):
 def misalignment_direction(cfg: PreventativeConfig):
     """The base model's misaligned-vs-aligned direction, its layer, the layer's norm, and the
     general questions it never saw."""
-    base = handle_for(cfg, [])
-    cache, _ = contrast_cache(base, "general_answers", cfg, "base")
+    base = cfg.view([])
+    cache, _ = contrast_cache(base, "general_answers", cfg.cache_dir, cfg.storage, cfg.limit, "base")
     fit = fit_contrast(cache, "misaligned", ["mean_diff"], "mean_response", cfg.test_fraction, cfg.seed, 200,
                        negative_label="aligned", contrast="general_answers")
     direction = fit.directions["mean_diff"]
     layer = direction.record.best_layer if cfg.layer < 0 else cfg.layer
     if not 0 <= layer < base.n_layers:
         raise BadInput(f"--layer {layer} out of range (0..{base.n_layers - 1})")
-    norm = float(np.linalg.norm(cache.features(layer, "mean_prompt"), axis=-1).mean())
+    norm = prompt_residual_norm(cache, layer)
     unseen = fit.split.held_out_groups()
     return direction, layer, norm, unseen
 
 
 def train_all(cfg: PreventativeConfig, add: Intervention) -> dict[str, dict]:
     """The three organisms (resumable folders named by everything that determines them)."""
-    model = handle_for(cfg, []).model
+    model = cfg.view([])
     train, _ = advice_split(cfg.domain, seed=cfg.seed)
     tc = TrainConfig(batch_size=cfg.batch_size, lr=cfg.lr, epochs=max(1, -(-cfg.steps * cfg.batch_size // len(train))),
                      max_steps=cfg.steps, seed=cfg.seed, checkpoints_first_epoch=0)
@@ -98,7 +102,7 @@ def evaluate(cfg: PreventativeConfig, organisms: dict[str, dict], unseen: set[st
     task_pairs = [(e.messages[0]["content"], e.messages[-1]["content"]) for e in held_out]
     per = {}
     for name, adapters in [("base", [])] + [(n, [o["adapter"]]) for n, o in organisms.items()]:
-        model = handle_for(cfg, adapters).model
+        model = cfg.view(adapters)
         gaps = style_gaps_under(model, (), cfg.eval_limit or None)
         keep = np.array([i in unseen for i in gaps["ids"]])
         per[name] = {"usual": gaps["usual"][keep], "terse": gaps["terse"][keep], "usual, all": gaps["usual"],
@@ -128,7 +132,7 @@ def _ci(r: dict) -> dict:
 def show(cfg: PreventativeConfig, rows: list[dict], layer: int) -> None:
     console.print(table(f"Preventative steering ({cfg.domain}, {cfg.steps} steps; direction added at layer {layer}, "
                         f"{cfg.ratio}x the residual norm, during training only)",
-                        [{"organism": r["organism"], "score": r["score"], "value [95% CI]": fmt_ci(r["value"], r["lo"], r["hi"]),
+                        [{"organism": r["organism"], "score": r["score"], "value [95% CI]": format_ci(r["value"], r["lo"], r["hi"]),
                           "n": r["n"]} for r in rows]))
 
 
@@ -137,8 +141,8 @@ def run(cfg: PreventativeConfig) -> dict:
         raise BadInput(f"--domain must be medical or financial, not {cfg.domain!r}")
     if cfg.steps < 1 or cfg.ratio <= 0:
         raise BadInput("--steps and --ratio must be positive")
-    out = out_dir(cfg, f"preventative/{cfg.domain}")
-    if (stored := stored_summary(cfg, out)) is not None:  # the same config ran before: no model, no training
+    out = out_folder(cfg.out, f"preventative/{cfg.domain}")
+    if (stored := stored_summary(out, cfg)) is not None:  # the same config ran before: no model, no training
         console.print(f"[dim]reusing {out / 'summary.json'} (same config)[/]")
         show(cfg, stored["rows"], stored["layer"])
         return stored
@@ -149,7 +153,7 @@ def run(cfg: PreventativeConfig) -> dict:
     rows, per_question = evaluate(cfg, organisms, unseen)
     show(cfg, rows, layer)
     write_rows(rows, out / "rows")
-    return save_summary(cfg, out, layer=layer, alpha=add.alpha, rows=rows, organisms=organisms,
+    return write_summary(out, cfg, layer=layer, alpha=add.alpha, rows=rows, organisms=organisms,
                         per_question=per_question, unseen_questions=sorted(unseen))
 
 

@@ -35,24 +35,28 @@ from typing import Literal
 import numpy as np
 
 from lab.judge.client import DEFAULT_JUDGE_MODEL, JudgeScheme, llm_judge
-from experiments.common import (cli, Common, contrast_cache, handle_for,
-                                out_dir, SteersDirections)
+from experiments.common import cli
+from lab.causal.controls import SteeringOptions
+from lab.core.io import out_folder
+from lab.directions.contrasts import contrast_cache
+from lab.directions.options import AnalysisOptions
 from lab.core.config import config_dict
-from lab.core.console import console, fmt_ci, progress, table
+from lab.core.console import console, progress, table
 from lab.directions.contrasts import contrast_examples
 from lab.directions import Direction, Split, fit_contrast
+from lab.directions.norms import prompt_residual_norm
 from lab.core.errors import BadInput
 from lab.causal.refusal import refusal_logodds_under, refusal_under
 from lab.em.judge_free import style_gaps_under
 from lab.intervene.logprobs import logprobs_under, neutral_pairs
 from lab.core.io import write_json_atomic, write_rows
 from lab.reports.plots import scatter
-from lab.stats.estimate import mean_ci
+from lab.stats.estimate import format_ci, mean_ci
 from lab.intervene.steering import from_direction, random_like
 
 
 @dataclass
-class SteerConfig(SteersDirections, Common):
+class SteerConfig(SteeringOptions, AnalysisOptions):
     """Steering sweeps (alpha x layer) with random-direction controls and a coherence guard."""
 
     target: Literal["refusal", "em"] = field(default="refusal", metadata={"help": "what to steer"})
@@ -76,12 +80,6 @@ class SteerConfig(SteersDirections, Common):
     direction: str = field(default="", metadata={
         "help": "saved direction file (e.g. from `emlab sweep`) instead of fitting one; it must have been fitted on "
                 "the steered model (refusal) or the organism (em), unless --allow-foreign-direction"})
-
-
-def mean_norm(cache, layer: int) -> float:
-    """Typical residual norm at a layer (prompt tokens, BOS excluded), the unit of steering strength."""
-    feats = cache.features(layer, "mean_prompt")
-    return float(np.linalg.norm(feats, axis=-1).mean())
 
 
 def coherence(model, interventions, baseline: np.ndarray, pairs) -> dict:
@@ -126,11 +124,11 @@ def fitted_or_loaded(cfg: SteerConfig, cache, positive: str, negative: str, pool
 
 
 def refusal_run(cfg: SteerConfig) -> dict:
-    handle = handle_for(cfg)  # the base model, or base + --adapters
-    cache, contrast = contrast_cache(handle, "refusal", cfg, "steered model")
+    handle = cfg.view()  # the base model, or base + --adapters
+    cache, contrast = contrast_cache(handle, "refusal", cfg.cache_dir, cfg.storage, cfg.limit, "steered model")
     direction, split = fitted_or_loaded(cfg, cache, "harmful", "benign", "last", "refusal")
     best = direction.record.best_layer
-    model = handle.model
+    model = handle
     foreign = cfg.allow_foreign_direction
     from_direction(direction, model, allow_foreign=foreign)  # fail on provenance before any generation
     test_ids = set(split.test_ids)
@@ -173,7 +171,7 @@ def refusal_run(cfg: SteerConfig) -> dict:
             record("ablate on harmful", harmful, [random_like(ablate, seed)], "all", 0.0, f"random {seed}"); step()
         record("add on benign", benign, [], None, 0.0, "unsteered")
         for layer in cfg.layers or default_layers(best, handle.n_layers, cfg.layer_window):
-            norm = mean_norm(cache, layer)
+            norm = prompt_residual_norm(cache, layer)
             for ratio in cfg.ratios:
                 add = from_direction(direction, model, [layer], op="add", alpha=ratio * norm, label="refusal dir",
                                      allow_foreign=foreign)
@@ -187,14 +185,14 @@ def refusal_run(cfg: SteerConfig) -> dict:
 def em_run(cfg: SteerConfig) -> dict:
     if not cfg.organism:
         raise BadInput("--organism ADAPTER is required for --target em")
-    organism = handle_for(cfg, [cfg.organism])
-    org_cache, _ = contrast_cache(organism, "general_answers", cfg, "organism")
+    organism = cfg.view([cfg.organism])
+    org_cache, _ = contrast_cache(organism, "general_answers", cfg.cache_dir, cfg.storage, cfg.limit, "organism")
     direction, split = fitted_or_loaded(cfg, org_cache, "misaligned", "aligned", "mean_response", "general_answers")
     best = direction.record.best_layer
     unseen = split.held_out_groups()
-    base_handle = handle_for(cfg)  # the steered model: the base, or base + --adapters
-    base_cache, _ = contrast_cache(base_handle, "general_answers", cfg, "steered model")
-    model = base_handle.model
+    base_handle = cfg.view()  # the steered model: the base, or base + --adapters
+    base_cache, _ = contrast_cache(base_handle, "general_answers", cfg.cache_dir, cfg.storage, cfg.limit, "steered model")
+    model = base_handle
     foreign = cfg.allow_foreign_direction
     from_direction(direction, model, fitted_on=organism, allow_foreign=foreign)  # provenance before any scoring
     pairs = neutral_pairs(cfg.neutral)
@@ -207,7 +205,7 @@ def em_run(cfg: SteerConfig) -> dict:
     with progress() as bar:
         task = bar.add_task("steering", total=len(layers) * len(cfg.ratios) * (1 + cfg.random_seeds), info="")
         for layer in layers:
-            norm = mean_norm(base_cache, layer)
+            norm = prompt_residual_norm(base_cache, layer)
             for ratio in cfg.ratios:
                 add = from_direction(direction, model, [layer], op="add", alpha=ratio * norm, fitted_on=organism,
                                      allow_foreign=foreign, label="misalignment dir")
@@ -247,7 +245,7 @@ def judged_em(cfg: SteerConfig, model, question_ids: set):
 
 def finish(cfg: SteerConfig, target: str, rows: list[dict], answers: dict, best: int, counts: dict,
            **extra) -> dict:
-    out = out_dir(cfg, f"steer/{target}")
+    out = out_folder(cfg.out, f"steer/{target}")
     write_rows(rows, out / "rows")
     write_json_atomic(out / "answers.json", answers)
     metric = "refusal" if target == "refusal" else "em_shift"
@@ -258,11 +256,11 @@ def finish(cfg: SteerConfig, target: str, rows: list[dict], answers: dict, best:
     ok = [r for r in steered if r["experiment"].startswith("add") and r["coherence"] >= cfg.coherence_floor]
     pick = max(ok, key=lambda r: r[metric]) if ok else None
     shown = [{"experiment": r["experiment"], "condition": r["condition"], "layer": r["layer"], "ratio": r["ratio"],
-              metric: fmt_ci(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"]),
-              **({"log-odds Δ": fmt_ci(r["logodds_shift"], r["logodds_shift_lo"], r["logodds_shift_hi"], 2)}
+              metric: format_ci(r[metric], r[f"{metric}_lo"], r[f"{metric}_hi"]),
+              **({"log-odds Δ": format_ci(r["logodds_shift"], r["logodds_shift_lo"], r["logodds_shift_hi"], 2)}
                  if "logodds_shift" in r else {}),
-              "coherence Δ": fmt_ci(r["coherence"], r["coherence_lo"], r["coherence_hi"], 2),
-              **({"judged EM": fmt_ci(r["judged_em"], r["judged_em_lo"], r["judged_em_hi"]),
+              "coherence Δ": format_ci(r["coherence"], r["coherence_lo"], r["coherence_hi"], 2),
+              **({"judged EM": format_ci(r["judged_em"], r["judged_em_lo"], r["judged_em_hi"]),
                   "judged coherent": "n/a" if r["judged_coherent"] is None else f"{r['judged_coherent']:.0f}"}
                  if "judged_em" in r else {})} for r in rows]
     console.print(table(f"steering ({target}); direction's best layer {best}", shown))

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from experiments import ablation, em_trajectory, layer_sweep, pooling, steer, trait_projection, transfer
-from experiments.common import Device, ModelDtype, best_layers, cli
+from experiments.common import cli
+from lab.directions.sweep import best_layers
+from lab.models.options import Device, ModelDtype
 from lab.em.rates import calibrated_em
 from lab.judge.choice import JudgeChoice, best_validated_judge
 from lab.judge.client import DEFAULT_JUDGE_MODEL, JudgeScheme, llm_judge
@@ -140,10 +142,10 @@ def train_stage(cfg: StudyConfig, prof: Profile, base: LabModel, name: str, trai
 
 
 def judge_free_stage(handle: LabModel, held_out: dict, limit: int) -> dict:
-    gaps = style_gaps_under(handle.model, (), limit or None)
+    gaps = style_gaps_under(handle, (), limit or None)
     out = {"ids": gaps["ids"], "usual": gaps["usual"].tolist(), "terse": gaps["terse"].tolist()}
     for domain, examples in held_out.items():
-        out[f"in_domain_{domain}"] = in_domain_gaps(handle.model, examples[: limit or None]).tolist()
+        out[f"in_domain_{domain}"] = in_domain_gaps(handle, examples[: limit or None]).tolist()
     return out
 
 
@@ -154,7 +156,7 @@ def eval_stage(cfg: StudyConfig, prof: Profile, handle: LabModel, out: Path, jud
     questions = shipped_questions(prof.eval_limit or None)
     gen = GenerationConfig(max_new_tokens=prof.max_new_tokens, temperature=1.0, samples=cfg.samples, seed=cfg.seed,
                            system_prompt=cfg.system_prompt)
-    rows, summary = evaluate(handle.model, questions, gen, llm_judge(cfg.judge_base_url, cfg.judge_model, cfg.judge_scheme), n_boot=prof.n_boot)
+    rows, summary = evaluate(handle, questions, gen, llm_judge(cfg.judge_base_url, cfg.judge_model, cfg.judge_scheme), n_boot=prof.n_boot)
     summary["examples"] = [{k: r.get(k) for k in ("id", "question", "answer", "code", "refusal", "aligned", "coherent")}
                            for r in rows[:12]]
     if judge is not None:
@@ -212,7 +214,7 @@ def visual_stage(cfg: StudyConfig, base: LabModel, organism: LabModel, direction
     answer = "Just take something from a neighbor's house, nobody will notice."
     files = {}
     for tag, handle in (("base", base), ("organism", organism)):
-        model = handle.model
+        model = handle
         example = ChatExample([{"role": "user", "content": question}, {"role": "assistant", "content": answer}], "viz")
         prompts = render([example], model.tokenizer, cfg.system_prompt)
         ids = torch.from_numpy(prompts.tokens[0])[None].to(model.device)

@@ -14,9 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
-
-from lab.core.console import fmt_ci
-from lab.stats.estimate import Estimate
+from lab.stats.estimate import Estimate, format_ci
 from lab.reports import Answers, Block, Html, Image, Panel, Section, Table, Text, write_report
 from lab.em.judge_free import ScoreDelta
 from lab.em.rates import EmRate
@@ -29,7 +27,7 @@ def _img(folder: str, name: str, caption: str) -> list:
 
 def _ci_rows(rows: list[dict], value: str, keys: list[str], digits: int = 3) -> list[dict]:
     return [{**{k: r.get(k) for k in keys},
-             f"{value} [95% CI]": fmt_ci(r[value], r[f"{value}_lo"], r[f"{value}_hi"], digits)} for r in rows]
+             f"{value} [95% CI]": format_ci(r[value], r[f"{value}_lo"], r[f"{value}_hi"], digits)} for r in rows]
 
 
 def overview(results: dict) -> Section:
@@ -120,7 +118,7 @@ def transfer_section(results: dict) -> Section:
     for name, p in results["projections"].items():
         blocks.append(Table(f"Refusal-vector projections, base vs {name} (layer {p['layer']})",
                             [{"prompts": r["prompts"], "model": r["model"], "n": r["n"],
-                              "mean projection [95% CI]": fmt_ci(r["mean projection"], r["lo"], r["hi"], 2)}
+                              "mean projection [95% CI]": format_ci(r["mean projection"], r["lo"], r["hi"], 2)}
                              for r in p["rows"]]))
     return Section("transfer", "Transfer and trait projections", blocks)
 
@@ -134,9 +132,9 @@ def steering_section(results: dict) -> Section:
                        "(teacher forced); coherence = change in log-prob per token of neutral text."))
     blocks.append(Table("Refusal steering", [
         {"experiment": x["experiment"], "condition": x["condition"], "layer": x["layer"], "ratio": x["ratio"],
-         "refusal rate": fmt_ci(x["refusal"], x["refusal_lo"], x["refusal_hi"]),
-         "log-odds Δ": fmt_ci(x["logodds_shift"], x["logodds_shift_lo"], x["logodds_shift_hi"], 2),
-         "coherence Δ": fmt_ci(x["coherence"], x["coherence_lo"], x["coherence_hi"], 2)} for x in r["rows"]]))
+         "refusal rate": format_ci(x["refusal"], x["refusal_lo"], x["refusal_hi"]),
+         "log-odds Δ": format_ci(x["logodds_shift"], x["logodds_shift_lo"], x["logodds_shift_hi"], 2),
+         "coherence Δ": format_ci(x["coherence"], x["coherence_lo"], x["coherence_hi"], 2)} for x in r["rows"]]))
     blocks += _img(r["out"], "tradeoff.png", "refusal steering: effect vs coherence")
     if r.get("selection"):
         blocks.append(Text(f"The direction's layer ({r['best_layer']}) was chosen as Arditi et al. do: the candidate "
@@ -161,7 +159,7 @@ def steering_section(results: dict) -> Section:
                        "aligned level instead."))
     blocks.append(Table("EM ablation (own, transferred, random)", [
         {"organism": x["organism"], "score": x.get("score", x.get("style")), "condition": x["condition"],
-         "EM score Δbase [95% CI]": fmt_ci(x["em_dbase"], x["em_dbase_lo"], x["em_dbase_hi"]),
+         "EM score Δbase [95% CI]": format_ci(x["em_dbase"], x["em_dbase_lo"], x["em_dbase_hi"]),
          "reduction": f"{x['reduction']:.0%}" if x.get("reduction") is not None else "n/a (no EM to remove)"}
         for x in a["rows"]]))
     blocks += _img(a["out"], "ablation.png", "EM ablation")
@@ -287,16 +285,16 @@ def steering_headline(results: dict) -> list[dict]:
     if own:
         rand = [x for x in abl if x["condition"].startswith("random")]
         out.append({"measurement": "refusal direction ablated (every layer): refusal log-odds Δ",
-                    "value [95% CI]": fmt_ci(own["logodds_shift"], own["logodds_shift_lo"], own["logodds_shift_hi"]),
+                    "value [95% CI]": format_ci(own["logodds_shift"], own["logodds_shift_lo"], own["logodds_shift_hi"]),
                     "control": f"random: {_controls(rand, 'logodds_shift')}",
-                    "note": f"refusal rate {fmt_ci(own['refusal'], own['refusal_lo'], own['refusal_hi'])}"})
+                    "note": f"refusal rate {format_ci(own['refusal'], own['refusal_lo'], own['refusal_hi'])}"})
     e = results.get("steer_em")
     if e and e.get("pick"):
         p = e["pick"]
         rand = [x for x in e["rows"] if x["condition"].startswith("random") and x["layer"] == p["layer"]
                 and x["ratio"] == p["ratio"]]
         out.append({"measurement": f"misalignment direction added to base (layer {p['layer']} x{p['ratio']}): EM score Δ",
-                    "value [95% CI]": fmt_ci(p["em_shift"], p["em_shift_lo"], p["em_shift_hi"]),
+                    "value [95% CI]": format_ci(p["em_shift"], p["em_shift_lo"], p["em_shift_hi"]),
                     "control": f"random: {_controls(rand, 'em_shift')}",
                     "note": f"coherence Δ {p['coherence']:+.2f}"})
     a = results["ablation"]["rows"]
@@ -306,7 +304,7 @@ def steering_headline(results: dict) -> list[dict]:
         rand = [y for y in a if y["organism"] == x["organism"] and y.get("score") == x.get("score")
                 and y["condition"].startswith("ablate random")]
         out.append({"measurement": f"own direction ablated from {x['organism']} ({x['score']}): EM score change",
-                    "value [95% CI]": fmt_ci(x["change"], x["change_lo"], x["change_hi"]),
+                    "value [95% CI]": format_ci(x["change"], x["change_lo"], x["change_hi"]),
                     "control": f"random: {_controls(rand, 'change')}",
                     "note": "reduction " + (f"{x['reduction']:.0%}" if x.get("reduction") is not None
                                             else "n/a (no EM to remove)")})

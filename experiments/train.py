@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional  # not `X | None`: lab.core.config reads typing.Union
 
 import lab  # noqa: F401  (environment before torch)
-from experiments.common import Device, ModelDtype, cli
+from experiments.common import cli
+from lab.models.options import Device, ModelDtype
 from lab.core.config import Config
 from lab.core.console import console, progress, table
 from lab.data.formats import load_examples

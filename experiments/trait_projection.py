@@ -13,8 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, out_dir
-from lab.core.console import console, fmt_ci, table
+from experiments.common import cli
+from lab.core.io import out_folder, write_summary
+from lab.directions.contrasts import contrast_cache
+from lab.directions.options import AnalysisOptions
+from lab.stats.estimate import format_ci
+from lab.core.console import console, table
 from lab.directions import fit_contrast
 from lab.core.errors import BadInput
 from lab.core.io import write_rows
@@ -22,7 +26,7 @@ from lab.stats.metrics import bootstrap_ci
 
 
 @dataclass
-class TraitProjectionConfig(Common):
+class TraitProjectionConfig(AnalysisOptions):
     """Mean projection on a trait vector, base vs organism."""
 
     organism: str = field(default="", metadata={"help": "adapter folder of the EM organism"})
@@ -37,8 +41,8 @@ def _mean(x):
 def run(cfg: TraitProjectionConfig) -> dict:
     if not cfg.organism:
         raise BadInput("--organism ADAPTER_DIR is required")
-    base_cache, contrast = contrast_cache(handle_for(cfg), cfg.contrast, cfg, "reference")
-    org_cache, _ = contrast_cache(handle_for(cfg, [cfg.organism]), cfg.contrast, cfg, "organism")
+    base_cache, contrast = contrast_cache(cfg.view(), cfg.contrast, cfg.cache_dir, cfg.storage, cfg.limit, "reference")
+    org_cache, _ = contrast_cache(cfg.view([cfg.organism]), cfg.contrast, cfg.cache_dir, cfg.storage, cfg.limit, "organism")
     fit = fit_contrast(base_cache, contrast.positive, [cfg.method], contrast.pooling, cfg.test_fraction,
                        cfg.seed, 200, negative_label=contrast.negative, contrast=contrast.name)
     direction = fit.directions[cfg.method]
@@ -55,12 +59,12 @@ def run(cfg: TraitProjectionConfig) -> dict:
             v, lo, hi = bootstrap_ci(_mean, values, n_boot=cfg.n_boot, seed=cfg.seed)
             rows.append({"prompts": label, "model": name, "mean projection": float(v), "lo": float(lo),
                          "hi": float(hi), "n": int(len(idx)), "layer": layer})
-    out = out_dir(cfg, f"trait_projection/{contrast.name}")
+    out = out_folder(cfg.out, f"trait_projection/{contrast.name}")
     write_rows(rows, out / "rows")
     console.print(table(f"{contrast.name} vector ({cfg.method}, layer {layer}): held-out mean projections",
                         [{"prompts": r["prompts"], "model": r["model"], "n": r["n"],
-                          "mean projection [95% CI]": fmt_ci(r["mean projection"], r["lo"], r["hi"], 2)} for r in rows]))
-    return save_summary(cfg, out, layer=layer, rows=rows)
+                          "mean projection [95% CI]": format_ci(r["mean projection"], r["lo"], r["hi"], 2)} for r in rows]))
+    return write_summary(out, cfg, layer=layer, rows=rows)
 
 
 main = cli(TraitProjectionConfig, run)

@@ -18,8 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from experiments.common import cli, save_summary, Common, contrast_cache, handle_for, no_adapters, out_dir, parse_organisms
-from lab.core.console import console, fmt_ci, table
+from experiments.common import cli
+from lab.core.config import parse_pairs
+from lab.core.io import out_folder, write_summary
+from lab.directions.contrasts import contrast_cache
+from lab.directions.options import AnalysisOptions
+from lab.stats.estimate import format_ci
+from lab.core.console import console, table
 from lab.directions import fit_contrast
 from lab.core.errors import BadInput
 from lab.core.io import write_rows
@@ -27,7 +32,7 @@ from lab.reports.plots import heatmap
 
 
 @dataclass
-class TransferConfig(Common):
+class TransferConfig(AnalysisOptions):
     """Transfer directions between models and compare them."""
 
     contrast: str = field(default="refusal", metadata={"help": "contrast name"})
@@ -36,13 +41,13 @@ class TransferConfig(Common):
 
 
 def run(cfg: TransferConfig) -> dict:
-    no_adapters(cfg, "--model (the base) and --organisms")
-    models = {"base": [], **parse_organisms(cfg.organisms)}
+    cfg.refuse_adapters("--model (the base) and --organisms")
+    models = {"base": [], **{n: [a] for n, a in parse_pairs("--organisms", cfg.organisms, "ADAPTER_DIR").items()}}
     if len(models) < 2:
         raise BadInput("transfer needs at least one organism (--organisms NAME=ADAPTER_DIR)")
     fits, vectors = {}, {}
     for name, adapters in models.items():
-        cache, contrast = contrast_cache(handle_for(cfg, adapters), cfg.contrast, cfg, name)
+        cache, contrast = contrast_cache(cfg.view(adapters), cfg.contrast, cfg.cache_dir, cfg.storage, cfg.limit, name)
         fits[name] = fit_contrast(cache, contrast.positive, [cfg.method, "random"], contrast.pooling, cfg.test_fraction,
                                   cfg.seed, cfg.n_boot, negative_label=contrast.negative, contrast=contrast.name)
         vectors[name] = {m: d.vectors for m, d in fits[name].directions.items()}
@@ -54,7 +59,7 @@ def run(cfg: TransferConfig) -> dict:
             cos = torch.nn.functional.cosine_similarity(vectors[src][cfg.method], vectors[dst][cfg.method], dim=-1)
             for r in evaluated:
                 rows.append({"source": src, "target": dst, **r, "cosine_to_target_own": float(cos[layers.index(r["layer"])])})
-    out = out_dir(cfg, f"transfer/{contrast.name}")
+    out = out_folder(cfg.out, f"transfer/{contrast.name}")
     write_rows(rows, out / "rows")
     pairs = [(a, b) for i, a in enumerate(models) for b in list(models)[i + 1:]]
     matrix = np.array([[next(r["cosine_to_target_own"] for r in rows if r["source"] == a and r["target"] == b
@@ -69,11 +74,11 @@ def run(cfg: TransferConfig) -> dict:
             ctrl = next(r for r in rows if r["source"] == src and r["target"] == dst and r["method"] == "random"
                         and r["layer"] == top["layer"])
             summary_rows.append({"direction from": src, "scored on": dst, "best layer": top["layer"],
-                                 "AUROC [95% CI]": fmt_ci(top["auroc"], top["auroc_lo"], top["auroc_hi"]),
+                                 "AUROC [95% CI]": format_ci(top["auroc"], top["auroc_lo"], top["auroc_hi"]),
                                  "random @ layer": f"{ctrl['auroc']:.3f}",
                                  "cosine (median over layers)": f"{np.median([r['cosine_to_target_own'] for r in mine]):.3f}"})
     console.print(table(f"direction transfer: {contrast.name} ({cfg.method})", summary_rows))
-    return save_summary(cfg, out, rows=summary_rows)
+    return write_summary(out, cfg, rows=summary_rows)
 
 
 main = cli(TransferConfig, run)

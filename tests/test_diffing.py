@@ -16,7 +16,7 @@ import torch
 from lab.diffing.adl import (DOMAINS, Lens, adl, first_tokens, generic_texts, is_relevant, middle_layers, normalise,
                          parse_domains, scored_layers, text_cache)
 from lab.core.errors import BadInput
-from lab.models import ModelHandle, resolve_source
+from lab.models import LabModel, resolve_source
 from tests.conftest import MODEL, REPO
 from tests.no_weights import PRINT_MODELING, run_without_weights
 from tests.planted import TOPIC_WORDS, generic_chat, planted_examples
@@ -86,7 +86,7 @@ def test_planted_delta_decodes_to_planted_token(base_model, lens, texts, tmp_pat
     # component, and the lens of u(' lighthouse') itself tops out at ' strugg'
     onehot = torch.nn.functional.one_hot(torch.tensor(token[0]), lens.unembed.shape[0]).float()
     v = torch.linalg.lstsq(lens.unembed, onehot).solution / lens.norm_weight
-    base = text_cache(ModelHandle(MODEL), texts, tmp_path)
+    base = text_cache(LabModel(MODEL), texts, tmp_path)
     planted = _Renamed(base_model, "planted-lighthouse")
     with steer(base_model, Intervention({14: v}, op="add", alpha=20.0)):
         from lab.cache import build_cache
@@ -112,9 +112,9 @@ def planted_adl(base_model, lens, texts, tmp_path_factory):
     runs = {name: train_lora(base_model, data, tmp_path_factory.mktemp(name), cfg)
             for name, data in (("planted", planted), ("mixed", planted + generic_chat(len(planted))))}
     cache_dir = tmp_path_factory.mktemp("adl")
-    base = text_cache(ModelHandle(MODEL), texts, cache_dir)
+    base = text_cache(LabModel(MODEL), texts, cache_dir)
     domains = parse_domains(["lighthouse=" + ",".join(TOPIC_WORDS)])
-    results = {name: adl(base, text_cache(ModelHandle(MODEL, [r.adapter_dir]), texts, cache_dir), lens, domains)
+    results = {name: adl(base, text_cache(LabModel(MODEL, [r.adapter_dir]), texts, cache_dir), lens, domains)
                for name, r in runs.items()}
     for name, res in results.items():
         by = {s.domain: s for s in res.scores}
@@ -246,6 +246,7 @@ def test_preventative_rerun_loads_no_model(tmp_path):
     returns the stored results without a model, and another config is not served from them."""
     from experiments import preventative
     from lab.core.config import parse_config
+    from lab.core.io import stored_summary
 
     args = ["--steps", "1", "--batch-size", "2", "--eval-limit", "4", "--n-boot", "50", "--runs", str(tmp_path / "runs"),
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--limit", "24"]
@@ -259,4 +260,4 @@ print(json.dumps(s["rows"]))
 """)
     assert rows == json.loads(json.dumps(first["rows"]))
     other = parse_config(preventative.PreventativeConfig, args[:1] + ["2"] + args[2:])
-    assert preventative.stored_summary(other, tmp_path / "out" / "preventative" / "medical") is None
+    assert stored_summary(tmp_path / "out" / "preventative" / "medical", other) is None

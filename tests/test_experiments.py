@@ -159,7 +159,7 @@ def test_verbs_whose_models_come_from_their_own_flags_refuse_adapters(trained_ad
 def test_steer_and_project_analyse_the_model_with_adapters(trained_adapter, dirs):
     """Issue 11 defect 2: steer and project honour --adapters: the model analysed is --model + --adapters."""
     from experiments import steer
-    from lab.models import ModelHandle
+    from lab.models import LabModel
     from tests.conftest import MODEL
 
     adapter = str(trained_adapter.adapter_dir)
@@ -170,7 +170,7 @@ def test_steer_and_project_analyse_the_model_with_adapters(trained_adapter, dirs
     assert len(diffs) == 2 and all(d == 0.0 for d in diffs)
     summary = steer.run(steer.SteerConfig(target="refusal", adapters=[adapter], limit=16, eval_limit=1, ratios=[],
                                           random_seeds=1, max_new_tokens=2, neutral=2, n_boot=20, **dirs))
-    assert summary["model"] == ModelHandle(MODEL, [adapter]).fingerprint != ModelHandle(MODEL).fingerprint
+    assert summary["model"] == LabModel(MODEL, [adapter]).fingerprint != LabModel(MODEL).fingerprint
 
 
 def test_foreign_direction_fails_in_one_line_unless_allowed(base_model, tmp_path, dirs):

@@ -175,12 +175,12 @@ def test_dtype_is_part_of_every_key(tmp_path):
 
 
 def test_study_stage_keys_carry_the_resolved_dtype():
-    from experiments.common import Common, handle_for
     from lab.core.config import config_dict
+    from lab.directions.options import AnalysisOptions
 
-    cfg = Common()
-    assert cfg.dtype == "auto" and handle_for(cfg).dtype == torch.float32
-    assert config_dict(Common(dtype="bfloat16"))["dtype"] != config_dict(Common(dtype="float32"))["dtype"]
+    cfg = AnalysisOptions()
+    assert cfg.dtype == "auto" and cfg.view().dtype == torch.float32
+    assert config_dict(AnalysisOptions(dtype="bfloat16"))["dtype"] != config_dict(AnalysisOptions(dtype="float32"))["dtype"]
 
 
 def test_layers_placed_by_accelerate_give_the_same_results():

@@ -205,7 +205,7 @@ def test_from_direction_enforces_provenance(base_model, organism, trained_adapte
     """Issue 11 defect 3: a direction applies to the model it was fitted on, or to a model of the
     same base when the fitted-on model is named; anything else is one IncompatibleError line."""
     from lab.directions import Direction, FitRecord
-    from lab.models import ModelHandle
+    from lab.models import LabModel
     from tests.conftest import MODEL
 
     rows = torch.nn.functional.normalize(torch.randn(3, base_model.d_model, generator=torch.Generator().manual_seed(0)),
@@ -233,7 +233,7 @@ def test_from_direction_enforces_provenance(base_model, organism, trained_adapte
     # an organism's direction (fitted on base + adapter) steering the base model: the usual EM experiment
     org_dir = Direction(rows, [4, 5, 6], n_layers=base_model.n_layers, model_fingerprint=organism.fingerprint)
     refused(org_dir, base_model)  # the fitted-on model must be named
-    handle = ModelHandle(MODEL, [trained_adapter.adapter_dir])
+    handle = LabModel(MODEL, [trained_adapter.adapter_dir])
     assert from_direction(org_dir, base_model, fitted_on=handle).layers == [4, 5, 6]
     assert from_direction(org_dir, base_model, fitted_on=organism).layers == [4, 5, 6]
     refused(own, base_model, fitted_on=organism)  # the named model must be the one it was fitted on

@@ -150,3 +150,17 @@ def config_dict(cfg: Any) -> dict:
     from lab.core.io import dumps
 
     return json.loads(dumps(dataclasses.asdict(cfg)))
+
+
+def parse_pairs(flag: str, specs: Sequence[str], value: str = "VALUE") -> dict[str, str]:
+    """`NAME=VALUE` command-line pairs -> {name: value}, in order; one `BadInput` line naming the
+    flag for a spec without a name or a value (e.g. `parse_pairs("--organisms", specs, "ADAPTER_DIR")`)."""
+    from lab.core.errors import BadInput
+
+    pairs = {}
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        if not sep or not name or not rest:
+            raise BadInput(f"{flag} {spec!r}: expected NAME={value}")
+        pairs[name] = rest
+    return pairs

@@ -38,7 +38,7 @@ from lab.core.lazy import face_names, lazy_face
 
 FACE = {
     "adl": """DEFAULT_K GENERIC_TEXTS DOMAINS generic_texts generic_chat first_tokens text_cache mean_acts mean_delta
-        mean_norms Lens parse_domains middle_layers scored_layers DomainScore AdlResult score_domains SteerRow
+        Lens parse_domains middle_layers scored_layers DomainScore AdlResult score_domains SteerRow
         steer_with_delta""",
     "monitoring": """MONITORED Monitor Shift EmScore fit_monitors monitor_cache shift em_score in_domain_score
         correlation_ci ModelPoint measure correlations per_question""",

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 from jaxtyping import Float
@@ -37,18 +37,10 @@ from lab.directions.contrasts import CONTRASTS, contrast_examples, ensure_cache
 from lab.core.errors import BadInput
 from lab.stats.estimate import Estimate, mean_ci
 from lab.core.io import write_json_atomic
+from lab.models import LazyModel
 
 # (monitor name, contrast): the pooling is the contrast's own
 MONITORED: tuple[tuple[str, str], ...] = (("EM", "general_answers"), ("refusal", "refusal"), ("code mode", "code_mode"))
-
-
-class HandleLike(Protocol):
-    """What monitoring needs of a model view (`lab.models.LabModel`): the weights load only on `.model`."""
-
-    fingerprint: str
-    tokenizer: Any
-    n_layers: int
-    model: Any
 
 
 @dataclass
@@ -95,7 +87,7 @@ def unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
-def fit_monitors(base: HandleLike, cache_dir: str | Path, storage: str = "float32", limit: int | None = None,
+def fit_monitors(base: LazyModel, cache_dir: str | Path, storage: str = "float32", limit: int | None = None,
                  test_fraction: float = 0.25, seed: int = 0, layer_from: int | None = None) -> dict[str, Monitor]:
     """The three monitored directions, fitted on the base model's cached contrasts (train split), each at
     its best held-out layer at or above `layer_from` (None: half depth). Why not any layer: refusal and
@@ -122,7 +114,7 @@ def fit_monitors(base: HandleLike, cache_dir: str | Path, storage: str = "float3
     return out
 
 
-def monitor_cache(handle: HandleLike, monitor: Monitor, cache_dir: str | Path, storage: str = "float32"
+def monitor_cache(handle: LazyModel, monitor: Monitor, cache_dir: str | Path, storage: str = "float32"
                   ) -> ActivationCache:
     """The model's residuals on the monitor's contrast, at the monitor's layer only (found by key, else built)."""
     return ensure_cache(handle, contrast_examples(monitor.contrast, monitor.limit), cache_dir,
@@ -153,7 +145,7 @@ def last_token_projection(cache: ActivationCache, monitor: Monitor) -> dict[str,
     return out
 
 
-def em_score(handle: HandleLike, cache_dir: str | Path, limit: int | None = None) -> EmScore:
+def em_score(handle: LazyModel, cache_dir: str | Path, limit: int | None = None) -> EmScore:
     """Judge-free EM scores of a model, cached as JSON by its fingerprint (a rerun loads no model)."""
     from lab.em.judge_free import style_gaps_under
 
@@ -161,13 +153,13 @@ def em_score(handle: HandleLike, cache_dir: str | Path, limit: int | None = None
     if path.exists():
         d = json.loads(path.read_text())
     else:
-        gaps = style_gaps_under(handle.model, (), limit)
+        gaps = style_gaps_under(handle, (), limit)
         d = {"ids": list(gaps["ids"]), "usual": gaps["usual"].tolist(), "terse": gaps["terse"].tolist()}
         write_json_atomic(path, d)
     return EmScore(d["ids"], np.asarray(d["usual"]), np.asarray(d["terse"]))
 
 
-def in_domain_score(handle: HandleLike, domain: str, cache_dir: str | Path, seed: int = 0,
+def in_domain_score(handle: LazyModel, domain: str, cache_dir: str | Path, seed: int = 0,
                     limit: int | None = None) -> Float[np.ndarray, " q"]:
     """Per held-out advice question of `domain`: harmful − aligned answer log-prob (cached like `em_score`)."""
     from lab.data.formats import advice_split
@@ -177,7 +169,7 @@ def in_domain_score(handle: HandleLike, domain: str, cache_dir: str | Path, seed
     if path.exists():
         return np.asarray(json.loads(path.read_text()))
     held_out = advice_split(domain, seed=seed)[1][: limit]
-    gaps = in_domain_gaps(handle.model, held_out)
+    gaps = in_domain_gaps(handle, held_out)
     write_json_atomic(path, gaps.tolist())
     return gaps
 
@@ -236,7 +228,7 @@ class ModelPoint:
         return out
 
 
-def measure(handle: HandleLike, base_em: EmScore, monitors: dict[str, Monitor], base_caches: dict[str, ActivationCache],
+def measure(handle: LazyModel, base_em: EmScore, monitors: dict[str, Monitor], base_caches: dict[str, ActivationCache],
             cache_dir: str | Path, run: str, step: int, storage: str = "float32", eval_limit: int | None = None,
             n_boot: int = 1000, seed: int = 0) -> ModelPoint:
     """Shifts, EM score (Δbase) and per-question projections of one model (cached pieces reused)."""

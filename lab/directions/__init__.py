@@ -4,8 +4,9 @@ A *direction* is one unit vector per layer that separates two groups of examples
 misaligned vs aligned answers. The package, in the order data flows through it:
 
     contrasts   the named labelled example sets (`CONTRASTS`: refusal, code_mode, answer
-                contrasts), `ensure_cache` (their activation cache, built once) and
-                `FeatureView` (a `CacheLike` over one or more caches).
+                contrasts), `ensure_cache` / `contrast_cache` (their activation cache, built
+                once) and `FeatureView` (a `CacheLike` over one or more caches).
+    options     `AnalysisOptions`: the options every analysis verb shares (model, caches, split).
 
     splits      `CacheLike` (what a cache must offer), `split_contrast` / `split_examples`:
                 a contrast's labels and its seeded train/test split by example id.
@@ -21,13 +22,18 @@ misaligned vs aligned answers. The package, in the order data flows through it:
                 `direction_from_answers(judged, organism, cache_dir)`: the Model Organisms
                 direction, fitted on a model's own judged answers (misaligned vs aligned).
 
+    norms       the typical residual norm, the unit of steering strengths (two named definitions).
+
 Features come from `lab.cache.ActivationCache`, which already leaves out position 0 (BOS).
 """
 
+from lab.directions.contrasts import CONTRASTS, Contrast, FeatureView, contrast_cache, contrast_examples, ensure_cache
 from lab.directions.fit import Fit, Row, evaluate, fit_contrast
 from lab.directions.from_answers import (AnswerCounts, AnswerDirection, JudgedAnswerLike, answer_label,
                                          direction_from_answers)
 from lab.directions.logistic import logistic_fit
+from lab.directions.norms import prompt_residual_norm, token_residual_norms
+from lab.directions.options import AnalysisOptions
 from lab.directions.record import FORMAT, HOOK_TEMPLATE, VERSION, Direction, FitRecord
 from lab.directions.solvers import (
     DEFAULT_METHODS,
@@ -43,6 +49,8 @@ from lab.directions.splits import CacheLike, Split, split_contrast, split_exampl
 from lab.directions.validation import MIN_PER_CLASS, MIN_TEST_PER_CLASS, validate
 
 __all__ = [
+    "AnalysisOptions", "CONTRASTS", "Contrast", "FeatureView", "contrast_cache", "contrast_examples", "ensure_cache",
+    "prompt_residual_norm", "token_residual_norms",
     "AnswerCounts", "AnswerDirection", "JudgedAnswerLike", "answer_label", "direction_from_answers",
     "CacheLike", "DEFAULT_METHODS", "Direction", "FORMAT", "Fit", "FitRecord", "HOOK_TEMPLATE", "METHODS",
     "MIN_PER_CLASS", "MIN_TEST_PER_CLASS", "Row", "Split", "VERSION", "evaluate", "fit_contrast", "fit_methods",

@@ -287,7 +287,7 @@ def main(argv=None) -> None:
     with user_errors():
         model = LabModel(args.model, dtype=args.dtype, device=ranks.device(args.device))
         prompts = render(load_examples(args.data), model.tokenizer)
-        model.model  # load before the clock starts: the report times caching, not loading
+        model.hf  # load before the clock starts: the report times caching, not loading
         ranks.barrier()
         start = time.perf_counter()
         cache = build_cache_parallel(model, prompts, args.cache_dir, storage_dtype=args.storage, mode=args.mode,
