@@ -96,8 +96,9 @@ def pieces(model, root: Path) -> dict:
     Each piece is attempted on its own: a failure is recorded (last lines of its traceback)
     and the next piece still runs.
     """
-    from experiments import layer_sweep
     from lab.cache import ActivationCache
+    from lab.directions.sweep import SweepConfig, sweep_layers
+    from lab.reports.tables import cells
     from lab.data.formats import ChatExample, load_advice
     from lab.intervene.generate import GenerationConfig, generate_answers
     from lab.intervene.steering import Intervention
@@ -119,12 +120,12 @@ def pieces(model, root: Path) -> dict:
         print(name, out[name], flush=True)
 
     def sweep():
-        result = layer_sweep.run(layer_sweep.LayerSweepConfig(
+        result = sweep_layers(SweepConfig(
             model=model.source, contrast="refusal", limit=32, methods=["mean_diff", "random"], n_boot=100,
             sklearn_check=False, device="cuda", dtype="bfloat16", device_map=out_map(model),
             cache_dir=str(root / "cache"), out=str(root / "out")))
-        cache = ActivationCache(result["cache"])
-        return {"tokens": int(cache.attrs["n_tokens"]), "layers": cache.n_layers, "best": result["best"][:1]}
+        cache = ActivationCache(result.cache)
+        return {"tokens": int(cache.attrs["n_tokens"]), "layers": cache.n_layers, "best": [cells(result.best[0])]}
 
     attempt("cache build + layer sweep (refusal, 64 prompts, all layers)", sweep)
 

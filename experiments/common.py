@@ -32,3 +32,12 @@ def cli(config_cls, run):
         with user_errors(), ModelPool():  # one copy of the weights for the whole command
             run(parse_config(config_cls, argv, prog=prog_of(run.__module__)))
     return main
+
+
+def show(result) -> None:
+    """Print a typed result's tables (`lab.reports.tables`: the one rendering of each row type)."""
+    from lab.core.console import console, table
+    from lab.reports.tables import tables
+
+    for title, rows in tables(result):
+        console.print(table(title, rows))

@@ -168,3 +168,25 @@ def stored_summary(out: Path, cfg: Any) -> dict | None:
         return None
     summary = json.loads(path.read_text())
     return summary if summary.get("config") == json.loads(json.dumps(config_dict(cfg))) else None
+
+
+RESULTS_SCHEMA = 2  # the format of typed results on disk (results.json, summary.json): lab.core.records
+
+
+def write_result(result: Any, path: Path | None = None) -> Path:
+    """Write a typed result (`lab.core.records.Record`) as `{"schema": 2, ...its fields}`, by default to
+    `<result.out>/summary.json`."""
+    path = Path(path) if path is not None else Path(result.out) / "summary.json"
+    write_json_atomic(path, {"schema": RESULTS_SCHEMA, **result.to_json()})
+    return path
+
+
+def read_result(codec: Any, path: Path) -> Any:
+    """A typed result written by `write_result` (one `BadInput` line for another schema)."""
+    from lab.core.errors import BadInput
+
+    data = json.loads(Path(path).read_text())
+    if data.get("schema") != RESULTS_SCHEMA:
+        raise BadInput(f"{path}: written by emlab <= 0.2 (schema {data.get('schema', 1)}, not {RESULTS_SCHEMA}): "
+                       f"run the verb again; its cached stages are reused")
+    return codec.from_json({k: v for k, v in data.items() if k != "schema"})
