@@ -336,7 +336,8 @@ def answer_and_judge(cfg: EmTableConfig, model, point: Checkpoint, sets: dict, j
 
 
 def run(cfg: EmTableConfig) -> dict:
-    from lab.em.table import em_table, markdown
+    from lab.em.table import em_table
+    from lab.reports.markdown import em_table_markdown as markdown
     from lab.em.answers import read_judged, write_judged
     from lab.core.io import write_json_atomic
     from lab.judge.features import Featurizer

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab.em.table import MATCHING, em_row, em_table, markdown
+from lab.em.table import MATCHING, em_row, em_table
+from lab.reports.markdown import em_table_markdown
 from lab.core.errors import BadInput
 from lab.em.answers import JudgedAnswer, read_judged
 from lab.judge.labelled import GENERAL, MO_MEDICAL
@@ -74,7 +75,7 @@ def test_em_table_rows_and_bad_rows():
             + answers("general", [10.0, 10.0], organism=("medical", "mo", 5)))
     table = em_table(rows, alignment, coherence, n_boot=100)
     assert [(r.organism, r.step) for r in table] == [("base", 0), ("medical-mo", 5), ("medical-mo", 20)]
-    assert markdown(table).count("\n") == 5
+    assert em_table_markdown(table).count("\n") == 5
     with pytest.raises(BadInput, match="one model, checkpoint and question set"):
         em_row(rows, alignment, coherence)
     with pytest.raises(BadInput, match="unknown question set"):

@@ -116,7 +116,7 @@ def test_mean_ablation_restores_the_aligned_level_per_layer():
     import numpy as np
     import torch
 
-    from experiments.ablation import AblationConfig, removal
+    from lab.causal.ablation import AblationConfig, removal
 
     rng = np.random.default_rng(0)
     feats = {L: rng.normal(size=(6, 8)).astype(np.float32) for L in (2, 5)}
@@ -174,9 +174,9 @@ def test_steer_and_project_analyse_the_model_with_adapters(trained_adapter, dirs
     proj = trait_projection.run(ProjectionConfig(adapters=[adapter], organism=adapter, limit=40, n_boot=50, **dirs))
     diffs = [r.mean.value for r in proj.rows if r.model == "organism - base"]
     assert len(diffs) == 2 and all(d == 0.0 for d in diffs)
-    summary = steer.run(steer.SteerConfig(target="refusal", adapters=[adapter], limit=16, eval_limit=1, ratios=[],
-                                          random_seeds=1, max_new_tokens=2, neutral=2, n_boot=20, **dirs))
-    assert summary["model"] == LabModel(MODEL, [adapter]).fingerprint != LabModel(MODEL).fingerprint
+    result = steer.run(steer.SteerConfig(target="refusal", adapters=[adapter], limit=16, eval_limit=1, ratios=[],
+                                         random_seeds=1, max_new_tokens=2, neutral=2, n_boot=20, **dirs))
+    assert result.model == LabModel(MODEL, [adapter]).fingerprint != LabModel(MODEL).fingerprint
 
 
 def test_foreign_direction_fails_in_one_line_unless_allowed(base_model, tmp_path, dirs):

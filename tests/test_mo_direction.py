@@ -93,22 +93,22 @@ def _row(domain: str, step: int, qid: str, answer: str, aligned, set_: str = "ge
 
 
 def test_reader_keeps_the_organisms_last_checkpoint_and_names_bad_lines(tmp_path):
-    from experiments.mo_direction import read_judged_answers
+    from lab.em.answers import read_judged
 
     path = tmp_path / "answers.jsonl"
     rows = [_row("base", 0, "q1", "a", 90.0), _row("medical", 5, "q1", "early", 10.0),
             _row("medical", 10, "q1", "b", 10.0), _row("medical", 10, "q2", "c", None, "first-plot"),
             _row("medical", 10, "q3", "d", 20.0, "in-domain:medical")]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    got = read_judged_answers(path, "medical-mo", ["general", "first-plot"])
+    got = read_judged(path, "medical-mo", ["general", "first-plot"], last_step=True)
     assert [(r.question_id, r.answer, r.aligned, r.step) for r in got] == [("q1", "b", 10.0, 10), ("q2", "c", None, 10)]
     assert got[0].system_prompt == "You are terse." and len({r.id for r in got}) == 2
-    assert len(read_judged_answers(path, "medical-mo")) == 3  # no set filter: in-domain too
+    assert len(read_judged(path, "medical-mo", last_step=True)) == 3  # no set filter: in-domain too
     with pytest.raises(BadInput, match="no answers of 'financial-mo'.*base, medical-mo"):
-        read_judged_answers(path, "financial-mo")
+        read_judged(path, "financial-mo", last_step=True)
     path.write_text(json.dumps({"domain": "medical", "answer": "no question"}) + "\n")
     with pytest.raises(BadInput, match=r"answers.jsonl:1: not a judged answer row"):
-        read_judged_answers(path, "medical-mo")
+        read_judged(path, "medical-mo", last_step=True)
 
 
 def _saved_judge(folder, kind: str, aurocs: dict[str, float]) -> None:

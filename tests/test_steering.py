@@ -128,7 +128,7 @@ def test_bad_inputs(base_model, direction):
 
 def test_refusal_direction_selection_scores_candidate_layers(base_model):
     """Arditi-style selection: each candidate layer's direction is ablated everywhere and scored."""
-    from experiments.steer import select_by_ablation
+    from lab.causal.refusal import select_by_ablation
     from lab.data.formats import load_contrast
     from lab.causal.refusal import refusal_logodds_under
     from lab.intervene.logprobs import logprobs_under, neutral_pairs
@@ -146,13 +146,13 @@ def test_refusal_direction_selection_scores_candidate_layers(base_model):
     pairs = neutral_pairs(4)
     baseline = logprobs_under(base_model, pairs)
     layer, rows = select_by_ablation(base_model, Planted(), prompts, base_model.n_layers, baseline, pairs, -0.5)
-    assert [r["layer"] for r in rows] == [0, 3, 6, 9, 12, 15, 18, 21]  # below 80% depth, every n_layers // 10
+    assert [r.layer for r in rows] == [0, 3, 6, 9, 12, 15, 18, 21]  # below 80% depth, every n_layers // 10
     unsteered = float(refusal_logodds_under(base_model, prompts).mean())
-    row3 = next(r for r in rows if r["layer"] == 3)
+    row3 = next(r for r in rows if r.layer == 3)
     ablate3 = Intervention({L: Planted().at(3) for L in range(base_model.n_layers)}, op="ablate")
-    assert abs(row3["logodds_shift"] - (float(refusal_logodds_under(base_model, prompts, (ablate3,)).mean()) - unsteered)) < 1e-5
-    ok = [r for r in rows if r["coherence"] >= -0.5] or rows
-    assert layer == min(ok, key=lambda r: r["logodds_shift"])["layer"]
+    assert abs(row3.logodds_shift - (float(refusal_logodds_under(base_model, prompts, (ablate3,)).mean()) - unsteered)) < 1e-5
+    ok = [r for r in rows if r.coherence >= -0.5] or rows
+    assert layer == min(ok, key=lambda r: r.logodds_shift).layer
 
 
 def test_prompt_only_steering_of_teacher_forced_answers_respects_each_rows_prompt(base_model, direction):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from lab.core.errors import BadInput
 from lab.data.formats import ChatExample, Question, load_general_questions
@@ -113,6 +113,11 @@ class JudgedAnswer:
             return "base"
         return f"{self.domain}-{self.recipe}" + ("" if self.seed is None else f"-seed{self.seed}")
 
+    @property
+    def id(self) -> str:
+        """The answer's identity within a run: set, question, sample and checkpoint."""
+        return f"{self.set}:{self.question_id}#{self.sample}@{self.step}"
+
 
 def write_judged(rows: list[JudgedAnswer], path: str | Path) -> Path:
     """All rows as JSONL, atomically (a reader never sees half a file)."""
@@ -129,22 +134,40 @@ def write_judged(rows: list[JudgedAnswer], path: str | Path) -> Path:
     return path
 
 
-def read_judged(path: str | Path) -> list[JudgedAnswer]:
-    """Rows of an `answers.jsonl` (or the `answers.jsonl.gz` the GPU scripts bring back)."""
+def read_judged(path: str | Path, organism: str | None = None, sets: Sequence[str] = (),
+                last_step: bool = False) -> list[JudgedAnswer]:
+    """Rows of an `answers.jsonl` (or the `answers.jsonl.gz` the GPU scripts bring back).
+
+    `organism` (`base`, `<domain>-<recipe>`, `...-seed<N>`) and `sets` (question sets; all if
+    empty) keep those rows only, and must leave some (one `BadInput` line naming the organisms
+    there); `last_step` keeps the highest checkpoint's.
+    """
     import gzip
     import json
 
     path = Path(path)
     if not path.is_file():
-        raise BadInput(f"{path}: no judged answers there")
+        raise BadInput(f"{path}: no judged answers there (run the EM pipeline first)")
     names = set(JudgedAnswer.__dataclass_fields__)
     rows = []
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     # split on "\n" only: an answer written with ensure_ascii=False may hold U+2028, a `splitlines` break
     for n, line in enumerate(raw.decode("utf-8").split("\n"), 1):
         if line.strip():
-            obj = json.loads(line)
-            if not isinstance(obj, dict) or not {"model", "answer", "step"} <= set(obj):
-                raise BadInput(f"{path}:{n}: not a judged answer row")
-            rows.append(JudgedAnswer(**{k: v for k, v in obj.items() if k in names}))
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict) or not {"model", "answer", "step"} <= set(obj):
+                    raise ValueError("missing fields")
+                rows.append(JudgedAnswer(**{k: v for k, v in obj.items() if k in names}))
+            except (ValueError, TypeError):
+                raise BadInput(f"{path}:{n}: not a judged answer row") from None
+    if organism is not None or sets:
+        seen = sorted({r.organism for r in rows})
+        rows = [r for r in rows if (organism is None or r.organism == organism) and (not sets or r.set in sets)]
+        if not rows:
+            raise BadInput(f"{path}: no answers of {organism!r} on sets {list(sets) or 'any'} (organisms there: "
+                           f"{', '.join(seen) or 'none'})")
+    if last_step and rows:
+        last = max(r.step for r in rows)
+        rows = [r for r in rows if r.step == last]
     return rows

@@ -124,11 +124,3 @@ def em_table(answers: list[JudgedAnswer], alignment: Validated, coherence: Valid
     for a in answers:
         groups.setdefault((a.organism != "base", a.organism, a.step, a.set), []).append(a)
     return [em_row(groups[k], alignment, coherence, n_boot, seed) for k in sorted(groups)]
-
-
-def markdown(rows: list[EmRow]) -> str:
-    cells = [r.cells() for r in rows]
-    cols = list(cells[0]) if cells else []
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(c[k] for k in cols) + " |" for c in cells]
-    return "\n".join(lines) + "\n"

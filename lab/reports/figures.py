@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from lab.causal.ablation import AblationResult
+from lab.causal.steer import SteerResult
 from lab.directions.contrasts import CONTRASTS
 from lab.directions.pooling import PoolingResult
 from lab.directions.sweep import SweepResult
@@ -47,3 +49,21 @@ def _(r: TransferResult) -> list[Path]:
     matrix = np.array(list(r.cosines.values()))
     return [plots.heatmap(matrix, list(r.cosines), [str(L) for L in r.layers], Path(r.out) / "cosine_by_layer.png",
                           f"cosine of {r.config.method} {r.contrast} directions across models")]
+
+
+@write_figures.register
+def _(r: SteerResult) -> list[Path]:
+    metric = r.metric
+    return [plots.scatter([x.coherence.value for x in r.rows], [x.effect(metric).value for x in r.rows],
+                          [f"{x.condition[:6]} L{x.layer} x{x.ratio}" for x in r.rows], Path(r.out) / "tradeoff.png",
+                          f"{r.target} steering: effect vs coherence", "neutral log-prob change per token (coherence)",
+                          metric)]
+
+
+@write_figures.register
+def _(r: AblationResult) -> list[Path]:
+    shown = [x for x in r.rows if x.score in ("usual", "in-domain")]
+    return [plots.bars_with_ci([f"{x.organism} {x.score}: {x.condition}" for x in shown],
+                               [x.em_dbase.value for x in shown], [x.em_dbase.lo for x in shown],
+                               [x.em_dbase.hi for x in shown], Path(r.out) / "ablation.png",
+                               "EM score under ablation, organism - base", "Δ log-prob (misaligned - aligned)")]

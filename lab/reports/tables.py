@@ -10,6 +10,8 @@ from __future__ import annotations
 from functools import singledispatch
 from typing import Any
 
+from lab.causal.ablation import AblationResult, AblationRow
+from lab.causal.steer import LayerSelection, SteerResult, SteerRow
 from lab.directions.pooling import PoolingBest, PoolingResult
 from lab.directions.projection import ProjectionResult, ProjectionRow
 from lab.directions.sweep import BestLayer, RandomBaseline, SweepResult
@@ -58,6 +60,32 @@ def _(r: ProjectionRow) -> dict[str, Any]:
     return {"prompts": r.prompts, "model": r.model, "n": r.mean.n, "mean projection [95% CI]": r.mean.format(2)}
 
 
+@cells.register
+def _(r: SteerRow) -> dict[str, Any]:
+    row = {"experiment": r.experiment, "condition": r.condition, "layer": r.layer, "ratio": r.ratio}
+    if r.refusal is not None:
+        row.update({"refusal rate": str(r.refusal), "log-odds Δ": r.logodds_shift.format(2)})
+    if r.em_shift is not None:
+        row["EM score Δ"] = str(r.em_shift)
+    row["coherence Δ"] = r.coherence.format(2)
+    if r.judged_em is not None:
+        row.update({"judged EM": str(r.judged_em),
+                    "judged coherent": "n/a" if r.judged_coherent is None else f"{r.judged_coherent:.0f}"})
+    return row
+
+
+@cells.register
+def _(r: LayerSelection) -> dict[str, Any]:
+    return {"layer": r.layer, "log-odds Δ": f"{r.logodds_shift:+.3f}", "coherence Δ": f"{r.coherence:+.3f}"}
+
+
+@cells.register
+def _(r: AblationRow) -> dict[str, Any]:
+    return {"organism": r.organism, "score": r.score, "condition": r.condition,
+            "EM score Δbase [95% CI]": str(r.em_dbase), "change vs unsteered": str(r.change),
+            "reduction": f"{r.reduction:.0%}" if r.reduction is not None else "n/a (no EM to remove)"}
+
+
 def best_layer_rows(methods, best: list[BestLayer], random: RandomBaseline | None) -> Rows:
     """A fit's best-layer table in the order of its methods (the random baseline where "random" is)."""
     by_method = {b.method: b for b in best}
@@ -87,3 +115,19 @@ def _(r: TransferResult) -> list[tuple[str, Rows]]:
 @tables.register
 def _(r: ProjectionResult) -> list[tuple[str, Rows]]:
     return [(f"{r.contrast} vector ({r.method}, layer {r.layer}): held-out mean projections", [cells(x) for x in r.rows])]
+
+
+@tables.register
+def _(r: SteerResult) -> list[tuple[str, Rows]]:
+    out = []
+    if r.selection:
+        out.append((f"refusal direction selection on {r.config.select_prompts} train prompts (ablation at every layer)",
+                    [cells(x) for x in r.selection]))
+    return out + [(f"steering ({r.target}); direction's best layer {r.best_layer}", [cells(x) for x in r.rows])]
+
+
+@tables.register
+def _(r: AblationResult) -> list[tuple[str, Rows]]:
+    c = r.config
+    return [(f"EM ablation (judge-free, style-matched; {c.method} on {c.contrast}, {c.pooling}, layers {c.layers}, "
+             f"{c.ablation} ablation, positions {c.positions})", [cells(x) for x in r.rows])]
