@@ -15,84 +15,23 @@ fitted on (bootstrap over questions). Caches and scores are reused: a rerun load
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-
 from experiments.common import cli
-from lab.core.config import parse_pairs
-from lab.core.io import out_folder, write_summary
-from lab.directions.options import AnalysisOptions
-from lab.stats.estimate import format_ci
-from lab.core.console import console, progress, table
-from lab.directions.contrasts import contrast_examples, ensure_cache
-from lab.diffing.dynamics import evenly, run_checkpoints
-from lab.core.errors import BadInput
-from lab.core.io import write_rows
-from lab.diffing.monitoring import correlations, em_score, fit_monitors, measure, per_question
+from lab.core.console import console, table
+from lab.core.io import out_folder, write_rows, write_summary
+from lab.diffing.monitoring import MonitorConfig, monitor_checkpoints
 from lab.reports.plots import lines_with_ci, shift_vs_score
-
-
-@dataclass
-class MonitorConfig(AnalysisOptions):
-    """Shift along EM / refusal / code-mode directions per checkpoint, against the EM score."""
-
-
-    runs: list[str] = field(default_factory=list, metadata={"help": "training folders: NAME=FOLDER (checkpoints/step-*)"})
-    max_checkpoints: int = field(default=0, metadata={"help": "per run, at most N checkpoints, evenly spaced (0: all)"})
-    eval_limit: int = field(default=0, metadata={"help": "general questions per EM score (0: all 48)"})
-    layer_from: int = field(default=-1, metadata={
-        "help": "each direction at its best held-out layer at or above this one (-1: half depth)"})
-    budget_min: float = field(default=0.0, metadata={"help": "wall budget: measure no new checkpoint past it (0: none)"})
-
-
-def parse_runs(specs: list[str]) -> dict[str, Path]:
-    if not specs:
-        raise BadInput("--runs NAME=FOLDER is required (a lab.training.lora folder with checkpoints/step-*)")
-    runs = {name: Path(folder) for name, folder in parse_pairs("--runs", specs, "FOLDER").items()}
-    for folder in runs.values():
-        run_checkpoints(folder)  # a folder without checkpoints fails here, before any work
-    return runs
+from lab.stats.estimate import format_ci
 
 
 def run(cfg: MonitorConfig) -> dict:
-    cfg.refuse_adapters("--model (step 0) and the checkpoints under --runs")
-    runs = parse_runs(cfg.runs)
-    start = time.monotonic()
-    limit = cfg.limit or None
-    base = cfg.view([])
-    with console.status("fitting the EM, refusal and code-mode directions on the base model ..."):
-        monitors = fit_monitors(base, cfg.cache_dir, cfg.storage, limit, cfg.test_fraction, cfg.seed,
-                                None if cfg.layer_from < 0 else cfg.layer_from)
-    base_caches = {n: ensure_cache(base, contrast_examples(m.contrast, limit), cfg.cache_dir, storage_dtype=cfg.storage)
-                   for n, m in monitors.items()}
-    base_em = em_score(base, cfg.cache_dir, cfg.eval_limit or None)
-    args = dict(storage=cfg.storage, eval_limit=cfg.eval_limit or None, n_boot=cfg.n_boot, seed=cfg.seed)
-    points = [measure(base, base_em, monitors, base_caches, cfg.cache_dir, "base", 0, **args)]
-    todo = [(name, step, ck) for name, folder in runs.items()
-            for step, ck in evenly(run_checkpoints(folder), cfg.max_checkpoints)]
-    skipped = []
-    with progress() as bar:
-        task = bar.add_task("checkpoints", total=len(todo), info="")
-        for name, step, ck in todo:
-            if cfg.budget_min > 0 and time.monotonic() - start > 60 * cfg.budget_min:
-                skipped.append(f"{name} step {step}")
-                continue
-            bar.update(task, info=f"{name} step {step}")
-            points.append(measure(cfg.view([str(ck)]), base_em, monitors, base_caches, cfg.cache_dir, name, step,
-                                  **args))
-            bar.advance(task)
-    if skipped:
-        console.print(f"[yellow]wall budget reached; not measured[/]: {', '.join(skipped)}")
-    trained = [p for p in points if p.run != "base"]
-    corr = correlations(trained, monitors, cfg.n_boot, cfg.seed)
-    em = monitors["EM"]
-    unseen = {base_caches["EM"].groups[i] for i in em.held_out}
-    pq = {"held-out questions": per_question(points, unseen, cfg.n_boot, cfg.seed),
-          "all questions": per_question(points, None, cfg.n_boot, cfg.seed)}
-    rows = [p.row() for p in points]
+    m = monitor_checkpoints(cfg)
+    monitors, pq = m.monitors, m.per_question
+    if m.skipped:
+        console.print(f"[yellow]wall budget reached; not measured[/]: {', '.join(m.skipped)}")
+    rows = [p.row() for p in m.points]
     out = out_folder(cfg.out, "monitor")
     write_rows(rows, out / "rows")
+    trained = [p for p in m.points if p.run != "base"]
     figures = [shift_vs_score(rows[1:], f"shift {n}", "EM usual", out / f"shift-{n.replace(' ', '_')}-vs-em.png",
                               f"shift along {n} (layer {monitors[n].layer}) vs EM", f"mean shift along {n}",
                               "EM usual Δbase") for n in monitors] if trained else []
@@ -103,19 +42,19 @@ def run(cfg: MonitorConfig) -> dict:
                                   "last-prompt-token projection on EM", "EM score (usual)", group="run"))
     lines = [{"direction": f"{n} (L{monitors[n].layer})", "step": r["step"], "value": r[f"shift {n}"],
               "value_lo": r[f"shift {n} lo"], "value_hi": r[f"shift {n} hi"]} for r in rows[1:] for n in monitors]
-    for name in runs:
+    for name in m.runs:
         mine = [x for x, r in zip(lines, [r for r in rows[1:] for _ in monitors]) if r["run"] == name]
         if mine:
             figures.append(lines_with_ci(mine, "direction", "step", "value", out / f"{name}-shifts.png",
                                          f"{name}: shifts along base-model directions", "mean shift", hline=0.0))
-    show(monitors, rows, corr, pq)
-    return write_summary(out, cfg, monitors={n: {"contrast": m.contrast, "layer": m.layer, "pooling": m.pooling,
-                                                 "heldout_auroc": m.heldout_auroc, "n_held_out": len(m.held_out)}
-                                             for n, m in monitors.items()},
-                        rows=rows, correlations=corr,
-                        per_question={k: {"r": v["pooled"].to_json(), "within_model_mean_r": v["within_model_mean_r"],
-                                          "n_pairs": v["n_pairs"], "n_models": v["n_models"]} for k, v in pq.items()},
-                        skipped=skipped, figures=[str(f) for f in figures], wall_s=time.monotonic() - start)
+    show(monitors, rows, m.correlations, pq)
+    return write_summary(out, cfg, monitors={n: {"contrast": x.contrast, "layer": x.layer, "pooling": x.pooling,
+                                                 "heldout_auroc": x.heldout_auroc, "n_held_out": len(x.held_out)}
+                                             for n, x in monitors.items()},
+                         rows=rows, correlations=m.correlations,
+                         per_question={k: {"r": v["pooled"].to_json(), "within_model_mean_r": v["within_model_mean_r"],
+                                           "n_pairs": v["n_pairs"], "n_models": v["n_models"]} for k, v in pq.items()},
+                         skipped=m.skipped, figures=[str(f) for f in figures], wall_s=m.seconds)
 
 
 def show(monitors, rows, corr, pq) -> None:

@@ -100,6 +100,7 @@ def test_per_question_projection_tracks_scores_on_held_out_questions():
 def test_monitor_cli_rerun_loads_no_model(trained_adapter, tmp_path):
     from experiments import monitor
     from lab.core.config import parse_config
+    from lab.diffing.monitoring import parse_runs
 
     run_dir = trained_adapter.adapter_dir.parent
     args = ["--runs", f"medical={run_dir}", "--limit", "12", "--eval-limit", "4", "--n-boot", "50",
@@ -116,4 +117,4 @@ print(json.dumps(s["rows"]))
 """)
     assert rows == json.loads(json.dumps(first["rows"]))
     with pytest.raises(BadInput, match="NAME=FOLDER"):
-        monitor.parse_runs(["nofolder"])
+        parse_runs(["nofolder"])

@@ -37,18 +37,20 @@ def test_a_trajectory_loads_the_weights_once(tmp_path):
     """Every checkpoint of a training run is an adapter on the one resident base model."""
     from experiments import em_trajectory
     from lab.data.formats import load_advice
+    from lab.diffing.checkpoints import TrajectoryConfig
     from lab.models import LabModel, ModelPool
+    from lab.training.checkpoints import run_checkpoints
     from lab.training.lora import TrainConfig, train_lora
 
     with ModelPool() as pool:
         train_lora(LabModel(MODEL).for_training(), load_advice("medical")[:8], tmp_path / "run",
                    TrainConfig(batch_size=2, max_steps=3, checkpoints_first_epoch=3, lr=3e-3, max_length=64))
-        ckpts = em_trajectory.checkpoints(tmp_path / "run")
+        ckpts = [c for _, c in run_checkpoints(tmp_path / "run")]
         assert len(ckpts) >= 2
-        summary = em_trajectory.run(em_trajectory.TrajectoryConfig(
+        result = em_trajectory.run(TrajectoryConfig(
             run=str(tmp_path / "run"), domain="medical", eval_limit=2, n_boot=50,
             cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "out")))
-        assert {r["step"] for r in summary["rows"]} == {0, *(int(c.name.split("-")[-1]) for c in ckpts)}
+        assert {r.step for r in result.rows} == {0, *(int(c.name.split("-")[-1]) for c in ckpts)}
         assert pool.loads == 1
         resident = next(iter(pool.residents.values()))
         assert len(resident.names) == len(ckpts)  # each checkpoint a named adapter on the one copy

@@ -359,9 +359,8 @@ def steer_with_delta(model: ModelLike, delta_layer: np.ndarray, layer: int, laye
     """Add δ_L (unit vector x ratio x mean residual norm) at `layer` of the base model; greedy
     answers to general questions and the coherence guard, with a random control per ratio."""
     from lab.em.answers import question_examples, shipped_questions
-    from lab.intervene.logprobs import logprobs_under, neutral_pairs
     from lab.intervene.generate import GenerationConfig, generate_answers
-    from lab.stats.estimate import mean_ci
+    from lab.intervene.logprobs import coherence_change, logprobs_under, neutral_pairs
     from lab.intervene.steering import Intervention, random_like
 
     pairs = neutral_pairs(neutral)
@@ -370,11 +369,10 @@ def steer_with_delta(model: ModelLike, delta_layer: np.ndarray, layer: int, laye
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=16, seed=seed)
 
     def row(condition: str, ratio: float, ivs: tuple) -> SteerRow:
-        coh = mean_ci(logprobs_under(model, pairs, ivs) - baseline, 500, seed).to_json() if ivs else \
-            {"value": 0.0, "lo": 0.0, "hi": 0.0}
+        coh = coherence_change(model, ivs, baseline, pairs, seed)
         answers = [{"question": r["question"], "answer": r["answer"]}
                    for r in generate_answers(model, examples, gen, ivs, label=f"{condition} x{ratio}")]
-        return with_shares([SteerRow(condition, ratio, coh["value"], coh["lo"], coh["hi"], {}, answers)], domains)[0]
+        return with_shares([SteerRow(condition, ratio, coh.value, coh.lo, coh.hi, {}, answers)], domains)[0]
 
     rows = [row("unsteered", 0.0, ())]
     for ratio in ratios:

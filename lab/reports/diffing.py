@@ -1,7 +1,7 @@
 """The study report's model-diffing section, from `emlab diff` / `experiments.domain_id` /
 `experiments.preventative` / `experiments.monitor` / `experiments.dynamics` summaries (their
-summary.json dicts). Hook it into experiments/study_report.py with one line:
-`sections.append(diffing_section_from(out_dir))` (or `diffing_section(...)` with the dicts).
+summary.json dicts). The study adds it with `--diffing OUT_DIR` (`report.add(diffing_section_from(out_dir))`
+on a `lab.reports.study.StudyReport`), or `diffing_section(...)` with the dicts.
 
     python -m lab.reports.diffing OUT_DIR      # OUT_DIR/diffing.md and OUT_DIR/report/ (HTML) from OUT_DIR's summaries
 """
@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from lab.stats.estimate import format_ci
+
 from lab.reports import Answers, Image, Section, Table, Text
+from lab.stats.estimate import format_ci
 
 
 def diffing_section_from(out_dir: str | Path) -> Section:
@@ -63,7 +64,9 @@ def diffing_section(diffs: dict[str, dict], domain_id: dict | None = None, preve
         if domain_id.get("skipped"):
             blocks.append(Text(f"Not trained (wall budget): {', '.join(domain_id['skipped'])}."))
         blocks.append(Table(f"Accuracy vs chance ({domain_id['chance']:.3f})", [
-            {k: v for k, v in r.items() if k not in ("accuracy", "lo", "hi")} for r in domain_id["accuracy"]]))
+            {"variant": r["variant"], "layers": r["layers"], "n": r["n"],
+             "accuracy [95% CI]": format_ci(r["accuracy"], r["lo"], r["hi"]), "chance": f"{domain_id['chance']:.3f}"}
+            for r in domain_id["accuracy"]]))
     if preventative:
         blocks.append(Table("Preventative steering: misalignment direction added during training only", [
             {"organism": r["organism"], "score": r["score"], "value [95% CI]": format_ci(r["value"], r["lo"], r["hi"]),

@@ -16,6 +16,7 @@ import numpy as np
 
 from lab.causal.ablation import AblationResult
 from lab.causal.steer import SteerResult
+from lab.diffing.checkpoints import TrajectoryResult
 from lab.directions.contrasts import CONTRASTS
 from lab.directions.pooling import PoolingResult
 from lab.directions.sweep import SweepResult
@@ -67,3 +68,10 @@ def _(r: AblationResult) -> list[Path]:
                                [x.em_dbase.value for x in shown], [x.em_dbase.lo for x in shown],
                                [x.em_dbase.hi for x in shown], Path(r.out) / "ablation.png",
                                "EM score under ablation, organism - base", "Δ log-prob (misaligned - aligned)")]
+
+
+@write_figures.register
+def _(r: TrajectoryResult) -> list[Path]:
+    return [plots.lines_with_ci([x.to_row() for x in r.rows], "score", "step", "value", Path(r.out) / "trajectory.png",
+                                f"{r.run_name}: EM scores across training (Δbase)", "Δ log-prob (misaligned - aligned)",
+                                hline=0.0)]

@@ -12,6 +12,7 @@ from typing import Any
 
 from lab.causal.ablation import AblationResult, AblationRow
 from lab.causal.steer import LayerSelection, SteerResult, SteerRow
+from lab.diffing.checkpoints import CheckpointScore, TrajectoryResult
 from lab.directions.pooling import PoolingBest, PoolingResult
 from lab.directions.projection import ProjectionResult, ProjectionRow
 from lab.directions.sweep import BestLayer, RandomBaseline, SweepResult
@@ -86,6 +87,11 @@ def _(r: AblationRow) -> dict[str, Any]:
             "reduction": f"{r.reduction:.0%}" if r.reduction is not None else "n/a (no EM to remove)"}
 
 
+@cells.register
+def _(r: CheckpointScore) -> dict[str, Any]:
+    return {"step": r.step, "score": r.score, "Δbase [95% CI]": str(r.delta)}
+
+
 def best_layer_rows(methods, best: list[BestLayer], random: RandomBaseline | None) -> Rows:
     """A fit's best-layer table in the order of its methods (the random baseline where "random" is)."""
     by_method = {b.method: b for b in best}
@@ -94,7 +100,8 @@ def best_layer_rows(methods, best: list[BestLayer], random: RandomBaseline | Non
 
 @singledispatch
 def tables(result: Any) -> list[tuple[str, Rows]]:
-    raise TypeError(f"no tables for {type(result).__name__}")
+    """A typed result's tables, (title, rows) each; [] for a result that has none."""
+    return []
 
 
 @tables.register
@@ -131,3 +138,8 @@ def _(r: AblationResult) -> list[tuple[str, Rows]]:
     c = r.config
     return [(f"EM ablation (judge-free, style-matched; {c.method} on {c.contrast}, {c.pooling}, layers {c.layers}, "
              f"{c.ablation} ablation, positions {c.positions})", [cells(x) for x in r.rows])]
+
+
+@tables.register
+def _(r: TrajectoryResult) -> list[tuple[str, Rows]]:
+    return [(f"EM trajectory: {r.run_name}", [cells(x) for x in r.rows])]
