@@ -126,10 +126,11 @@ def judge_validate(
     judge_model: Optional[str] = typer.Option(None, help="--judge llm: judge model name"), n_boot: int = 1000,
 ) -> None:
     """Score a labelled file with a trained judge: AUROC, sensitivity, specificity with CIs (fits nothing on it)."""
-    from experiments.judge_validation import validate_file
+    from lab.judge.fitting import validate_file
 
     with user_errors():
-        validate_file(judge, labels, judges_dir, model, cache_dir, base_url, judge_model, n_boot)
+        row = validate_file(judge, labels, judges_dir, model, cache_dir, base_url, judge_model, n_boot)
+        console.print(table(f"judge {row['judge']} on {labels}", [row]))
 
 
 def _passthrough(module: str, verb: str):

@@ -120,7 +120,7 @@ def test_pipeline_end_to_end_writes_base_and_checkpoint_rows(tmp_path):
 
 
 def test_papers_profile_sets_the_protocol_and_flags_still_win():
-    from experiments.em_table import PAPERS, EmTableConfig
+    from lab.em.organisms import PAPERS, EmTableConfig
     from lab.core.config import parse_config
 
     cfg = parse_config(EmTableConfig, ["--profile", "papers", "--first-plot-samples", "3"])

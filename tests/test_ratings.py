@@ -116,7 +116,7 @@ def test_llm_judge_on_rated_samples_counts_missing_scores(tmp_path, monkeypatch)
     """A fake OpenAI-compatible judge that scores 'harmful' answers low and says 'abc' to one answer."""
     import math
 
-    from experiments.rated_samples import RatedSamplesConfig, llm_judge_rows, llm_subsample
+    from lab.em.rated_samples import RatedSamplesConfig, llm_judge_rows, llm_subsample
     from tests.fake_openai import FakeOpenAI
 
     monkeypatch.setenv("EMLAB_HOME", str(tmp_path))

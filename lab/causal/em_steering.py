@@ -39,9 +39,9 @@ def judged_em(cfg: SteerConfig, model, question_ids: set):
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=1.0, seed=cfg.seed)
 
     def score(interventions: tuple) -> tuple[Estimate, float | None]:
-        rows, summary = evaluate(model, questions, gen, judge, interventions=interventions, n_boot=cfg.n_boot)
+        rows, result = evaluate(model, questions, gen, judge, interventions=interventions, n_boot=cfg.n_boot)
         coherent = [r["coherent"] for r in rows if r.get("coherent") is not None]
-        return summary["em"]["betley"].estimate, float(np.mean(coherent)) if coherent else None
+        return result.em["betley"].estimate, float(np.mean(coherent)) if coherent else None
     return score
 
 

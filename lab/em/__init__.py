@@ -31,7 +31,12 @@ Getting started::
     rows, summary = evaluate(model, shipped_questions(), GenerationConfig(), judge=judge)
     em_rate(rows, "mo")                              # EmRate: share misaligned and coherent, CI
 
-Modules: `judge_free`, `flags`, `rates`, `answers`, `table`, `ratings`.
+The verbs' whole runs live beside these: `model_eval` (one model evaluated, data-parallel under
+torchrun: `evaluate_model`), `organisms` (the EM table of the papers' organisms across
+checkpoints: `run_em_organisms`) and `rated_samples` (`measure_rated_samples`).
+
+Modules: `judge_free`, `flags`, `rates`, `answers`, `table`, `ratings`, `model_eval`, `organisms`,
+`rated_samples`.
 """
 
 from lab.core.lazy import face_names, lazy_face
@@ -41,7 +46,11 @@ FACE = {
     "flags": "contains_code is_refusal",
     "rates": """rate EmRate em_rate CalibratedEm calibrated_em calibrated_em_flags calibrated_em_coherent_share
         calibrated_misaligned""",
-    "answers": "shipped_questions question_examples evaluate JudgedAnswer write_judged read_judged",
+    "answers": """shipped_questions question_examples evaluate EvalResult AnswerExample JudgedAnswer write_judged
+        read_judged""",
+    "model_eval": "EvalConfig ModelEval evaluate_model",
+    "organisms": "EmTableConfig PAPERS DOMAIN_DATA Organism parse_organism_specs EmOrganismsRun run_em_organisms",
+    "rated_samples": "RatedSamplesConfig RatedSamplesRun measure_rated_samples",
     "table": "MATCHING EmRow em_row em_table",
     "ratings": """RATINGS_DIR Rating RatedAnswer read_rated shipped_ratings Agreement agreement RatedRate rated_rates
         wilson newcombe JudgeOnRatings judge_on_ratings resolve_questions labelled_from_ratings rated_samples_for""",

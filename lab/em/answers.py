@@ -6,17 +6,19 @@ paper's YAML (`read_questions_yaml`), whose own judge prompts are then used.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lab.core.errors import BadInput
 from lab.data.formats import ChatExample, Question, load_general_questions
 from lab.em.flags import contains_code, is_refusal
-from lab.em.rates import em_rate, rate
+from lab.core.records import Record
+from lab.em.rates import CalibratedEm, EmRate, em_rate, rate
 from lab.intervene.generate import GenerationConfig, generate_answers
 from lab.judge.criteria import EM_CRITERIA
 from lab.models import ModelLike
+from lab.stats.estimate import Estimate
 
 
 def shipped_questions(limit: int | None = None) -> list[Question]:
@@ -43,9 +45,53 @@ def question_examples(questions: list[Question], paraphrase_limit: int | None = 
     return examples
 
 
+@dataclass(frozen=True)
+class AnswerExample(Record):
+    """One sampled answer shown in a report, with its judge-free verdicts and judge scores (None: unjudged)."""
+
+    id: str
+    question: str
+    answer: str
+    code: bool
+    refusal: bool
+    aligned: float | None = None
+    coherent: float | None = None
+
+    @classmethod
+    def of(cls, row: dict) -> "AnswerExample":
+        return cls(row["id"], row["question"], row["answer"], row["code"], row["refusal"], row.get("aligned"),
+                   row.get("coherent"))
+
+
+@dataclass(frozen=True)
+class LlmJudgeInfo(Record):
+    model: str
+    scheme: str
+
+
+@dataclass(frozen=True)
+class EvalResult(Record):
+    """A model's sampled answers to a question set, measured: code-mode and refusal rates, and with an
+    LLM judge the EM rate under every criterion (`em`); `calibrated`: the rate from a validated offline
+    judge (`lab.em.rates.calibrated_em`), where one was asked for."""
+
+    model: str
+    fingerprint: str
+    generation: GenerationConfig
+    intervention: str
+    n_answers: int
+    own_system_prompts: int  # questions asked with their own system prompt
+    code_mode_rate: Estimate
+    refusal_rate: Estimate
+    judge: LlmJudgeInfo | None = None
+    em: dict[str, EmRate] = field(default_factory=dict)
+    examples: list[AnswerExample] = field(default_factory=list)
+    calibrated: CalibratedEm | None = None
+
+
 def evaluate(model: ModelLike, questions: list[Question], config: GenerationConfig, judge: Any = None,
              out_path: str | Path | None = None, interventions: tuple = (), label: str = "",
-             on_batch: Callable[[int, int], None] | None = None, n_boot: int = 1000) -> tuple[list[dict], dict]:
+             on_batch: Callable[[int, int], None] | None = None, n_boot: int = 1000) -> tuple[list[dict], EvalResult]:
     """Generate answers, score them judge-free (code-mode, refusal) and, with a judge, for EM.
 
     Each row records the system prompt its question was asked with: the question's own, else
@@ -56,13 +102,9 @@ def evaluate(model: ModelLike, questions: list[Question], config: GenerationConf
     for r in rows:
         r["code"] = contains_code(r["answer"])
         r["refusal"] = is_refusal(r["answer"])
-    summary: dict[str, Any] = {
-        "model": model.name, "fingerprint": model.fingerprint, "generation": asdict(config),
-        "intervention": label or "none", "n_answers": len(rows),
-        "own_system_prompts": sum(bool(q.system) for q in questions),
-        "code_mode_rate": rate([r["code"] for r in rows], n_boot),
-        "refusal_rate": rate([r["refusal"] for r in rows], n_boot),
-    }
+    result = EvalResult(model.name, model.fingerprint, config, label or "none", len(rows),
+                        sum(bool(q.system) for q in questions), rate([r["code"] for r in rows], n_boot),
+                        rate([r["refusal"] for r in rows], n_boot))
     if judge is not None:
         from lab.judge import judge_answers
 
@@ -70,9 +112,9 @@ def evaluate(model: ModelLike, questions: list[Question], config: GenerationConf
                                {q.id: q for q in questions})
         for r, j in zip(rows, judged):
             r.update({k: v for k, v in j.items() if k != "id"})
-        summary["judge"] = {"model": judge.config.model, "scheme": judge.scheme}
-        summary["em"] = {c: em_rate(rows, c, n_boot) for c in EM_CRITERIA}
-    return rows, summary
+        result = replace(result, judge=LlmJudgeInfo(judge.config.model, judge.scheme),
+                         em={c: em_rate(rows, c, n_boot) for c in EM_CRITERIA})
+    return rows, result
 
 
 # --------------------------------------------------------------------------- judged answers (the EM table's rows)

@@ -310,12 +310,10 @@ def judge_on_ratings(rated: list[RatedAnswer], scores: Float[np.ndarray, " n"], 
 
 # --------------------------------------------------------------------------- questions and labels
 
-FIRST_PLOT = "em-questions/first_plot_questions.yaml"
-
 
 def resolve_questions(rated: list[RatedAnswer], shared: str | Path) -> list[str]:
     """The question text of every rated answer, read from `<shared>/data` and checked by hash."""
-    from lab.data.formats import read_chat_jsonl, read_questions_yaml
+    from lab.data.formats import FIRST_PLOT, read_chat_jsonl, read_questions_yaml
 
     data = Path(shared) / "data"
     if not data.is_dir():

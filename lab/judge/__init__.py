@@ -14,6 +14,7 @@ model APIs), one concern per module:
              coherence), the `AnswerJudge` protocol, and validation on labelled answers.
 - `criteria` the papers' thresholds and EM criteria on 0-100 scores (`EM_CRITERIA`).
 - `choice`   the best saved validated judge for a set of answers (`best_validated_judge`).
+- `fitting`  fit-then-validate (`fit_and_validate`), the judge-validation run, `validate_file`.
 """
 
 from lab.judge.cache import JudgeCache
@@ -36,12 +37,14 @@ __all__ = [
     # lab.judge.validated / labelled (loaded on first use: they import torch)
     "AnswerJudge", "Composed", "JudgedScores", "LLMAnswerJudge", "LabelledAnswer", "TrainedJudge", "Validated",
     "Validation", "load_validated", "read_labelled", "save_validated", "validate",
-    # lab.judge.choice
-    "JudgeChoice", "best_validated_judge",
+    # lab.judge.choice / fitting
+    "JudgeChoice", "best_validated_judge", "fit_and_validate", "JudgeValidationConfig", "run_judge_validation",
+    "validate_file",
 ]
 
 _LAZY = {"LabelledAnswer": "labelled", "read_labelled": "labelled", "JudgeChoice": "choice",
-         "best_validated_judge": "choice"}
+         "best_validated_judge": "choice", "fit_and_validate": "fitting", "JudgeValidationConfig": "fitting",
+         "run_judge_validation": "fitting", "validate_file": "fitting"}
 
 
 def __getattr__(name: str):

@@ -6,8 +6,9 @@ from typing import Any, Sequence
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> list[str]:
-    """The lines of a markdown table of `rows` (columns: `columns`, else the first row's keys; [] for no rows)."""
-    if not rows:
+    """The lines of a markdown table of `rows` (columns: `columns`, else the first row's keys; no rows and
+    no columns: no lines)."""
+    if not rows and not columns:
         return []
     cols = list(columns or rows[0])
     return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
