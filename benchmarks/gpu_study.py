@@ -65,17 +65,17 @@ def reset_peaks() -> None:
 
 
 def run_study(folder: str, quick: bool, device_map: str, root: Path, pool, budget: float, device: str = "cuda") -> dict:
-    from experiments import study
+    import lab.study
 
-    cfg = study.StudyConfig(model=folder, quick=quick, name="quick" if quick else "default", device=device,
-                            dtype="auto", device_map=device_map, cache_dir=str(root / "cache"),
-                            out=str(root / "figures"))
+    cfg = lab.study.StudyConfig(model=folder, quick=quick, name="quick" if quick else "default", device=device,
+                                dtype="auto", device_map=device_map, cache_dir=str(root / "cache"),
+                                out=str(root / "figures"))
     reset_peaks()
     start, loads0, status = time.time(), pool.loads, "done"
-    results: dict = {}
+    results = None
     try:
         _alarm(budget)
-        results = study.run(cfg, pool)
+        results = lab.study.run_study(cfg, pool)
     except OutOfTime:
         status = "stopped at the time budget"
     finally:
@@ -85,8 +85,9 @@ def run_study(folder: str, quick: bool, device_map: str, root: Path, pool, budge
         rec = json.loads(f.read_text())
         stages[rec["stage"]] = round(rec["seconds"], 1)
     return {"profile": cfg.name, "status": status, "wall_s": round(time.time() - start, 1),
-            "train_s": results.get("train_seconds", {}), "stages_s": stages,
-            "stage_loads": results.get("stage_loads", {}), "stage_peak_gb": results.get("stage_peak_gb", {}),
+            "train_s": results.train_seconds if results else {}, "stages_s": stages,
+            "stage_loads": results.stage_loads if results else {},
+            "stage_peak_gb": results.stage_peak_gb if results else {},
             "weight_loads": pool.loads - loads0, "peak_gb": peaks()}
 
 

@@ -99,7 +99,8 @@ def test_steering_and_ablation_options_fail_clearly(trained_adapter):
 def test_study_shares_base_scores_only_when_they_cover_the_trajectory():
     import numpy as np
 
-    from experiments.study import Profile, shared_base_scores
+    from lab.study.config import Profile
+    from lab.study.stages import shared_base_scores
 
     base = {"usual": list(range(48)), "terse": list(range(48)), "in_domain_medical": list(range(24))}
     prof = lambda eval_limit, repeat_limit: Profile(1, 0, eval_limit, repeat_limit, 10, 8, 2, (0.1,), 1, 1)  # noqa: E731

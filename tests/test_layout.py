@@ -27,19 +27,14 @@ LAYERS = [{"core"}, {"stats"}, {"data"}, {"models"}, {"training"}, {"cache"}, {"
 KNOWN_BACK_EDGES: set[tuple[str, str]] = set()
 
 # Modules every experiment may import: the package (the import-free VERBS registry) and the
-# shared helpers, whose contents move into lab in step 2 (models/options, judge/choice, core/io).
+# command-line edge every verb shares (`cli`, `show`).
 SHARED_EXPERIMENT_MODULES = {"experiments", "experiments.common"}
 
-# Experiment -> experiment imports that exist today; the study's stages move into lab/study and
-# lab/reports (step 3), organisms.py is deleted and cli reaches the judge verb through the registry
-# (step 2). The list must shrink, as above.
-KNOWN_EXPERIMENT_EDGES = {
-    ("experiments.cli", "experiments.judge_validation"),
-    *{("experiments.study", f"experiments.{m}") for m in
-      ("ablation", "em_trajectory", "layer_sweep", "pooling", "steer", "trait_projection", "transfer", "study_report")},
-}
+# Experiment -> experiment imports: none (what two verbs share lives in lab).
+KNOWN_EXPERIMENT_EDGES: set[tuple[str, str]] = set()
 
-LAZY_FACES = ["lab.core", "lab.stats", "lab.data", "lab.training", "lab.intervene", "lab.em", "lab.diffing", "lab.causal"]
+LAZY_FACES = ["lab.core", "lab.stats", "lab.data", "lab.training", "lab.intervene", "lab.em", "lab.diffing", "lab.causal",
+              "lab.study"]
 
 
 def _module_name(path: Path) -> str:
