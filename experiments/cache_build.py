@@ -43,7 +43,8 @@ class CacheBuildConfig(Config):
     max_tokens: int = field(default=0, metadata={"help": "refuse (or with --truncate cut) longer examples (0: no limit)"})
     truncate: bool = field(default=False, metadata={"help": "cut examples longer than --max-tokens"})
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "explicit system prompt"})
-    attention: AttentionImpl = field(default="sdpa", metadata={"help": "sdpa (fast) or eager (bit-identical to TransformerLens)"})
+    attention: AttentionImpl = field(default="sdpa", metadata={
+        "help": "sdpa (fast) or eager (TransformerLens's attention: bit-identical to its run_with_cache at batch size 1)"})
 
 
 def run(cfg: CacheBuildConfig):

@@ -6,8 +6,9 @@
 
 Without a judge, only judge-free numbers are reported (no internet here: no strong judge).
 
-Over several GPUs, one process per GPU (rank r samples on cuda:r; the answers file is the one a
-single process writes, same seeds, same rows; rank 0 scores, judges and reports):
+Over several GPUs, one process per GPU (rank r samples on cuda:r; the answers file has a single
+process's rows, order and seeds, and its text when every process runs the same kernels; rank 0
+scores, judges and reports):
 
     torchrun --standalone --nproc-per-node 2 -m experiments.em_eval --device cuda --samples 50
 """
@@ -20,13 +21,16 @@ from experiments.common import cli
 from lab.core.console import console, progress, table
 from lab.core.io import write_summary
 from lab.em.answers import EvalResult
-from lab.em.model_eval import EvalConfig, evaluate_model
+from lab.em.model_eval import EvalConfig, evaluate_model, prepare_eval
 
 
 def run(cfg: EvalConfig) -> EvalResult | None:
+    setup = prepare_eval(cfg)  # bad input fails in one line, before the progress bar
+    ranks = setup.ranks
     with progress() as bar:
-        task = bar.add_task("answers", total=None, info="")
-        done = evaluate_model(cfg, on_batch=lambda d, t: bar.update(task, completed=d, total=t, info=""))
+        task = bar.add_task(f"answers (rank {ranks.rank} of {ranks.world})" if ranks.world > 1 else "answers",
+                            total=None, info="")
+        done = evaluate_model(cfg, on_batch=lambda d, t: bar.update(task, completed=d, total=t, info=""), setup=setup)
     if done is None:  # another rank's share: rank 0 reports
         return None
     r = done.result

@@ -92,6 +92,10 @@ def _conditions(model, direction):
 
 
 def test_fast_greedy_equals_hf_generate_under_interventions(base_model, direction, batch):
+    # The two paths run other kernels (cache layout, shapes), so their logits differ by fp32 rounding:
+    # at most 1e-4 measured across batch, padding, attention and CPU kernel choices. Greedy tokens are
+    # still equal on every machine because the smallest top-1 minus top-2 logit gap along these paths
+    # (fixed inputs and weights) is 5e-3, 50x that: a token can only flip at a near-tie.
     ids, mask = batch
     eos = base_model.tokenizer.eos_token_id
     outs = {}
@@ -263,7 +267,28 @@ def test_nan_logits_raise_one_clear_error_instead_of_a_device_assert(base_model,
     handle = base_model.hf.model.norm.register_forward_hook(poison)
     run = fast_generate if path == "fast" else hf_generate
     try:
-        with pytest.raises(NonFiniteLogits, match=r"nan/inf logits in 2 of 6 rows \(first at row 1, step 2\)"):
+        with pytest.raises(NonFiniteLogits, match=r"nan/inf logits in \d+ row-steps of 6 rows \(first at row 1, step 2\)"):
             run(base_model, ids, mask, Sampling(8, do_sample=True, temperature=1.0), eos_id=None)
     finally:
         handle.remove()
+
+
+def test_nan_logits_stop_the_continuous_sampler_before_any_answer_leaves(base_model, tmp_path):
+    """Gumbel-max would pick a nan token silently: the continuous path raises before writing answers."""
+    from lab.core.errors import NonFiniteLogits
+
+    calls = {"n": 0}
+
+    def poison(module, args, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] >= 3 else output
+
+    examples = [ChatExample([{"role": "user", "content": q}], str(i)) for i, q in enumerate(["hi", "Name a colour."])]
+    handle = base_model.hf.model.norm.register_forward_hook(poison)
+    try:
+        with pytest.raises(NonFiniteLogits, match="nan/inf logits"):
+            generate_answers(base_model, examples, GenerationConfig(max_new_tokens=8, samples=2, decode="continuous"),
+                             out_path=tmp_path / "a.jsonl")
+    finally:
+        handle.remove()
+    assert not (tmp_path / "a.jsonl").exists() or not (tmp_path / "a.jsonl").read_text().strip()

@@ -1,6 +1,13 @@
 """Data-parallel work under torchrun (two CPU processes, gloo, real SmolLM2 fp32): a cache built by two
-ranks and the answers sampled by two ranks are exactly what one process writes."""
+ranks and the answers sampled by two ranks are exactly what one process writes with the ranks'
+thread count.
 
+Each rank computes its batches with the rows, padding and seeds one process uses, so the arithmetic
+is the same by construction only when the threads are too: the ranks run one thread each, and the
+one-process reference runs one thread as well (another thread count may split a matmul or a
+reduction differently and round differently in the last bit)."""
+
+import contextlib
 import json
 import os
 import subprocess
@@ -9,12 +16,25 @@ import sys
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from lab.data.formats import render
 from tests.conftest import MODEL, REPO
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "COLUMNS": "200",
-       "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+RANK_THREADS = 1
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(RANK_THREADS),
+       "COLUMNS": "200", "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+
+
+@contextlib.contextmanager
+def rank_threads():
+    """This process computes with the threads of one rank for the duration of the block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(RANK_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def torchrun(module: str, *args: str, n: int = 2) -> str:
@@ -45,8 +65,8 @@ def _same_file(a_path, b_path):
 
 @pytest.mark.parametrize("mode, storage", [("tokens", "float16"), ("pooled", "bfloat16")])
 def test_two_ranks_write_the_one_process_cache(base_model, mode, storage, tmp_path):
-    """Two ranks write their batches straight into one file: the file a one-process build writes,
-    under the same key, and nothing else is left in the folder."""
+    """Two ranks write their batches straight into one file: the file a one-process build (one
+    thread, as each rank) writes, under the same key, and nothing else is left in the folder."""
     from lab.cache import build_cache
     from lab.data.formats import load_examples
 
@@ -54,7 +74,8 @@ def test_two_ranks_write_the_one_process_cache(base_model, mode, storage, tmp_pa
     torchrun("lab.intervene.shards", "--data", str(data), "--cache-dir", str(tmp_path / "dp"), "--mode", mode,
              "--storage", storage, "--batch-size", "2", "--device", "cpu", "--model", MODEL)
     prompts = render(load_examples(str(data)), base_model.tokenizer)
-    single = build_cache(base_model, prompts, tmp_path / "one", storage_dtype=storage, mode=mode, batch_size=2)
+    with rank_threads():
+        single = build_cache(base_model, prompts, tmp_path / "one", storage_dtype=storage, mode=mode, batch_size=2)
     assert sorted(p.name for p in (tmp_path / "dp").iterdir()) == [single.path.name]  # same key, no leftovers
     _same_file(single.path, tmp_path / "dp" / single.path.name)
 
@@ -74,8 +95,9 @@ def test_one_rank_is_the_plain_build(base_model, tmp_path):
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_two_ranks_sample_the_one_process_answers(base_model, temperature, tmp_path):
-    """`torchrun -m experiments.em_eval` on two ranks writes the answer file one process writes:
-    same rows, same order, same text, greedy and seeded sampling (5 batches: rank 0 takes 3)."""
+    """`torchrun -m experiments.em_eval` on two ranks writes the answer file one process (one thread,
+    as each rank) writes: same rows, same order, same text, greedy and seeded sampling (5 batches:
+    rank 0 takes 3)."""
     from lab.em.answers import question_examples, shipped_questions
     from lab.intervene.generate import GenerationConfig, generate_answers
 
@@ -87,7 +109,8 @@ def test_two_ranks_sample_the_one_process_answers(base_model, temperature, tmp_p
     gen = GenerationConfig(max_new_tokens=6, temperature=temperature, samples=3, seed=5, batch_size=2)
     examples = question_examples(shipped_questions(3), system_prompt=gen.system_prompt)
     single = tmp_path / "single.jsonl"
-    generate_answers(base_model, examples, gen, out_path=single)
+    with rank_threads():
+        generate_answers(base_model, examples, gen, out_path=single)
     assert answers.read_text() == single.read_text()
     rows = [json.loads(line) for line in single.read_text().splitlines()]
     assert len(rows) == 9

@@ -66,6 +66,13 @@ def _validate_messages(messages: Any, where: str) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
+def _check_file(path: Path, kind: str) -> None:
+    if not path.exists():
+        raise BadInput(f"{path}: no such file")
+    if path.is_dir():
+        raise BadInput(f"{path}: a directory, not a {kind} file")
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed object) of each non-blank line; a bad line is `file:line: why`.
 
@@ -73,8 +80,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     it breaks on instead of raising a UnicodeDecodeError from deep inside the reader.
     """
     path = Path(path)
-    if not path.exists():
-        raise BadInput(f"{path}: no such file")
+    _check_file(path, "JSONL")
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
@@ -138,8 +144,7 @@ QUESTION_REQUIRED = ("id", "paraphrases")
 
 def read_questions_yaml(path: str | Path) -> list[Question]:
     path = Path(path)
-    if not path.exists():
-        raise BadInput(f"{path}: no such file")
+    _check_file(path, "question YAML")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8")

@@ -48,7 +48,7 @@ FACE = {
         calibrated_misaligned""",
     "answers": """shipped_questions question_examples evaluate EvalResult AnswerExample JudgedAnswer write_judged
         read_judged""",
-    "model_eval": "EvalConfig ModelEval evaluate_model",
+    "model_eval": "EvalConfig EvalSetup ModelEval prepare_eval evaluate_model",
     "organisms": "EmTableConfig PAPERS DOMAIN_DATA Organism parse_organism_specs EmOrganismsRun run_em_organisms",
     "rated_samples": "RatedSamplesConfig RatedSamplesRun measure_rated_samples",
     "table": "MATCHING EmRow em_row em_table",

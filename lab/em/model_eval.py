@@ -1,8 +1,9 @@
 """One model evaluated for EM on a question set: answers sampled (data-parallel under torchrun),
 then code-mode and refusal rates, and judged EM with an LLM judge (`lab.em.answers.evaluate`).
 
-Over several GPUs, one process per GPU (rank r samples on cuda:r; the answers file is the one a
-single process writes, same seeds, same rows; rank 0 scores, judges and reports).
+Over several GPUs, one process per GPU (rank r samples on cuda:r; the answers file has a single
+process's rows, order and seeds, and its text when every process runs the same kernels; rank 0
+scores, judges and reports).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class EvalConfig(Config):
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     max_new_tokens: int = field(default=64, metadata={"help": "max new tokens per answer"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
-    batch_size: int = field(default=16, metadata={"help": "generation batch size"})
+    batch_size: int = field(default=16, metadata={"help": "generation batch size (static paths)"})
+    max_batch: int = field(default=0, metadata={
+        "help": "continuous-batching slots (0: as many as GPU memory holds; CPU: --batch-size)"})
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={
         "help": "explicit system prompt, for questions without their own `system`"})
     judge_base_url: str = field(default="", metadata={"help": "OpenAI-compatible judge endpoint (empty: none)"})
@@ -58,10 +61,22 @@ class ModelEval:
     ranks: int
 
 
-def evaluate_model(cfg: EvalConfig, on_batch=None) -> ModelEval | None:
-    """Sample the answers (this rank's share under torchrun), then on rank 0 score and judge them;
-    writes `<out>/em_eval/<model>-<config hash>/answers.jsonl` and `answers_table.*`. None on other ranks."""
-    from lab.intervene.shards import Ranks, sample_answers
+@dataclass
+class EvalSetup:
+    """Everything `evaluate_model` checks and loads before sampling: bad input fails here, in one line,
+    before a verb shows any progress."""
+
+    questions: list
+    judge: object  # the LLM judge, or None
+    ranks: object  # lab.intervene.shards.Ranks
+    model: object  # the loaded LabModel, weights resident
+    gen: GenerationConfig
+    out: Path
+
+
+def prepare_eval(cfg: EvalConfig) -> EvalSetup:
+    """Read the questions, build the judge, load the model and pick the output folder."""
+    from lab.intervene.shards import Ranks
     from lab.models import load_model
 
     questions = (shipped_questions(cfg.limit or None) if cfg.questions == "general"
@@ -73,17 +88,30 @@ def evaluate_model(cfg: EvalConfig, on_batch=None) -> ModelEval | None:
     model = load_model(cfg.model, cfg.adapters, dtype=cfg.dtype, device=ranks.device(cfg.device),
                        device_map=cfg.device_map)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, samples=cfg.samples,
-                           seed=cfg.seed, batch_size=cfg.batch_size, system_prompt=cfg.system_prompt)
-    out = out_folder(cfg.out, f"em_eval/{model.name}-{sha256_json(config_dict(cfg))[:8]}")
+                           seed=cfg.seed, batch_size=cfg.batch_size, system_prompt=cfg.system_prompt,
+                           max_batch=cfg.max_batch)
+    # --max-batch changes how fast, not what is sampled: the folder (and a resume) does not depend on it
+    keyed = {k: v for k, v in config_dict(cfg).items() if k != "max_batch"}
+    out = out_folder(cfg.out, f"em_eval/{model.name}-{sha256_json(keyed)[:8]}")
     model.hf  # load the weights before the clock starts (answer_seconds times sampling, not loading)
-    ranks.barrier()
+    return EvalSetup(questions, judge, ranks, model, gen, out)
+
+
+def evaluate_model(cfg: EvalConfig, on_batch=None, setup: EvalSetup | None = None) -> ModelEval | None:
+    """Sample the answers (this rank's share under torchrun), then on rank 0 score and judge them;
+    writes `<out>/em_eval/<model>-<config hash>/answers.jsonl` and `answers_table.*`. None on other ranks.
+    `setup`: what `prepare_eval(cfg)` returned, where the caller prepared first."""
+    from lab.intervene.shards import sample_answers
+
+    s = setup or prepare_eval(cfg)
+    s.ranks.barrier()
     start = time.perf_counter()
-    sample_answers(model, question_examples(questions, system_prompt=gen.system_prompt), gen, out / "answers.jsonl",
-                   on_batch=on_batch, ranks=ranks)
+    sample_answers(s.model, question_examples(s.questions, system_prompt=s.gen.system_prompt), s.gen,
+                   s.out / "answers.jsonl", on_batch=on_batch, ranks=s.ranks)
     answer_seconds = time.perf_counter() - start
-    if ranks.rank != 0:
+    if s.ranks.rank != 0:
         return None
     # the answers are in the file: evaluate reads them back (no generation) and scores them
-    rows, result = evaluate(model, questions, gen, judge, out / "answers.jsonl")
-    write_rows([{k: v for k, v in r.items() if k not in ("settings",)} for r in rows], out / "answers_table")
-    return ModelEval(result, rows, len(questions), out, round(answer_seconds, 3), ranks.world)
+    rows, result = evaluate(s.model, s.questions, s.gen, s.judge, s.out / "answers.jsonl")
+    write_rows([{k: v for k, v in r.items() if k not in ("settings",)} for r in rows], s.out / "answers_table")
+    return ModelEval(result, rows, len(s.questions), s.out, round(answer_seconds, 3), s.ranks.world)

@@ -96,7 +96,8 @@ class EmTableConfig(Config):
     in_domain_questions: int = field(default=100, metadata={"help": "held-out user turns per domain, 1 sample each"})
     max_new_tokens: int = field(default=256, metadata={"help": "answer length cap"})
     gen_batch_size: int = field(default=64, metadata={"help": "generation batch"})
-    decode: Literal["auto", "fast", "hf"] = field(default="auto", metadata={"help": "decode path (auto: fast on CUDA)"})
+    decode: Literal["auto", "continuous", "fast", "hf"] = field(default="auto", metadata={
+        "help": "decode path (auto: continuous on CUDA, hf on CPU)"})
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={
         "help": "system message for training and sampling; none: no system message (the chat template's own)"})
     train_seeds: list[int] = field(default_factory=lambda: [0], metadata={

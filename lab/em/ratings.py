@@ -81,10 +81,13 @@ class RatedAnswer:
     answer: str
     ratings: dict[str, Rating]
     sampling_judge: dict[str, float | str] | None = None  # the scores the sampling run's own judge gave
+    seed: int | None = None  # the organism's training seed, where several were trained
 
     @property
     def source(self) -> str:
-        return "base" if self.domain == "base" else f"{self.domain}-{self.recipe}@{self.step}"
+        if self.domain == "base":
+            return "base"
+        return f"{self.domain}-{self.recipe}" + ("" if self.seed is None else f"-seed{self.seed}") + f"@{self.step}"
 
     def _mean(self, key: str) -> float | None:
         values = [getattr(r, key) for r in self.ratings.values() if getattr(r, key) is not None]
@@ -124,7 +127,7 @@ def read_rated(path: str | Path) -> list[RatedAnswer]:
             ratings = {name: Rating.from_json(r, f"{where} rater {name}") for name, r in d["ratings"].items()}
             rows.append(RatedAnswer(d["item"], d["model"], d["domain"], d["recipe"], int(d["step"]), d["set"],
                                     d["question_id"], d["question_sha"], d["answer"], ratings,
-                                    d.get("sampling_judge")))
+                                    d.get("sampling_judge"), d.get("seed")))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise BadInput(f"{where}: not a rated answer ({type(exc).__name__}: {exc})") from None
         if len(ratings) < 2:
@@ -250,11 +253,15 @@ def newcombe(a: Estimate, b: Estimate) -> Estimate:
     return Estimate(float(d), float(lo), float(hi), a.n + b.n)
 
 
-def rated_rates(rated: list[RatedAnswer]) -> list[RatedRate]:
-    """Per (model, source, set): consensus EM / misaligned / coherent rates, and the change from base."""
+def rated_rates(rated: list[RatedAnswer], pool_seeds: bool = False) -> list[RatedRate]:
+    """Per (model, source, set): consensus EM / misaligned / coherent rates, and the change from base.
+
+    `pool_seeds`: one row per organism over all its training seeds (the papers report the mean of
+    three seeds; pooling the answers weights every seed by its rated answers, equal by design)."""
     groups: dict[tuple[str, str, str], list[RatedAnswer]] = {}
     for r in rated:
-        groups.setdefault((r.model, r.source, r.set), []).append(r)
+        source = r.source if not pool_seeds or r.seed is None else r.source.replace(f"-seed{r.seed}@", "@")
+        groups.setdefault((r.model, source, r.set), []).append(r)
     shares = {k: tuple(wilson(sum(flag(r) for r in v), len(v))
                        for flag in (lambda r: r.em, lambda r: r.misaligned, lambda r: r.coherent > COHERENT_ABOVE))
               for k, v in groups.items()}

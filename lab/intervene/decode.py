@@ -15,9 +15,10 @@ own forward and emlab's steering hooks (lab.intervene.steering.steer) and remove
 
 What stays HF's: the logits processors (`_get_logits_processor`: temperature, top-p,
 repetition penalty from the model's generation config, min-new-tokens), fed the same
-input_ids as in `generate`, and the sampler (softmax + `torch.multinomial` on the global
-generator). So greedy tokens equal `generate`'s, and a seeded sample draws the same random
-stream (tested on CPU in fp32). Steering hooks get absolute positions from the static cache's
+input_ids as in `generate`, and, unless rows bring their own seeds, the sampler (softmax +
+`torch.multinomial` on the global generator). So greedy tokens equal `generate`'s, and a seeded
+sample draws the same random stream (tested on CPU in fp32). With `seeds`, each row samples by
+Gumbel-max with its own noise (lab.intervene.sampling_noise), whatever else is in the batch. Steering hooks get absolute positions from the static cache's
 device-side length, which a replayed graph recomputes (lab.intervene.steering._PositionTracker).
 """
 
@@ -29,8 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
-from lab.core.errors import BadInput, NonFiniteLogits
+from lab.core.errors import BadInput
+from lab.intervene.finite import FiniteGuard
 from lab.models import ModelLike
+from lab.intervene.sampling_noise import pick
 from lab.intervene.steering import Intervention, steer
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -55,42 +58,10 @@ class Sampling:
                     min_new_tokens=self.min_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id)
 
 
-class FiniteGuard:
-    """Logits processor (last in line) that records rows whose scores hold nan or +inf (or only -inf) and makes them uniform
-    instead, so sampling raises `NonFiniteLogits` naming them rather than a CUDA device-side assert in
-    `torch.multinomial` (which also poisons the process's CUDA context). No host sync per step: the flags
-    stay on the device until `check()`."""
-
-    def __init__(self):
-        self.bad: torch.Tensor | None = None
-        self.first_step: torch.Tensor | None = None
-        self.step = 0
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        # -inf is a legitimate score (top-p / top-k filtered tokens); nan, +inf or a row of only -inf is not
-        finite = ~(torch.isnan(scores).any(-1) | torch.isposinf(scores).any(-1) | torch.isneginf(scores).all(-1))
-        if self.bad is None:
-            self.bad = torch.zeros_like(finite)
-            self.first_step = torch.full(finite.shape, -1, dtype=torch.long, device=finite.device)
-        self.first_step = torch.where(~finite & ~self.bad, self.step, self.first_step)
-        self.bad |= ~finite
-        self.step += 1
-        return torch.where(finite[:, None], scores, torch.zeros_like(scores))
-
-    def check(self, model: ModelLike) -> None:
-        if self.bad is not None and bool(self.bad.any()):
-            rows = self.bad.nonzero().flatten().tolist()
-            steps = self.first_step[self.bad].tolist()
-            adapters = list(getattr(model, "adapters", ()) or ()) or "none"
-            raise NonFiniteLogits(
-                f"{model.name} ({model.dtype}, adapters {adapters}) produced nan/inf logits in {len(rows)} of "
-                f"{len(self.bad)} rows (first at row {rows[0]}, step {steps[0]}): its weights or an attention "
-                f"kernel diverged; nothing was sampled from them")
-
-
 def hf_generate(model: ModelLike, ids: torch.Tensor, mask: torch.Tensor, sampling: Sampling, interventions: tuple = (),
                 eos_id: int | list[int] | None = None, **extra) -> torch.Tensor:
-    """The reference path: `model.hf.generate` under the steering hooks. Returns the new tokens."""
+    """The reference path: `model.hf.generate` under the steering hooks. Returns the new tokens
+    (`NonFiniteLogits` if any row's scores went nan: lab.intervene.finite)."""
     from transformers import LogitsProcessorList
 
     pad = model.tokenizer.pad_token_id
@@ -98,7 +69,7 @@ def hf_generate(model: ModelLike, ids: torch.Tensor, mask: torch.Tensor, samplin
     with torch.inference_mode(), steer(model, *interventions, prompt_width=ids.shape[1]):
         out = model.hf.generate(input_ids=ids, attention_mask=mask, logits_processor=LogitsProcessorList([guard]),
                                 **sampling.hf_kwargs(pad, eos_id), **extra)
-    guard.check(model)
+    guard.check(model, ids.shape[0])
     return out[:, ids.shape[1]:]
 
 
@@ -231,13 +202,16 @@ def _runner(model: ModelLike, batch: int, width: int, length: int, interventions
 
 def fast_generate(model: ModelLike, ids: torch.Tensor, mask: torch.Tensor, sampling: Sampling,
                   interventions: tuple[Intervention, ...] = (), eos_id: int | list[int] | None = None,
-                  graph: bool | None = None, bucket: bool | None = None, eos_every: int = 8) -> torch.Tensor:
+                  graph: bool | None = None, bucket: bool | None = None, eos_every: int = 8,
+                  seeds: torch.Tensor | None = None) -> torch.Tensor:
     """New tokens (batch, <= max_new_tokens) for left-padded `ids`, as `hf_generate` would return them.
 
     `graph`: capture the decode step as a CUDA graph (default: on CUDA); `bucket`: pad the batch
     and the prompt width up to buckets so graphs are reused (default: with graphs; extra rows and
     columns are masked padding, so tokens do not change, tested). Finished rows get the
     pad token, and the output ends at the step where the last row finished, like `generate`.
+    `seeds` (one per row): sample by Gumbel-max with each row's own noise (lab.intervene.sampling_noise),
+    independent of the batch; without them, HF's sampler on the global generator (as `generate`).
     """
     reason = unsupported(model)
     if reason:
@@ -273,8 +247,10 @@ def fast_generate(model: ModelLike, ids: torch.Tensor, mask: torch.Tensor, sampl
     with torch.inference_mode(), steer(model, *interventions, prompt_width=width):
         run.start(ids_b, mask_b)
         for t in range(n):
-            scores = guard(None, processors(run.tokens[:b, first: width + t], run.logits[:b]))
-            if sampling.do_sample:
+            scores = guard.apply(processors(run.tokens[:b, first: width + t], run.logits[:b]), t)
+            if sampling.do_sample and seeds is not None:
+                nxt = pick(scores, seeds, torch.full_like(seeds, t))
+            elif sampling.do_sample:
                 nxt = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
             else:
                 nxt = scores.argmax(-1)
@@ -289,7 +265,7 @@ def fast_generate(model: ModelLike, ids: torch.Tensor, mask: torch.Tensor, sampl
                 break
             if t + 1 < n:
                 run.step()
-    guard.check(model)
+    guard.check(model, b)
     out = run.tokens[:b, width: width + steps]
     if eos is not None:
         done = (~alive[:steps]).nonzero()

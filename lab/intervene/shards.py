@@ -6,9 +6,11 @@
 
 Both split work the same way: every rank computes the plan one process would run (the cache's
 `batch_plan`, the answers' `AnswerRun.plan`) and takes the batches `b` with `b % world == rank`.
-Every batch is therefore computed with the same rows, padding, kernels and random stream as in
-one process, and the result is the file one process writes (tested on CPU with two processes:
-identical arrays, identical answer files).
+Every batch is therefore computed with the same rows, padding and random stream as in one
+process. With the same kernels too (the same device and threads per process) the result is the
+file one process writes: tested on CPU, two one-thread ranks against one one-thread process
+(identical arrays, identical answer files). Another thread count or device may round differently
+in the last bit.
 
 Caches: rank 0 creates the final file under the key lock, laid out by the global plan, with each
 activation dataset allocated as one contiguous block, and sends every rank the blocks' byte
@@ -19,7 +21,9 @@ two GPUs cost no serial step. With one rank this is `lab.cache.build_cache` itse
 
 Answers: each rank appends its rows to its own part file (`<out>.part<rank>`, so a killed run
 resumes) and sends them to rank 0, which appends them to the answer file in plan order, as one
-process writes them, and removes the parts.
+process writes them, and removes the parts. On the continuous path a rank runs all of its
+batches' jobs through one set of slots; rows draw their own noise (lab.intervene.sampling_noise), so
+which rank or slot ran a row does not change its answer.
 
 The ranks exchange only small objects (offsets, rows, barriers) over a gloo process group, so
 the same code runs on CPU (the tests) and GPUs. Across nodes the cache and output folders must
@@ -43,8 +47,9 @@ import numpy as np
 
 from lab.cache import ActivationCache, CacheRequest, batch_plan, build_cache, cache_key, cache_path
 from lab.cache.build import _create_file, _fill
-from lab.data.formats import ChatExample, PromptSet
+from lab.data import ChatExample, PromptSet
 from lab.core.errors import BadInput, CacheError
+from lab.intervene.answers_file import open_for_append
 from lab.intervene.generate import AnswerRun, GenerationConfig, generate_answers
 from lab.models.hooks import validate_hooks
 from lab.core.io import key_lock
@@ -239,12 +244,12 @@ def sample_answers(model: ModelLike, examples: list[ChatExample], config: Genera
     ranks.barrier()  # every rank has read the same files before any rank appends to its part
     plan = run.plan(done)
     mine, total, finished = [], sum(len(plan[b]) for b in ranks.mine(len(plan))), 0
-    with open(parts[ranks.rank], "a", encoding="utf-8") as part:
-        for b in ranks.mine(len(plan)):
-            rows = run.generate(plan[b])
+    with open_for_append(parts[ranks.rank]) as part:
+        # static paths: this rank's batches one by one; continuous: all of their jobs through one set of slots
+        for rows in run.stream([plan[b] for b in ranks.mine(len(plan))]):
             part.write("".join(json.dumps(r) + "\n" for r in rows))
             part.flush()
-            mine.append((b, rows))
+            mine.extend(rows)
             finished += len(rows)
             if on_batch:
                 on_batch(finished, total)
@@ -252,10 +257,11 @@ def sample_answers(model: ModelLike, examples: list[ChatExample], config: Genera
     result = None
     if ranks.rank == 0:
         carried = [row for k, row in done.items() if k not in in_file]
-        new = [row for _, rows in sorted((b for per_rank in gathered for b in per_rank), key=lambda b: b[0])
-               for row in rows]
-        with open(out_path, "a", encoding="utf-8") as f:
+        position = {(run.examples[i].id, s): n for n, (i, s) in enumerate(j for batch in plan for j in batch)}
+        new = sorted((row for rows in gathered for row in rows), key=lambda r: position[(r["id"], r["sample"])])
+        with open_for_append(out_path) as f:
             f.write("".join(json.dumps(r) + "\n" for r in carried + new))
+        run.settle(out_path)
         for p in parts:
             p.unlink(missing_ok=True)
         result = run.ordered(list(in_file.values()) + carried + new)
@@ -269,7 +275,7 @@ def sample_answers(model: ModelLike, examples: list[ChatExample], config: Genera
 def main(argv=None) -> None:
     """`torchrun -m lab.intervene.shards`: a cache over the launch's processes (RANK, WORLD_SIZE, LOCAL_RANK)."""
     from lab.core.console import console, user_errors
-    from lab.data.formats import load_examples, render
+    from lab.data import load_examples, render
     from lab.models import LabModel
 
     ap = argparse.ArgumentParser(description="data-parallel activation cache (run under torchrun)")

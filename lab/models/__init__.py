@@ -9,7 +9,8 @@
         org.bridge.run_with_cache(ids)             # TransformerLens on those same weights
     pool.loads                                     # 1
 
-Modules: `store` (registry, conversion, fingerprints: files only), `placement` (dtype, device,
+Modules: `store` (registry, conversion, fingerprints: files only), `files` (damaged model and
+adapter files refused before anything loads them), `placement` (dtype, device,
 GPU sharding plans), `pool` (resident weights, adapter switching, the TransformerLens swap),
 `lab_model` (`LabModel`, the `ModelLike` protocol, `load_model`, `export_merged`), `shapes`
 (random-weight models of real shapes for GPU benchmarks), `hooks` (TransformerLens hook names

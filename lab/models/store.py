@@ -15,7 +15,6 @@ whether an adapter was trained on another base. Loading weights is `lab.models.p
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import torch
 
 from lab.core.errors import BadInput, IncompatibleError, IntegrityError, ModelNotFound
 from lab.core.io import atomic_dir, emlab_home, sha256_file, sha256_json, write_json_atomic
+from lab.models.files import check_adapter_folder, check_model_folder, read_json_file
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MODEL_META = "emlab_model.json"
@@ -210,14 +210,17 @@ def resolve_source(source: str) -> tuple[str, str]:
     """Map a model name/path/hub id to (loadable path or id, source fingerprint)."""
     if source in REGISTRY:
         spec = REGISTRY[source]
-        return str(ensure_converted(spec)), f"{spec.name}:{spec.sha256}"
+        folder = ensure_converted(spec)
+        check_model_folder(folder)  # a damaged store file: one line here, not a traceback at load
+        return str(folder), f"{spec.name}:{spec.sha256}"
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
             raise BadInput(f"{path} is not a Hugging Face model folder (no config.json)")
+        check_model_folder(path)  # before hashing or loading: a truncated file is one line naming it
         meta = path / MODEL_META
         if meta.exists():
-            info = json.loads(meta.read_text())
+            info = read_json_file(meta, "emlab model record")
             return str(path), f"{info['name']}:{info['source_sha256']}"
         return str(path), "folder:" + _folder_weights_hash(path)
     if "/" in source and not source.startswith((".", "/")):
@@ -256,10 +259,12 @@ def adapter_fingerprint(adapter_dir: Path) -> str:
 
 
 def check_adapter_base(adapter_dir: Path, base_fingerprint: str) -> None:
-    """Refuse an adapter emlab trained on another base model (its metadata says which)."""
+    """Refuse a damaged adapter folder (`lab.models.files`) or one emlab trained on another base
+    model (its metadata says which), from files only: before any weights load."""
+    check_adapter_folder(adapter_dir)
     meta = adapter_dir / ADAPTER_META
     if meta.exists():
-        base = json.loads(meta.read_text()).get("base_fingerprint")
+        base = read_json_file(meta, "emlab adapter record").get("base_fingerprint")
         if base and base != base_fingerprint:
             raise IncompatibleError(
                 f"adapter {adapter_dir} was trained on base {base.split(':')[0]!r}, "

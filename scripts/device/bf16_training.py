@@ -49,8 +49,8 @@ def root_cause(model, examples, config, out: dict) -> None:
     prompts = render(train_side, model.tokenizer, config.system_prompt, max_tokens=config.max_length, truncate=True)
     widths = batch_widths(prompts, config, len(train_side))
     out["widths_64_mod_128"] = [(s + 1, w) for s, w in enumerate(widths) if w % 128 == 64]
-    control = next(s for s, w in enumerate(widths) if w % 128 not in (0, 64))
-    cases = [s for s, w in enumerate(widths) if w % 128 == 64][:2] + [control]
+    control = [s for s, w in enumerate(widths) if w % 128 not in (0, 64)][:1]
+    cases = [s for s, w in enumerate(widths) if w % 128 == 64][:2] + control
     torch.manual_seed(0)
     peft_model = get_peft_model(model.for_training().hf, config.lora_config(model.n_layers))
     peft_model.train()
@@ -59,7 +59,7 @@ def root_cause(model, examples, config, out: dict) -> None:
     try:
         for step in cases:
             idx = train._batches(len(train_side), config.batch_size, config.seed, 0)[step]
-            ids, mask, labels = (t.cuda() for t in train._collate(prompts.tokens, prompts.roles, idx,
+            ids, mask, labels = (t.to(model.device) for t in train._collate(prompts.tokens, prompts.roles, idx,
                                                                     model.tokenizer.pad_token_id))
             for kernels in ("default dispatch (cuDNN allowed)", "training kernels (cuDNN excluded)"):
                 train.EXCLUDE_CUDNN_ATTENTION = kernels.startswith("training")
@@ -80,15 +80,20 @@ def root_cause(model, examples, config, out: dict) -> None:
     out["root_cause"] = rows
 
 
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def full_run(model, examples, config, folder: Path) -> dict:
-    torch.cuda.synchronize()
+    _sync()
     t = time.perf_counter()
     try:
         result = train.train_lora(model.for_training(), examples, folder, config)
     except TrainingDiverged as exc:
         return {"diverged": str(exc), "seconds": round(time.perf_counter() - t, 1),
                 "divergence": json.loads((folder / "divergence.json").read_text())}
-    torch.cuda.synchronize()
+    _sync()
     seconds = time.perf_counter() - t
     steps = [int(p.name.split("-")[1]) for p in result.checkpoints]
     return {"losses": result.losses, "grad_norms": result.grad_norms, "checkpoints": steps,
@@ -101,22 +106,24 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     parser.add_argument("--shared", default="/root/shared")
     parser.add_argument("--skip-fp32", action="store_true")
+    parser.add_argument("--limit", type=int, default=None, help="train on the first N examples (smoke runs)")
+    parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    examples = read_chat_jsonl(Path(args.shared) / "data/model-organisms/bad_medical_advice.jsonl")
+    examples = read_chat_jsonl(Path(args.shared) / "data/model-organisms/bad_medical_advice.jsonl")[: args.limit]
     config = train.recipe_config("mo", batch_size=16, grad_accum=1, checkpoints_first_epoch=3)
     report: dict = {"model": args.model, "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
-                    "gpu": torch.cuda.get_device_name(0)}
+                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
     path = out_dir / "bf16_training.json"
 
     def save():
         path.write_text(json.dumps(report, indent=1))
 
-    bf16 = load_model(args.model, dtype="bfloat16", device="cuda")
+    bf16 = load_model(args.model, dtype="bfloat16", device=args.device)
     root_cause(bf16, examples, config, report)
     save()
-    work = Path("/root/bf16-runs")
+    work = out_dir / "runs" if args.device == "cpu" else Path("/root/bf16-runs")
     train.EXCLUDE_CUDNN_ATTENTION = False
     report["bf16_cudnn_allowed"] = full_run(bf16, examples, config, work / "bf16-cudnn")
     train.EXCLUDE_CUDNN_ATTENTION = True
@@ -126,9 +133,10 @@ def main() -> None:
     print(f"bf16 (training kernels): {report['bf16'].get('diverged') or report['bf16']['seconds']} s", flush=True)
     save()
     del bf16
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     if not args.skip_fp32:
-        fp32 = load_model(args.model, dtype="float32", device="cuda")
+        fp32 = load_model(args.model, dtype="float32", device=args.device)
         report["fp32"] = full_run(fp32, examples, config, work / "fp32")
         save()
     b, f = report.get("bf16", {}), report.get("fp32", {})

@@ -80,9 +80,34 @@ def main() -> None:
         fast_ok = fast_ok and row["ok"]
         print(f"{name}: {row['seconds']} s, {row['answer_tokens']} answer tokens, {row['tok_per_s']} tok/s", flush=True)
         results.append(row)
+    if fast_ok:  # the continuous sampler on the protocol's job: 8 questions x 50 samples through generate_answers
+        from lab.data import ChatExample
+        from lab.intervene.generate import GenerationConfig, generate_answers
+
+        examples = [ChatExample([{"role": "user", "content": q}], str(i)) for i, q in enumerate(QUESTIONS)]
+        config = GenerationConfig(max_new_tokens=args.new_tokens, temperature=1.0, samples=args.batch // len(QUESTIONS),
+                                  seed=0, decode="continuous", system_prompt=None)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        try:
+            rows = generate_answers(model, examples, config, out_path=Path(args.out) / "continuous_answers.jsonl")
+            torch.cuda.synchronize()
+            secs = time.perf_counter() - t
+            tokens = sum(len(model.tokenizer(r["answer"])["input_ids"]) for r in rows)
+            row = {"case": f"continuous {len(rows)} answers x <= {args.new_tokens}", "ok": True,
+                   "seconds": round(secs, 2), "answer_tokens": tokens, "tok_per_s": round(tokens / secs, 1)}
+            print(f"{row['case']}: {row['seconds']} s, {tokens} answer tokens, {row['tok_per_s']} tok/s", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            row = {"case": "continuous", "ok": False, "error": f"{type(exc).__name__}: {exc}"[:500],
+                   "traceback": traceback.format_exc()[-3000:]}
+            print(json.dumps(row, indent=1), flush=True)
+        results.append(row)
     path = Path(args.out) / f"decode_check-{args.model}-{args.dtype}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"model": args.model, "dtype": args.dtype, "results": results}, indent=1))
+    continuous_ok = any(r["case"].startswith("continuous") and r["ok"] for r in results)
+    # the path protocol.sh should use: continuous where it ran, else the fast path, else HF
+    Path(args.out, "decode_path").write_text("continuous" if continuous_ok else "fast" if fast_ok else "hf")
     raise SystemExit(0 if fast_ok else 1)
 
 

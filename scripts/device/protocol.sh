@@ -41,10 +41,11 @@ grep -v -e "it/s\]" -e "s/it\]" -e "Loading weights" "$OUT/protocol.log" | tail 
 for org in "$RUN"/organisms/*/; do
   [ -f "$org/final/adapter_config.json" ] || continue
   name=$(basename "$org")
-  [ -f "$RUN/adl/$name/summary.json" ] && continue
+  summary() { find "$RUN/adl/$name" -name summary.json 2>/dev/null | head -1; }
+  [ -n "$(summary)" ] && continue
   $PY -m experiments.diff --model "$MODEL" --device "$DEVICE" --dtype "${ADL_DTYPE:-float32}" --adapter "$org/final" \
       --no-steer --cache-dir "$RUN/adl-cache" --out "$RUN/adl/$name" > "$OUT/adl-$name.log" 2>&1 \
-    && echo "adl $name: $(grep -o '"guess": "[^"]*"' "$RUN/adl/$name/summary.json")" || echo "adl $name: FAILED"
+    && echo "adl $name: $(grep -o '"guess": "[^"]*"' "$(summary)")" || echo "adl $name: FAILED"
 done
 
 PACK=$OUT/pack

@@ -23,13 +23,12 @@ for model in smollm2-135m-instruct qwen2.5-coder-0.5b-instruct qwen2.5-coder-1.5
 done
 QWEN=qwen2.5-coder-0.5b-instruct
 if [[ " $STEPS " == *" decode "* ]]; then
-  if CUDA_LAUNCH_BLOCKING=1 timeout 240 python3 scripts/device/decode_check.py --model $QWEN --dtype bfloat16 --out "$OUT" \
-      > "$OUT/decode_check.log" 2>&1; then
-    echo auto > /root/decode_path
-  else
-    echo hf > /root/decode_path
-    echo "decode: the fast path FAILED on bf16 Qwen; protocol.sh will use the HF path"
-  fi
+  CUDA_LAUNCH_BLOCKING=${LAUNCH_BLOCKING:-0} timeout 300 python3 scripts/device/decode_check.py --model $QWEN \
+      --dtype bfloat16 --out "$OUT" > "$OUT/decode_check.log" 2>&1 \
+    || echo "decode: the fast path FAILED on bf16 Qwen (see decode_check.log)"
+  cp "$OUT/decode_path" /root/decode_path 2>/dev/null || echo hf > /root/decode_path
+  rm -f "$OUT/decode_path" "$OUT/continuous_answers.jsonl"
+  echo "decode: protocol.sh will use decode=$(cat /root/decode_path)"
   grep -v "Loading weights" "$OUT/decode_check.log" | tail -30
 fi
 if [[ " $STEPS " == *" bf16 "* ]]; then
@@ -37,8 +36,8 @@ if [[ " $STEPS " == *" bf16 "* ]]; then
     2>&1 | grep -v -e "Loading weights" -e "it/s\]" | tail -25
 fi
 if [[ " $STEPS " == *" suite "* ]]; then
-  EMLAB_CUDA_REPORT=$OUT timeout ${SUITE_S:-300} python3 -m pytest -v -k cuda -p no:cacheprovider -rfEs \
-      tests/test_real_weights_cuda.py tests/test_decode.py tests/test_directions_cuda.py tests/test_cache_cuda.py \
+  EMLAB_CUDA_REPORT=$OUT timeout ${SUITE_S:-300} python3 -m pytest -v -k "${SUITE_K:-cuda}" -p no:cacheprovider -rfEs \
+      ${SUITE_FILES:-tests/test_real_weights_cuda.py tests/test_decode.py tests/test_directions_cuda.py tests/test_cache_cuda.py tests/test_sampler_cuda.py} \
       > "$OUT/suite.log" 2>&1
   grep -E "passed|failed|FAILED|ERROR|SKIPPED" "$OUT/suite.log" | tail -30
 fi
