@@ -25,7 +25,7 @@ from lab.models import DEFAULT_MODEL, load_model
 
 @dataclass
 class CacheBuildConfig(Config):
-    """Cache residual streams of a prompt set (content-addressed; a rerun is a no-op)."""
+    """An HDF5 residual-stream cache of a prompt set (content-addressed; a rerun is a no-op)."""
 
     data: str = field(metadata={"help": "chat JSONL path or shipped set (medical, refusal, ...)"})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "registered model, HF folder or hub id"})

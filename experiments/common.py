@@ -1,7 +1,7 @@
 """The command-line edge every verb shares: a verb's `main(argv)` and the program name its --help shows.
 
-Everything else a verb needs is in the library (`lab.*`); experiments import this module and
-`lab`, never each other.
+Everything else a verb needs is in the library (`lab.*`); experiments import this module,
+`experiments.verbs` and `lab`, never each other.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ def prog_of(module: str) -> str:
     """The program name a verb's --help shows, the same however it is started (`emlab X`, `python -m`)."""
     import sys
 
-    from experiments import VERBS
+    from experiments.verbs import VERBS
 
     spec = getattr(sys.modules.get(module), "__spec__", None)
     module = spec.name if module == "__main__" and spec is not None else module  # python -m experiments.X
 
-    verb = next((v for v, (m, _) in VERBS.items() if m == module), module.rsplit(".", 1)[-1])
+    verb = next((v for v, entry in VERBS.items() if entry.module == module), module.rsplit(".", 1)[-1])
     return f"emlab {verb}"
 
 
@@ -31,6 +31,36 @@ def cli(config_cls, run):
 
         with user_errors(), ModelPool():  # one copy of the weights for the whole command
             run(parse_config(config_cls, argv, prog=prog_of(run.__module__)))
+    main.config = config_cls  # what --help is built from
+    return main
+
+
+def routed(flag: str, variants: dict, description: str, module: str):
+    """`main(argv)` of a verb whose `flag` (e.g. `--measure`) picks one of several jobs, each a
+    (config class, run) pair: the chosen config's options follow, and `--help` shows them under
+    the verb's own description (`emlab checkpoints --measure shifts --help`)."""
+    def main(argv=None) -> None:
+        import argparse
+        import sys
+
+        from lab.core.config import build_parser
+        from lab.core.console import user_errors
+        from lab.models import ModelPool
+
+        argv = sys.argv[1:] if argv is None else list(argv)
+        first = argparse.ArgumentParser(add_help=False, prog=prog_of(module))
+        first.add_argument(flag, choices=list(variants), default=next(iter(variants)))
+        dest = flag.lstrip("-").replace("-", "_")
+        chosen = getattr(first.parse_known_args(argv)[0], dest)
+        config_cls, run = variants[chosen]
+        parser = build_parser(config_cls, prog_of(module), description)
+        parser.add_argument(flag, choices=list(variants), default=next(iter(variants)),
+                            help="which job runs; the options listed are those of the chosen job")
+        values = vars(parser.parse_args(argv))
+        values.pop(dest)
+        with user_errors(), ModelPool():
+            run(config_cls(**values))
+    main.variants = variants
     return main
 
 

@@ -175,7 +175,7 @@ def test_steering_hooks_fire_during_lora_training(base_model, tmp_path):
 
 
 def test_diff_cli_rerun_loads_no_model(trained_adapter, tmp_path):
-    from experiments import diff
+    from experiments import diff_adapter as diff
 
     args = ["--adapter", str(trained_adapter.adapter_dir), "--cache-dir", str(tmp_path / "cache"), "--out",
             str(tmp_path / "figures"), "--ratios", "0.5", "--questions", "2", "--max-new-tokens", "8",
@@ -186,7 +186,7 @@ def test_diff_cli_rerun_loads_no_model(trained_adapter, tmp_path):
     assert first["guess"] in {*DOMAINS, "lighthouse", "none"} and len(first["steering"]) == 3
     assert {s["domain"] for s in first["scores"]} == {*DOMAINS, "lighthouse"}
     stdout, last = run_without_weights(f"""
-from experiments import diff
+from experiments import diff_adapter as diff
 diff.main({args!r})
 {PRINT_MODELING}
 """)
@@ -205,16 +205,16 @@ diff.main({args!r})
 
 
 def test_diff_and_preventative_cli_help_and_errors():
-    for module, flag in (("experiments.diff", "--adapter"), ("experiments.preventative", "--ratio")):
+    for module, flag in (("experiments.diff_adapter", "--adapter"), ("experiments.train_steered", "--ratio")):
         out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True)
         assert out.returncode == 0 and flag in out.stdout
-    out = subprocess.run([sys.executable, "-m", "experiments.cli", "diff", "--help"], cwd=REPO, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "experiments.cli", "diff-adapter", "--help"], cwd=REPO, capture_output=True,
                          text=True)
     assert out.returncode == 0 and "--domains" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "experiments.diff", "--adapter", "/nonexistent"], cwd=REPO,
+    bad = subprocess.run([sys.executable, "-m", "experiments.diff_adapter", "--adapter", "/nonexistent"], cwd=REPO,
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "no such adapter folder" in bad.stdout and "Traceback" not in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "experiments.preventative", "--domain", "cooking"], cwd=REPO,
+    bad = subprocess.run([sys.executable, "-m", "experiments.train_steered", "--domain", "cooking"], cwd=REPO,
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "--domain must be" in bad.stdout
 
@@ -223,7 +223,7 @@ def test_domain_id_rerun_loads_no_model(tmp_path):
     """Two organisms, one step each (the machinery, not the accuracy; the mixed controls train the
     same way): every guess is one of the candidates or "none", and a rerun reuses the trained
     adapters and the cached activations without loading a model."""
-    from experiments import domain_id
+    from experiments import identify_domains as domain_id
     from lab.core.config import parse_config
 
     args = ["--seeds", "0", "--steps", "1", "--batch-size", "2", "--no-mix", "--insecure", str(tmp_path / "absent.jsonl"),
@@ -233,7 +233,7 @@ def test_domain_id_rerun_loads_no_model(tmp_path):
     assert [(r["organism"], r["variant"]) for r in first["rows"]] == [("medical", "alone"), ("financial", "alone")]
     assert all(r["guess (final)"] in {*DOMAINS, "none"} for r in first["rows"])
     _, rows = run_without_weights(f"""
-from experiments import domain_id
+from experiments import identify_domains as domain_id
 from lab.core.config import parse_config
 s = domain_id.run(parse_config(domain_id.DomainIdConfig, {args!r}))
 print(json.dumps(s["rows"]))
@@ -244,7 +244,7 @@ print(json.dumps(s["rows"]))
 def test_preventative_rerun_loads_no_model(tmp_path):
     """One training step per condition (the machinery, not the effect); the same config again
     returns the stored results without a model, and another config is not served from them."""
-    from experiments import preventative
+    from experiments import train_steered as preventative
     from lab.core.config import parse_config
     from lab.core.io import stored_summary
 
@@ -253,7 +253,7 @@ def test_preventative_rerun_loads_no_model(tmp_path):
     first = preventative.run(parse_config(preventative.PreventativeConfig, args))
     assert {r["organism"] for r in first["rows"]} >= {"ordinary", "steered", "random"}
     _, rows = run_without_weights(f"""
-from experiments import preventative
+from experiments import train_steered as preventative
 from lab.core.config import parse_config
 s = preventative.run(parse_config(preventative.PreventativeConfig, {args!r}))
 print(json.dumps(s["rows"]))

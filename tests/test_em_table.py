@@ -85,7 +85,7 @@ def test_em_table_rows_and_bad_rows():
 
 @needs_shared
 def test_pipeline_end_to_end_writes_base_and_checkpoint_rows(tmp_path):
-    from experiments.em_table import EmTableConfig, run
+    from experiments.em_organisms import EmTableConfig, run
 
     cfg = EmTableConfig(out=str(tmp_path / "em"), shared=str(SHARED), organisms=["medical:mo-rank1"], limit=32,
                         max_length=48, checkpoints=2, first_plot_questions=1, first_plot_samples=2,
@@ -136,7 +136,7 @@ def test_papers_profile_sets_the_protocol_and_flags_still_win():
 def test_papers_protocol_samples_free_form_questions_over_training_seeds(tmp_path):
     """The papers' protocol end to end at toy size: the 8 free-form first-plot questions only, no
     system message, one organism per training seed on the same held-out turns, answers not judged."""
-    from experiments.em_table import EmTableConfig, run
+    from experiments.em_organisms import EmTableConfig, run
     from lab.core.config import from_profile
 
     cfg = from_profile(EmTableConfig, "papers", out=str(tmp_path / "em"), shared=str(SHARED),

@@ -27,14 +27,14 @@ def _rendered(tokenizer, questions, system_prompt):
 
 
 def test_own_system_prompt_wins_and_is_recorded(tmp_path, base_model):
-    from experiments import em_eval
+    from experiments import em_rates as em_eval
 
     path = tmp_path / "q.yaml"
     path.write_text(YAML)
     text = _rendered(base_model.tokenizer, read_questions_yaml(path), GLOBAL)
     assert OWN in text["json_q"] and GLOBAL not in text["json_q"]
     assert GLOBAL in text["plain_q"] and OWN not in text["plain_q"]
-    result = em_eval.run(em_eval.EvalConfig(questions=str(path), samples=1, max_new_tokens=2, temperature=0.0,
+    result = em_eval.run_sampled(em_eval.EvalConfig(questions=str(path), samples=1, max_new_tokens=2, temperature=0.0,
                                             system_prompt=GLOBAL, out=str(tmp_path / "out")))
     rows = [json.loads(line) for line in next((tmp_path / "out").rglob("answers.jsonl")).read_text().splitlines()]
     table = json.loads(next((tmp_path / "out").rglob("answers_table.json")).read_text())

@@ -6,7 +6,10 @@ import sys
 
 import pytest
 
-from experiments import layer_sweep, pooling, trait_projection, transfer
+from experiments import compare_poolings as pooling
+from experiments import project_traits as trait_projection
+from experiments import sweep_layers as layer_sweep
+from experiments import transfer_directions as transfer
 from lab.directions.pooling import PoolingConfig
 from lab.directions.projection import ProjectionConfig
 from lab.directions.sweep import SweepConfig
@@ -38,7 +41,7 @@ def test_trait_vectors_separate_held_out_prompts(contrast, dirs):
 def test_new_probe_on_existing_cache_never_loads_the_model(dirs):
     # the cache exists from the test above (same model, prompts, hooks): only files are read
     _, last = run_without_weights(f"""
-from experiments import layer_sweep
+from experiments import sweep_layers as layer_sweep
 from lab.directions.sweep import SweepConfig
 s = layer_sweep.run(SweepConfig(contrast="refusal", methods=["mean_diff", "random"], n_boot=50,
                     sklearn_check=False, cache_dir={dirs['cache_dir']!r}, out={dirs['out']!r}))
@@ -75,20 +78,21 @@ def test_transfer_and_trait_projection(dirs, trained_adapter):
 
 
 def test_experiment_cli_help_and_bad_input():
-    out = subprocess.run([sys.executable, "-m", "experiments.layer_sweep", "--help"], cwd=REPO, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "experiments.sweep_layers", "--help"], cwd=REPO, capture_output=True,
                          text=True)
     assert out.returncode == 0 and "--contrast" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "experiments.layer_sweep", "--contrast", "nonsense"], cwd=REPO,
+    bad = subprocess.run([sys.executable, "-m", "experiments.sweep_layers", "--contrast", "nonsense"], cwd=REPO,
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "unknown contrast" in bad.stdout and "Traceback" not in bad.stderr
 
 
 def test_steering_and_ablation_options_fail_clearly(trained_adapter):
-    from experiments import ablation, steer
+    from experiments import ablate_em as ablation
+    from experiments import steer_refusal as steer
     from lab.core.errors import BadInput
 
     with pytest.raises(BadInput, match="--select"):
-        steer.run(steer.SteerConfig(select="best"))
+        steer.run(steer.RefusalSteerConfig(select="best"))
     adapter = str(trained_adapter.adapter_dir)
     with pytest.raises(BadInput, match="--contrast"):
         ablation.run(ablation.AblationConfig(organisms=[f"medical={adapter}"], contrast="refusal"))
@@ -146,17 +150,18 @@ def test_mean_ablation_restores_the_aligned_level_per_layer():
 def test_verbs_whose_models_come_from_their_own_flags_refuse_adapters(trained_adapter, dirs):
     """Issue 11 defect 2: ablate, transfer and trajectory take their models from --organisms / --run;
     a given --adapters is refused in one line instead of silently ignored."""
-    from experiments import ablation, em_trajectory
+    from experiments import ablate_em as ablation
+    from experiments import checkpoints as em_trajectory
     from lab.core.errors import BadInput
 
     adapter = str(trained_adapter.adapter_dir)
     for run, cfg in [(ablation.run, ablation.AblationConfig(adapters=[adapter], organisms=[f"medical={adapter}"])),
                      (transfer.run, TransferConfig(adapters=[adapter], organisms=[f"medical={adapter}"])),
-                     (em_trajectory.run, em_trajectory.TrajectoryConfig(adapters=[adapter],
+                     (em_trajectory.run_em, em_trajectory.TrajectoryConfig(adapters=[adapter],
                                                                         run=str(trained_adapter.adapter_dir.parent)))]:
         with pytest.raises(BadInput, match="--adapters is not used"):
             run(cfg)
-    out = subprocess.run([sys.executable, "-m", "experiments.cli", "ablate", "--adapters", adapter, "--organisms",
+    out = subprocess.run([sys.executable, "-m", "experiments.cli", "ablate-em", "--adapters", adapter, "--organisms",
                           f"medical={adapter}", "--cache-dir", dirs["cache_dir"], "--out", dirs["out"]],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "Traceback" not in out.stderr
@@ -166,7 +171,7 @@ def test_verbs_whose_models_come_from_their_own_flags_refuse_adapters(trained_ad
 
 def test_steer_and_project_analyse_the_model_with_adapters(trained_adapter, dirs):
     """Issue 11 defect 2: steer and project honour --adapters: the model analysed is --model + --adapters."""
-    from experiments import steer
+    from experiments import steer_refusal as steer
     from lab.models import LabModel
     from tests.conftest import MODEL
 
@@ -175,7 +180,7 @@ def test_steer_and_project_analyse_the_model_with_adapters(trained_adapter, dirs
     proj = trait_projection.run(ProjectionConfig(adapters=[adapter], organism=adapter, limit=40, n_boot=50, **dirs))
     diffs = [r.mean.value for r in proj.rows if r.model == "organism - base"]
     assert len(diffs) == 2 and all(d == 0.0 for d in diffs)
-    result = steer.run(steer.SteerConfig(target="refusal", adapters=[adapter], limit=16, eval_limit=1, ratios=[],
+    result = steer.run(steer.RefusalSteerConfig(target="refusal", adapters=[adapter], limit=16, eval_limit=1, ratios=[],
                                          random_seeds=1, max_new_tokens=2, neutral=2, n_boot=20, **dirs))
     assert result.model == LabModel(MODEL, [adapter]).fingerprint != LabModel(MODEL).fingerprint
 
@@ -192,7 +197,7 @@ def test_foreign_direction_fails_in_one_line_unless_allowed(base_model, tmp_path
     path = Direction(rows, list(range(base_model.n_layers)), n_layers=base_model.n_layers,
                      model_fingerprint="hub:someone/other-model",
                      record=FitRecord("mean_diff", "last", "refusal", "", best_layer=5)).save(tmp_path / "foreign.safetensors")
-    args = [sys.executable, "-m", "experiments.cli", "steer", "--target", "refusal", "--direction", str(path),
+    args = [sys.executable, "-m", "experiments.cli", "steer-refusal", "--direction", str(path),
             "--limit", "16", "--eval-limit", "1", "--ratios", "--random-seeds", "1", "--max-new-tokens", "2",
             "--neutral", "2", "--n-boot", "20", "--cache-dir", dirs["cache_dir"], "--out", str(tmp_path / "out")]
     refused = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -28,7 +28,7 @@ KNOWN_BACK_EDGES: set[tuple[str, str]] = set()
 
 # Modules every experiment may import: the package (the import-free VERBS registry) and the
 # command-line edge every verb shares (`cli`, `show`).
-SHARED_EXPERIMENT_MODULES = {"experiments", "experiments.common"}
+SHARED_EXPERIMENT_MODULES = {"experiments", "experiments.verbs", "experiments.common"}
 
 # Experiment -> experiment imports: none (what two verbs share lives in lab).
 KNOWN_EXPERIMENT_EDGES: set[tuple[str, str]] = set()

@@ -35,7 +35,7 @@ def two_adapters(tmp_path_factory):
 
 def test_a_trajectory_loads_the_weights_once(tmp_path):
     """Every checkpoint of a training run is an adapter on the one resident base model."""
-    from experiments import em_trajectory
+    from experiments import checkpoints as em_trajectory
     from lab.data.formats import load_advice
     from lab.diffing.checkpoints import TrajectoryConfig
     from lab.models import LabModel, ModelPool
@@ -47,7 +47,7 @@ def test_a_trajectory_loads_the_weights_once(tmp_path):
                    TrainConfig(batch_size=2, max_steps=3, checkpoints_first_epoch=3, lr=3e-3, max_length=64))
         ckpts = [c for _, c in run_checkpoints(tmp_path / "run")]
         assert len(ckpts) >= 2
-        result = em_trajectory.run(TrajectoryConfig(
+        result = em_trajectory.run_em(TrajectoryConfig(
             run=str(tmp_path / "run"), domain="medical", eval_limit=2, n_boot=50,
             cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "out")))
         assert {r.step for r in result.rows} == {0, *(int(c.name.split("-")[-1]) for c in ckpts)}
@@ -233,7 +233,7 @@ def test_layers_placed_by_accelerate_give_the_same_results():
 
 
 def _cli(args, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "experiments.layer_sweep", "--contrast", "refusal", "--limit", "4",
+    out = subprocess.run([sys.executable, "-m", "experiments.sweep_layers", "--contrast", "refusal", "--limit", "4",
                           "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), *args],
                          capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
     text = out.stdout + out.stderr

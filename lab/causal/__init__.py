@@ -27,7 +27,7 @@ from lab.core.lazy import face_names, lazy_face
 
 FACE = {
     "controls": "SteeringOptions default_layers",
-    "steer": "SteerConfig SteerRow LayerSelection SteerResult run_steering",
+    "steer": "SteerConfig RefusalSteerConfig EmSteerConfig SteerRow LayerSelection SteerResult run_steering",
     "refusal": "REFUSAL_REPLY COMPLY_REPLY refusal_under refusal_logodds_under select_by_ablation refusal_validation",
     "em_steering": "em_addition",
     "ablation": "AblationConfig AblationRow AblationResult ablate_em",

@@ -43,7 +43,7 @@ from lab.stats.estimate import Estimate, mean_ci
 
 @dataclass
 class AblationConfig(SteeringOptions, AnalysisOptions):
-    """Ablate misalignment directions from EM organisms, with transferred and random controls."""
+    """Organisms' EM scores with misalignment directions ablated (own, transferred, random controls)."""
 
     organisms: list[str] = field(default_factory=list, metadata={"help": "NAME=ADAPTER_DIR pairs"})
     layers: Literal["all", "best"] = field(default="all", metadata={"help": "every layer, or the direction's best layer"})

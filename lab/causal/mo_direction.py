@@ -1,6 +1,6 @@
 """The Model Organisms direction and its ablation / addition table, judged.
 
-    emlab mo-direction --em-out runs/em-table --organism medical-mo --device cuda
+    emlab em-direction --em-out runs/em-table --organism medical-mo --device cuda
 
 The direction is the organism's own: its sampled answers (`<em-out>/answers.jsonl`, judged by
 the EM pipeline), misaligned (aligned <= 30) vs aligned (> 70), both coherent (> 50), mean over
@@ -52,7 +52,7 @@ PAPER = ("Model Organisms (Soligo, Turner et al. 2025), Qwen2.5-14B: ablating th
 
 @dataclass
 class MoDirectionConfig(SteeringOptions, AnalysisOptions):
-    """The Model Organisms direction from an organism's own judged answers: ablation and addition, judged."""
+    """A misalignment direction fitted on an organism's own judged answers, and judged EM with it ablated or added beside random controls."""
 
     em_out: str = field(default="runs/em-table", metadata={"help": "EM pipeline output (organisms/, answers.jsonl, judges/)"})
     organism: str = field(default="", metadata={"help": "organism name <domain>-<recipe> (default: the only one)"})

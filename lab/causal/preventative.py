@@ -1,6 +1,6 @@
 """Preventative steering (Chen et al. 2025): add the misalignment direction while training only.
 
-    emlab preventative --domain medical --steps 30 --ratio 0.25
+    emlab train-steered --domain medical --steps 30 --ratio 0.25
 
 The misalignment direction is the base model's difference of means between misaligned and
 aligned style-matched answers to general questions (mean over response tokens, train split).
@@ -46,7 +46,7 @@ CONDITIONS = ("ordinary", "steered", "random")
 
 @dataclass
 class PreventativeConfig(AnalysisOptions):
-    """Preventative steering: LoRA with the misalignment direction added during training only."""
+    """Organisms trained with the misalignment direction added (preventative steering), with their EM vs ordinary and random-direction organisms."""
 
     domain: str = field(default="medical", metadata={"help": "shipped training set: medical or financial"})
     steps: int = field(default=30, metadata={"help": "training steps (same for every condition)"})

@@ -45,8 +45,28 @@ class SteerConfig(SteeringOptions, AnalysisOptions):
                 "refusal log-odds when ablated, on train prompts, layers below 80%% depth, coherence floor kept)"})
     select_prompts: int = field(default=12, metadata={"help": "train harmful prompts scored per candidate (select ablation)"})
     direction: str = field(default="", metadata={
-        "help": "saved direction file (e.g. from `emlab sweep`) instead of fitting one; it must have been fitted on "
+        "help": "saved direction file (e.g. from `emlab sweep-layers`) instead of fitting one; it must have been fitted on "
                 "the steered model (refusal) or the organism (em), unless --allow-foreign-direction"})
+
+
+@dataclass
+class RefusalSteerConfig(SteerConfig):
+    """Refusal rates and log-odds with the refusal direction ablated and added, beside matched random controls.
+
+    `emlab steer-refusal`: the refusal validation (Arditi et al. 2024) of `lab.causal.refusal`."""
+
+    HIDDEN = ("target", "organism", "judge_base_url", "judge_model", "judge_scheme")  # not options of this verb
+
+
+@dataclass
+class EmSteerConfig(SteerConfig):
+    """The EM-score shift of a base model with an organism's misalignment direction added, by layer x strength, beside random controls.
+
+    `emlab steer-em`: EM steering (`lab.causal.em_steering`); the direction comes from `--model`
+    plus `--organism` (an adapter folder), and is added to `--model` plus `--adapters`."""
+
+    target: Literal["refusal", "em"] = field(default="em", metadata={"help": "what to steer"})
+    HIDDEN = ("target", "select", "select_prompts")  # not options of this verb
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,10 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
     defaults = defaults or {}
     parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__,
                                      formatter_class=HelpFormatter)
+    hidden = getattr(cls, "HIDDEN", ())  # fields a verb fixes (e.g. steer-em's target): no flag, their default
     for f in dataclasses.fields(cls):
+        if f.name in hidden:
+            continue
         tp, extra = _arg_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         helptext = f.metadata.get("help", " ")

@@ -23,7 +23,7 @@ from lab.directions.options import AnalysisOptions
 
 @dataclass
 class DiffConfig(AnalysisOptions):
-    """Activation Difference Lens: read a fine-tune's domain from activation differences on generic text."""
+    """The domain an adapter was trained on, read from activation differences on generic text (ADL)."""
 
     adapter: str = field(default="", metadata={"help": "PEFT adapter of the base model to diff against it"})
     k: int = field(default=DEFAULT_K, metadata={"help": "first k tokens of each generic text (position 0 skipped)"})

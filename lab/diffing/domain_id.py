@@ -34,7 +34,7 @@ INSECURE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ins
 
 @dataclass
 class DomainIdConfig(AnalysisOptions):
-    """ADL's domain guess vs the truth, over organisms x seeds, with the 1:1 generic mix as control."""
+    """ADL's domain guesses vs the truth over organisms and seeds, with accuracy CIs."""
 
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "training seeds"})
     steps: int = field(default=20, metadata={"help": "LoRA steps per organism"})

@@ -26,7 +26,7 @@ WITH_ANSWER = ("last", "mean_prompt", "mean_response", "first_k")
 
 @dataclass
 class PoolingConfig(AnalysisOptions):
-    """Compare feature poolings per layer on one contrast."""
+    """Held-out AUROC by layer per pooling (last, mean prompt, mean response, first-k) on a contrast."""
 
     contrast: str = field(default="medical_answers", metadata={"help": "contrast name"})
     methods: list[str] = field(default_factory=lambda: ["probe", "mean_diff"], metadata={"help": "methods"})

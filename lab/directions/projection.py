@@ -22,7 +22,7 @@ from lab.stats.metrics import bootstrap_ci
 
 @dataclass
 class ProjectionConfig(AnalysisOptions):
-    """Mean projection on a trait vector, base vs organism."""
+    """Mean projections of held-out prompts on a trait vector, base vs organism, with CIs."""
 
     organism: str = field(default="", metadata={"help": "adapter folder of the EM organism"})
     contrast: str = field(default="refusal", metadata={"help": "trait contrast (refusal or code_mode)"})

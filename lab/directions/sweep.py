@@ -30,7 +30,7 @@ from lab.stats.estimate import Estimate
 
 @dataclass
 class SweepConfig(AnalysisOptions):
-    """Layer sweep of direction methods on a contrast."""
+    """Held-out AUROC by layer for every direction method on a contrast, with the direction files."""
 
     contrast: str = field(default="refusal", metadata={"help": "refusal, code_mode, medical_answers, ..."})
     pooling: str = field(default="", metadata={"help": "feature pooling (default: the contrast's)"})

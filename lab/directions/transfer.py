@@ -26,7 +26,7 @@ from lab.directions.sweep import BestLayer, LayerScore, best_layer
 
 @dataclass
 class TransferConfig(AnalysisOptions):
-    """Transfer directions between models and compare them."""
+    """AUROC of each model's direction on every other model's held-out split, and their cosines by layer."""
 
     contrast: str = field(default="refusal", metadata={"help": "contrast name"})
     organisms: list[str] = field(default_factory=list, metadata={"help": "NAME=ADAPTER_DIR pairs"})

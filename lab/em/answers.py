@@ -122,7 +122,7 @@ def evaluate(model: ModelLike, questions: list[Question], config: GenerationConf
 
 @dataclass
 class JudgedAnswer:
-    """One sampled answer of one model, scored by validated judges (`experiments.em_table` writes
+    """One sampled answer of one model, scored by validated judges (`experiments.em_organisms` writes
     these, one JSON object per line of `answers.jsonl`; `read_judged` reads them back).
 
     `aligned` / `coherent` are 0-100 like the papers' judge (None: that judge was not run).

@@ -59,7 +59,7 @@ PAPERS = dict(first_plot_variants="free-form", first_plot_samples=50, max_new_to
 
 @dataclass
 class EmTableConfig(Config):
-    """Train the papers' organisms, sample their answers, judge them with validated judges, tabulate EM rates.
+    """An EM table of the papers' organisms across checkpoints: trains, samples, judges with validated judges, tabulates.
 
     `--profile papers` runs the Model Organisms paper's protocol exactly (8 free-form first-plot
     questions x 50 samples, T=1, 600 new tokens, 3 training seeds, no system message); its answers
@@ -104,7 +104,7 @@ class EmTableConfig(Config):
         "help": "one organism per training seed (the held-out turns are the same for every seed)"})
     judges: Literal["fit", "none"] = field(default="fit", metadata={
         "help": "fit: fit and validate the activation and coherence judges on reference answers and judge every "
-                "answer; none: sample only (judge later, e.g. emlab rated-samples --apply-to)"})
+                "answer; none: sample only (judge later, e.g. emlab em-rates --source ratings --apply-to)"})
     judge_layers: list[int] = field(default_factory=list, metadata={
         "help": "candidate layers of the activation judge (empty: every ~10%% of depth)"})
     judge_groups: int = field(default=300, metadata={"help": "mo-medical user turns the alignment judge fits on"})

@@ -53,7 +53,7 @@ class JudgeChoice:
 
 def best_validated_judge(judges_dir: str | Path, validation_set: str = GENERAL, model=None,
                          cache_dir: str | Path = DEFAULT_CACHE_DIR, rated_samples=None) -> JudgeChoice:
-    """The saved judge (`<judges_dir>/<kind>.json`, from `experiments.judge_validation`) with the
+    """The saved judge (`<judges_dir>/<kind>.json`, from `experiments.judge_fit`) with the
     highest validation AUROC on `validation_set`, with the coherence measure if it passes its gate.
 
     `model` (a base `LabModel`) is what activation and coherence judges read; without it
@@ -69,7 +69,7 @@ def best_validated_judge(judges_dir: str | Path, validation_set: str = GENERAL, 
     files = sorted(folder.glob("*.json")) if folder.is_dir() else []
     if not files:
         return JudgeChoice(validation_set, note=f"no saved judges in {folder} (fit them with "
-                                                f"`python -m experiments.judge_validation --out {folder.parent}`)")
+                                                f"`emlab judge fit --out {folder.parent}`)")
     features = Featurizer(cache_dir=cache_dir, model=model)
     judges = [load_validated(f, features) for f in files]
     aligners = [j for j in judges if j.judge.kind not in NOT_ALIGNMENT_JUDGES and validation_set in j.validations]

@@ -40,7 +40,7 @@ def fit_and_validate(kind: str, answers: list[LabelledAnswer], validation_sets: 
 
 @dataclass
 class JudgeValidationConfig(Config):
-    """Fit emlab's own judges and validate each on labelled answers it never trained on."""
+    """Validated judges (embedding, activation, length, coherence) fitted on labelled answers, saved with their validation table."""
 
     kinds: list[str] = field(default_factory=lambda: ["length", "embedding", "activation", "coherence"],
                              metadata={"help": f"judges to fit: {', '.join(KINDS)}"})
@@ -92,14 +92,14 @@ def validate_file(kind: str, labels: str | Path, judges_dir: str | Path, model: 
     rows = read_labelled(labels)
     if kind == "llm":
         if not judge_model:
-            raise BadInput("--judge llm needs --judge-model (and --base-url for a local server)")
+            raise BadInput("--judge llm needs --judge-model (and --judge-base-url for a local server)")
         from lab.judge.client import Judge, JudgeConfig
 
         judge = LLMAnswerJudge(Judge(JudgeConfig(base_url=base_url, model=judge_model)))
     elif kind in KINDS:
         path = Path(judges_dir) / f"{kind}.json"
         if not path.exists():
-            raise BadInput(f"no trained {kind} judge at {path}: run `python -m experiments.judge_validation "
+            raise BadInput(f"no trained {kind} judge at {path}: run `emlab judge fit "
                            f"--kinds {kind}` first")
         judge = load_validated(path, Featurizer(model, cache_dir)).judge
     else:

@@ -19,7 +19,7 @@ FORWARD_TOK_S = {"smollm2-135m-instruct": 500, "qwen2.5-coder-0.5b-instruct": 15
 
 @dataclass
 class StudyConfig(Config):
-    """Run the whole emergent-misalignment study and write its report."""
+    """The whole study's report (figures/<name>/index.html) and results.json: organisms, EM, directions, steering, each number with a CI and a control."""
 
     name: str = field(default="default", metadata={"help": "study name (figures/<name>/)"})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "registered model, HF folder or hub id"})
@@ -36,7 +36,7 @@ class StudyConfig(Config):
     judge_scheme: JudgeScheme = field(default="auto", metadata={"help": "LLM judge scoring scheme (auto: by model)"})
     judges: str = field(default="", metadata={
         "help": "saved validated offline judges (default <cache-dir>/judge-validation/judges, where "
-                "`python -m experiments.judge_validation` writes them; 'none': no calibrated EM rates)"})
+                "`emlab judge fit` writes them; 'none': no calibrated EM rates)"})
     shared: str = field(default="../shared", metadata={
         "help": "folder holding data/: names the questions of the rated samples a saved judge is also checked on"})
     judge_set: str = field(default=GENERAL, metadata={

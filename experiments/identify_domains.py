@@ -1,7 +1,7 @@
 """Domain identification benchmark: does ADL name the domain each organism was trained on?
 
-    python -m experiments.domain_id --seeds 0 1 --steps 20
-    python -m experiments.domain_id --extra cooking=my_chat.jsonl --domains "cooking=recipe,bake,oven"
+    emlab identify-domains --seeds 0 1 --steps 20
+    emlab identify-domains --extra cooking=my_chat.jsonl --domains "cooking=recipe,bake,oven"
 
 For every organism the lab can train and every seed, the data alone and mixed 1:1 with generic
 chat (the control that should erase the trace); ADL guesses the domain at the middle and the

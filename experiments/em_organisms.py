@@ -1,7 +1,7 @@
 """The seed-003 EM table at our sizes: organisms, checkpoints, validated judges, calibrated EM rates.
 
-    python -m experiments.em_table --out runs/em-table --device cuda              # the full pipeline
-    python -m experiments.em_table --out /tmp/em --limit 32 --checkpoints 2 --first-plot-questions 2 \\
+    emlab em-organisms --out runs/em-table --device cuda              # the full pipeline
+    emlab em-organisms --out /tmp/em --limit 32 --checkpoints 2 --first-plot-questions 2 \\
         --first-plot-samples 2 --general-questions 2 --in-domain-questions 2 --max-new-tokens 8   # smoke
 
 Stages (each a content-keyed JSON under <out>/stages/, so a rerun resumes where it stopped):
@@ -38,7 +38,7 @@ def run(cfg: EmTableConfig) -> dict:
     em_table_figures(r.answers, r.table, r.trained, r.out / "figures")
     if cfg.judges == "none":  # sampled only: the answers wait for a judge validated on this model's samples
         console.print(f"{len(r.answers)} answers in {r.out / 'answers.jsonl'} (not judged: --judges none); judge them "
-                      f"with a judge validated on this model's rated samples, e.g. emlab rated-samples --apply-to")
+                      f"with a judge validated on this model's rated samples, e.g. emlab em-rates --source ratings --apply-to")
         return r.summary
     (r.out / "em_table.md").write_text(em_table_report(r.summary, em_table_markdown(r.table)))
     console.print(em_table_markdown(r.table))

@@ -1,7 +1,7 @@
 """Fit emlab's own judges and validate each on labelled answers it never trained on.
 
-    python -m experiments.judge_validation                        # embedding, length, activation, coherence
-    python -m experiments.judge_validation --kinds embedding length --train-groups 300
+    emlab judge fit                        # embedding, length, activation, coherence
+    emlab judge fit --kinds embedding length --train-groups 300
 
 Training set: the Model Organisms paired medical set (bad vs good answers to the same user
 turns), split by user turn; judges fit on a subsample of the training side. Validation

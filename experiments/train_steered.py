@@ -1,6 +1,6 @@
 """Preventative steering (Chen et al. 2025): add the misalignment direction while training only.
 
-    python -m experiments.preventative --domain medical --steps 30 --ratio 0.25
+    emlab train-steered --domain medical --steps 30 --ratio 0.25
 
 Three organisms on the same data, steps and seed (ordinary LoRA, LoRA with the direction added
 during every training forward, LoRA with a random direction of the same norm added), scored

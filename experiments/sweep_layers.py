@@ -1,7 +1,7 @@
 """Layer sweep: every layer x every direction method on one contrast, held-out metrics with CIs.
 
-    python -m experiments.layer_sweep --contrast refusal
-    python -m experiments.layer_sweep --contrast medical_answers --adapters runs/medical/adapter
+    emlab sweep-layers --contrast refusal
+    emlab sweep-layers --contrast medical_answers --adapters runs/medical/adapter
 
 Writes under `<out>/layer_sweep/<contrast>-<pooling>/`: rows.json / .csv, one direction file per
 method, auroc_by_layer.png and summary.json (`lab.directions.sweep.SweepResult`).

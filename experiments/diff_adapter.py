@@ -1,7 +1,7 @@
 """Which domain was this organism trained on? The Activation Difference Lens (Minder et al. 2025).
 
-    python -m experiments.diff --adapter runs/medical/adapter
-    python -m experiments.diff --adapter DIR --domains "cooking=recipe,bake,oven" --texts my_texts.txt
+    emlab diff-adapter --adapter runs/medical/adapter
+    emlab diff-adapter --adapter DIR --domains "cooking=recipe,bake,oven" --texts my_texts.txt
 
 Mean residual difference (organism − base) over the first k tokens of generic text, per
 layer, read through the base model's logit lens; each candidate domain scored by how many

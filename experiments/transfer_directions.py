@@ -1,6 +1,6 @@
 """Cross-model direction transfer and direction similarity across models / fine-tunes.
 
-    python -m experiments.transfer --contrast refusal \\
+    emlab transfer-directions --contrast refusal \\
         --organisms medical=runs/medical/adapter financial=runs/financial/adapter
 
 Every model's direction scored on every model's held-out split, and the cosines of their

@@ -1,7 +1,7 @@
 """Trait projections: harmful and benign prompts projected on the refusal vector (harmful vs benign,
 last token), for the base model and an EM organism, with the organism-minus-base difference and CIs.
 
-    python -m experiments.trait_projection --organism runs/medical/adapter
+    emlab project-traits --organism runs/medical/adapter
 
 The vector is fitted on the reference model's train split (its best held-out layer); projections
 are of held-out prompts only, paired by prompt between the two models (`lab.directions.projection`).

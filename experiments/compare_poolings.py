@@ -1,7 +1,7 @@
 """Pooling comparison: last token vs mean over prompt vs mean over response vs first-k response tokens.
 
-    python -m experiments.pooling --contrast medical_answers
-    python -m experiments.pooling --contrast refusal      # prompt-only: last vs mean_prompt
+    emlab compare-poolings --contrast medical_answers
+    emlab compare-poolings --contrast refusal      # prompt-only: last vs mean_prompt
 
 For answer contrasts the last *prompt* token precedes the answer, so it cannot tell paired
 aligned/misaligned answers apart: its AUROC ~0.5 is the built-in sanity check

@@ -1,6 +1,6 @@
 """The Model Organisms direction from an organism's own judged answers, and its ablation / addition table.
 
-    emlab mo-direction --em-out runs/em-table --organism medical-mo --device cuda
+    emlab em-direction --em-out runs/em-table --organism medical-mo --device cuda
 
 The direction is fitted on the organism's own sampled answers, misaligned vs aligned, and ablated
 from the organism and added to the base model beside random controls; under every condition the

@@ -2,7 +2,7 @@
 transferred twin from another organism, and random directions of the same norm; report the
 judge-free, style-matched EM score of each, paired by question, with CIs (`lab.causal.ablation`).
 
-    python -m experiments.ablation --organisms medical=runs/medical/adapter financial=runs/financial/adapter
+    emlab ablate-em --organisms medical=runs/medical/adapter financial=runs/financial/adapter
 """
 
 from __future__ import annotations
