@@ -1,7 +1,7 @@
 """`emlab em-rates`: EM rates with 95% CIs from answers, sampled and judged, or rated by people.
 
-    emlab em-rates --question-set general --samples 2                            # --source sample (the default)
-    emlab em-rates --question-set ../shared/data/em-questions/first_plot_questions.yaml \\
+    emlab em-rates --questions general --samples 2                               # --source sample (the default)
+    emlab em-rates --questions ../shared/data/em-questions/first_plot_questions.yaml \\
         --judge-base-url http://127.0.0.1:8765/v1 --judge-model smollm2
     emlab em-rates --source ratings                                              # every shipped ratings file
     emlab em-rates --source ratings --fit-judges embedding activation

@@ -116,10 +116,6 @@ RENAMED: dict[str, Renamed] = {
     "judge-validation": Renamed("judge fit", "judge_validation"),  # was only `emlab judge fit`
 }
 
-# Old option spellings every old name accepts: old flag -> (new flag, value conversion).
-MINUTES_TO_SECONDS = "minutes->seconds"
-
-
 def translate(old: str, argv: list[str]) -> tuple[str, list[str], list[str]]:
     """(new verb, its argv, what changed) for an old verb name and its arguments."""
     spec = RENAMED[old]
@@ -128,27 +124,12 @@ def translate(old: str, argv: list[str]) -> tuple[str, list[str], list[str]]:
         target = _pop_option(args, "--target") or "refusal"
         new = "steer-em" if target == "em" else "steer-refusal"
     out: list[str] = []
-    i = 0
-    while i < len(args):
-        flag, _, inline = args[i].partition("=")
+    for arg in args:  # a renamed flag keeps its value (`--old V`, `--old=V`)
+        flag, eq, value = arg.partition("=")
         if flag in spec.flags:
-            value = inline or (args[i + 1] if i + 1 < len(args) else "")
-            taken = 1 if inline or i + 1 >= len(args) else 2
-            rule = spec.flags[flag]
-            if rule.endswith(MINUTES_TO_SECONDS):
-                target_flag = rule.split()[0]
-                seconds = f"{float(value) * 60:g}"
-                changed.append(f"{flag} {value} is now {target_flag} {seconds}")
-                out += [target_flag, seconds]
-            else:
-                changed.append(f"{flag} is now {rule}")
-                out.append(rule)
-                if taken == 2 or inline:
-                    out.append(value)
-            i += taken
-            continue
-        out.append(args[i])
-        i += 1
+            changed.append(f"{flag} is now {spec.flags[flag]}")
+            arg = spec.flags[flag] + eq + value
+        out.append(arg)
     return new, [*spec.prepend, *out], changed
 
 

@@ -130,3 +130,12 @@ def test_old_module_path_imported_is_the_new_module():
     import experiments.sweep_layers as new
 
     assert old is new
+
+
+def test_renamed_flags_keep_their_values(monkeypatch):
+    from experiments import verbs
+
+    monkeypatch.setitem(verbs.RENAMED, "sweep", verbs.Renamed("sweep-layers", "layer_sweep", {"--old-limit": "--limit"}))
+    new, args, changed = translate("sweep", ["--old-limit", "4", "--old-limit=5", "--contrast", "refusal"])
+    assert (new, args) == ("sweep-layers", ["--limit", "4", "--limit=5", "--contrast", "refusal"])
+    assert changed == ["--old-limit is now --limit"] * 2
