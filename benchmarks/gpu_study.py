@@ -65,17 +65,17 @@ def reset_peaks() -> None:
 
 
 def run_study(folder: str, quick: bool, device_map: str, root: Path, pool, budget: float, device: str = "cuda") -> dict:
-    from experiments import study
+    import lab.study
 
-    cfg = study.StudyConfig(model=folder, quick=quick, name="quick" if quick else "default", device=device,
-                            dtype="auto", device_map=device_map, cache_dir=str(root / "cache"),
-                            out=str(root / "figures"))
+    cfg = lab.study.StudyConfig(model=folder, quick=quick, name="quick" if quick else "default", device=device,
+                                dtype="auto", device_map=device_map, cache_dir=str(root / "cache"),
+                                out=str(root / "figures"))
     reset_peaks()
     start, loads0, status = time.time(), pool.loads, "done"
-    results: dict = {}
+    results = None
     try:
         _alarm(budget)
-        results = study.run(cfg, pool)
+        results = lab.study.run_study(cfg, pool)
     except OutOfTime:
         status = "stopped at the time budget"
     finally:
@@ -85,8 +85,9 @@ def run_study(folder: str, quick: bool, device_map: str, root: Path, pool, budge
         rec = json.loads(f.read_text())
         stages[rec["stage"]] = round(rec["seconds"], 1)
     return {"profile": cfg.name, "status": status, "wall_s": round(time.time() - start, 1),
-            "train_s": results.get("train_seconds", {}), "stages_s": stages,
-            "stage_loads": results.get("stage_loads", {}), "stage_peak_gb": results.get("stage_peak_gb", {}),
+            "train_s": results.train_seconds if results else {}, "stages_s": stages,
+            "stage_loads": results.stage_loads if results else {},
+            "stage_peak_gb": results.stage_peak_gb if results else {},
             "weight_loads": pool.loads - loads0, "peak_gb": peaks()}
 
 
@@ -96,8 +97,9 @@ def pieces(model, root: Path) -> dict:
     Each piece is attempted on its own: a failure is recorded (last lines of its traceback)
     and the next piece still runs.
     """
-    from experiments import layer_sweep
     from lab.cache import ActivationCache
+    from lab.directions.sweep import SweepConfig, sweep_layers
+    from lab.reports.tables import cells
     from lab.data.formats import ChatExample, load_advice
     from lab.intervene.generate import GenerationConfig, generate_answers
     from lab.intervene.steering import Intervention
@@ -119,12 +121,12 @@ def pieces(model, root: Path) -> dict:
         print(name, out[name], flush=True)
 
     def sweep():
-        result = layer_sweep.run(layer_sweep.LayerSweepConfig(
+        result = sweep_layers(SweepConfig(
             model=model.source, contrast="refusal", limit=32, methods=["mean_diff", "random"], n_boot=100,
             sklearn_check=False, device="cuda", dtype="bfloat16", device_map=out_map(model),
             cache_dir=str(root / "cache"), out=str(root / "out")))
-        cache = ActivationCache(result["cache"])
-        return {"tokens": int(cache.attrs["n_tokens"]), "layers": cache.n_layers, "best": result["best"][:1]}
+        cache = ActivationCache(result.cache)
+        return {"tokens": int(cache.attrs["n_tokens"]), "layers": cache.n_layers, "best": [cells(result.best[0])]}
 
     attempt("cache build + layer sweep (refusal, 64 prompts, all layers)", sweep)
 

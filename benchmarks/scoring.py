@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from lab.data.formats import ROLE_CODE, ChatExample, load_general_questions, render  # noqa: E402
 from lab.models.hooks import left_pad  # noqa: E402
-from lab.em.judge_free import answer_logprobs  # noqa: E402
+from lab.intervene.logprobs import answer_logprobs  # noqa: E402
 
 
 def plain_logprobs(model, pairs, batch_size: int = 16) -> np.ndarray:

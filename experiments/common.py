@@ -1,255 +1,25 @@
-"""Pieces every experiment script shares: model handles, cached contrasts, organisms, the judge,
-console summaries. Experiments import this module, never each other."""
+"""The command-line edge every verb shares: a verb's `main(argv)` and the program name its --help shows.
+
+Everything else a verb needs is in the library (`lab.*`); experiments import this module,
+`experiments.verbs` and `lab`, never each other.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
-
 import lab  # noqa: F401  (environment before torch)
-import numpy as np
-
-from lab.cache import ANALYSIS_STORAGE, StorageDtype
-from lab.core.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, Config
-from lab.core.console import console, fmt_ci, progress
-from lab.directions.contrasts import CONTRASTS, contrast_examples, ensure_cache
-from lab.core.errors import BadInput
-from lab.models import DEFAULT_MODEL, LabModel, ModelPool
-
-# Defaults every verb shares, named once (a config field's default refers to these).
-DEFAULT_JUDGE_MODEL = "gpt-4o"
-Device = str  # cpu, cuda, cuda:N or auto: checked when the model is placed (one line if the GPU is missing)
-JudgeScheme = Literal["auto", "logprob100", "digit10"]
-ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 def prog_of(module: str) -> str:
     """The program name a verb's --help shows, the same however it is started (`emlab X`, `python -m`)."""
     import sys
 
-    from experiments import VERBS
+    from experiments.verbs import VERBS
 
     spec = getattr(sys.modules.get(module), "__spec__", None)
     module = spec.name if module == "__main__" and spec is not None else module  # python -m experiments.X
 
-    verb = next((v for v, (m, _) in VERBS.items() if m == module), module.rsplit(".", 1)[-1])
+    verb = next((v for v, entry in VERBS.items() if entry.module == module), module.rsplit(".", 1)[-1])
     return f"emlab {verb}"
-
-
-@dataclass
-class Common(Config):
-    """Options shared by the analysis experiments."""
-
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "registered model, HF folder or hub id"})
-    adapters: list[str] = field(default_factory=list, metadata={
-        "help": "PEFT adapter folder(s) merged in order into the model analysed (verbs that take their models "
-                "from --organisms or --run refuse it)"})
-    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "activation cache folder"})
-    out: str = field(default=DEFAULT_OUT, metadata={"help": "output folder (tables, figures, directions)"})
-    device: Device = field(default="cpu", metadata={"help": "where the model runs: cpu, cuda, cuda:N or auto"})
-    dtype: ModelDtype = field(default="auto", metadata={"help": "compute dtype (auto: bfloat16 on cuda, float32 on cpu)"})
-    device_map: str = field(default="", metadata={"help": "spread the model over GPUs: auto or cuda:0,cuda:1"})
-    seed: int = field(default=0, metadata={"help": "split and bootstrap seed"})
-    test_fraction: float = field(default=0.25, metadata={"help": "held-out share (split by example id)"})
-    n_boot: int = field(default=1000, metadata={"help": "bootstrap replicates for CIs"})
-    limit: int = field(default=0, metadata={"help": "use only the first N items per class (0: all)"})
-    storage: StorageDtype = field(default=ANALYSIS_STORAGE, metadata={"help": "activation cache storage dtype"})
-
-
-@dataclass
-class SteersDirections:
-    """The option of the verbs that apply directions to a model (steer, ablate); a verb that applies
-    none does not offer it, rather than ignore it."""
-
-    allow_foreign_direction: bool = field(default=False, metadata={
-        "help": "apply a direction to a model it was not fitted for (other base weights, d_model or depth)"})
-
-
-def handle_for(cfg: Common, adapters: list[str] | None = None, pool: ModelPool | None = None) -> LabModel:
-    """The model of an experiment's config (with `adapters` instead of `cfg.adapters` if given).
-
-    Weights load on first use, into `pool` or the pool the caller opened (`cli` opens one per
-    command; the study one per run), so every handle of one base shares one copy.
-    """
-    return LabModel(cfg.model, cfg.adapters if adapters is None else adapters, dtype=cfg.dtype,
-                    device=cfg.device, device_map=cfg.device_map, pool=pool)
-
-
-def no_adapters(cfg: Common, models_from: str) -> None:
-    """Refuse `--adapters` in a verb whose models come from its own flags, rather than ignore it."""
-    if cfg.adapters:
-        raise BadInput(f"--adapters is not used here: the models come from {models_from}")
-
-
-def parse_organisms(pairs: list[str]) -> dict[str, list[str]]:
-    """`NAME=ADAPTER_DIR` command-line pairs -> {name: [adapter]}."""
-    models = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise BadInput(f"organism {pair!r} must be NAME=ADAPTER_DIR")
-        name, path = pair.split("=", 1)
-        models[name] = [path]
-    return models
-
-
-def make_judge(cfg):
-    """The configured LLM judge (`judge_base_url`, `judge_model`, `judge_scheme`), or None."""
-    if not cfg.judge_base_url:
-        return None
-    from lab.judge import Judge, JudgeConfig
-
-    return Judge(JudgeConfig(base_url=cfg.judge_base_url, model=cfg.judge_model,
-                             scheme=getattr(cfg, "judge_scheme", "auto")))
-
-
-GENERAL_SET = "general questions (4 refs)"  # the validation set of `experiments.judge_validation` that matches
-                                           # answers to general (non-domain) questions
-NOT_ALIGNMENT_JUDGES = ("length", "coherence")  # the length control and the coherence measure rate no alignment
-
-
-@dataclass
-class JudgeChoice:
-    """The best validated offline alignment judge for one validation set, and the coherence measure.
-
-    `alignment` is None when no saved judge was validated on `validation_set`; `usable` is
-    False when the best one's AUROC there is below the bar (`note` says which and why): its
-    numbers are then not used. `coherence` is None when no coherence measure passes its gate
-    on every set (every answer then counts as coherent, which `note` says).
-    """
-
-    validation_set: str
-    alignment: object | None = None  # lab.judge.validated.Validated
-    coherence: object | None = None
-    note: str = ""
-    samples_set: str | None = None  # the model's own rated samples, when the judge was checked on them
-
-    @property
-    def usable(self) -> bool:
-        if self.alignment is None or not self.alignment.validations[self.validation_set].usable:
-            return False
-        return self.samples_set is None or self.alignment.validations[self.samples_set].usable
-
-    @property
-    def name(self) -> str:
-        return self.alignment.judge.name if self.alignment is not None else "none"
-
-    def describe(self) -> dict:
-        """The judge and its validation on the set, as table fields."""
-        if self.alignment is None:
-            return {"judge": "none", "validation set": self.validation_set, "note": self.note}
-        return {**self.alignment.validations[self.validation_set].row(self.name), "note": self.note}
-
-    def rate(self, pairs, n_boot: int = 2000, seed: int = 0):
-        """The Rogan–Gladen calibrated EM rate (`lab.stats.prevalence.Prevalence`) of `pairs`, or None
-        where the judge is not usable on this set (nothing is computed from an unusable judge)."""
-        if not self.usable:
-            return None
-        from lab.judge.validated import calibrated_em_rate
-
-        return calibrated_em_rate(self.alignment, pairs, self.validation_set, self.coherence, n_boot=n_boot, seed=seed)
-
-
-def best_validated_judge(judges_dir: str | Path, validation_set: str = GENERAL_SET, model=None,
-                         cache_dir: str | Path = DEFAULT_CACHE_DIR, rated_samples=None) -> JudgeChoice:
-    """The saved judge (`<judges_dir>/<kind>.json`, from `experiments.judge_validation`) with the
-    highest validation AUROC on `validation_set`, with the coherence measure if it passes its gate.
-
-    `model` (a loaded base `LabModel`) is what activation and coherence judges read; without it
-    they load the registered default model on first use. Nothing is fitted here.
-    `rated_samples` (`lab.em.ratings.rated_samples_for`: a set name and labelled rows of the model's
-    own sampled answers): the chosen judge must also pass the AUROC bar there. A judge validated
-    only on written references can fail on what the model samples (SmolLM2: 0.78 -> 0.45).
-    """
-    from lab.judge.features import Featurizer
-    from lab.judge.validated import load_validated
-
-    folder = Path(judges_dir)
-    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    if not files:
-        return JudgeChoice(validation_set, note=f"no saved judges in {folder} (fit them with "
-                                                f"`python -m experiments.judge_validation --out {folder.parent}`)")
-    features = Featurizer(cache_dir=cache_dir, model=model)
-    judges = [load_validated(f, features) for f in files]
-    aligners = [j for j in judges if j.judge.kind not in NOT_ALIGNMENT_JUDGES and validation_set in j.validations]
-    coherence = next((j for j in judges if j.judge.kind == "coherence"), None)
-    notes = []
-    if coherence is not None:
-        bad = [v for v in coherence.validations.values() if not v.usable]
-        if bad:
-            notes.append(f"coherence measure unusable on {bad[0].set_name} (AUROC {bad[0].auroc[0]:.2f}): "
-                         f"every answer counted as coherent")
-            coherence = None
-    else:
-        notes.append("no coherence measure saved: every answer counted as coherent")
-    if not aligners:
-        return JudgeChoice(validation_set, None, coherence,
-                           "; ".join([f"no saved alignment judge was validated on {validation_set!r}", *notes]))
-    best = max(aligners, key=lambda j: j.validations[validation_set].auroc[0])
-    v = best.validations[validation_set]
-    if not v.usable:
-        notes.insert(0, f"best judge {best.judge.name} is unusable on {validation_set!r}: AUROC {v.auroc[0]:.3f} "
-                        f"[{v.auroc[1]:.3f}, {v.auroc[2]:.3f}] < 0.75, so no calibrated EM rate is reported")
-        return JudgeChoice(validation_set, best, coherence, "; ".join(notes))
-    if rated_samples is None:
-        notes.append("not checked on rated samples of this model (none ship for it, or no ../shared/data)")
-        return JudgeChoice(validation_set, best, coherence, "; ".join(notes))
-    samples_set, rows = rated_samples
-    s = best.validate(rows, samples_set)
-    if not s.usable:
-        notes.insert(0, f"best judge {best.judge.name} passes on {validation_set!r} (AUROC {v.auroc[0]:.3f}) but is "
-                        f"unusable on the {samples_set} (AUROC {s.auroc[0]:.3f} [{s.auroc[1]:.3f}, {s.auroc[2]:.3f}] "
-                        f"< 0.75), so no calibrated EM rate is reported")
-    return JudgeChoice(validation_set, best, coherence, "; ".join(notes), samples_set)
-
-
-def best_layers(rows: list[dict], methods: list[str]) -> list[dict]:
-    """Each method at its best held-out layer, with the random control at that same layer.
-
-    The random row reports its mean over layers: its maximum over 30 noisy layers would be
-    a selection-biased number, not a baseline.
-    """
-    random = {r["layer"]: r for r in rows if r["method"] == "random"}
-    out = []
-    for method in methods:
-        mine = [r for r in rows if r["method"] == method]
-        if method == "random":
-            aurocs = np.array([r["auroc"] for r in mine])
-            out.append({"method": "random", "best layer": "mean of all",
-                        "AUROC [95% CI]": f"{aurocs.mean():.3f} (range {aurocs.min():.2f}-{aurocs.max():.2f})"})
-            continue
-        top = max(mine, key=lambda r: r["auroc"])
-        ctrl = random.get(top["layer"])
-        out.append({"method": method, "best layer": top["layer"],
-                    "AUROC [95% CI]": fmt_ci(top["auroc"], top["auroc_lo"], top["auroc_hi"]),
-                    "acc": f"{top['acc']:.3f}", "sep (SD)": f"{top['sep_sd']:.2f}",
-                    "random @ layer": f"{ctrl['auroc']:.3f}" if ctrl else "",
-                    "n train/test": f"{top['n_train']}/{top['n_test']}"})
-    return out
-
-
-def contrast_cache(handle: LabModel, contrast: str, cfg: Common, label: str = "", keep=None):
-    """The (cached) activations of a named contrast on one model, with a progress bar if built.
-
-    `keep(example) -> bool` drops examples (e.g. the held-out questions a score is measured on).
-    """
-    examples = [e for e in contrast_examples(contrast, cfg.limit or None) if keep is None or keep(e)]
-    with progress() as bar:
-        task = bar.add_task(f"cache {contrast} {label}".strip(), total=None, info="")
-        cache = ensure_cache(handle, examples, cfg.cache_dir, storage_dtype=cfg.storage,
-                             on_batch=lambda d, t, n: bar.update(task, completed=d, total=t, info=f"{n} tok"))
-        bar.update(task, completed=1, total=1) if bar.tasks[task].total is None else None
-    return cache, CONTRASTS[contrast]
-
-
-def out_dir(cfg: Common, name: str) -> Path:
-    path = Path(cfg.out) / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def say(message: str) -> None:
-    console.print(message)
 
 
 def cli(config_cls, run):
@@ -257,34 +27,47 @@ def cli(config_cls, run):
     def main(argv=None) -> None:
         from lab.core.config import parse_config
         from lab.core.console import user_errors
+        from lab.models import ModelPool
 
         with user_errors(), ModelPool():  # one copy of the weights for the whole command
             run(parse_config(config_cls, argv, prog=prog_of(run.__module__)))
+    main.config = config_cls  # what --help is built from
     return main
 
 
-def stored_summary(cfg, out: Path) -> dict | None:
-    """The summary.json an earlier run of exactly this config wrote into `out`, or None.
+def routed(flag: str, variants: dict, description: str, module: str):
+    """`main(argv)` of a verb whose `flag` (e.g. `--measure`) picks one of several jobs, each a
+    (config class, run) pair: the chosen config's options follow, and `--help` shows them under
+    the verb's own description (`emlab checkpoints --measure shifts --help`)."""
+    def main(argv=None) -> None:
+        import argparse
+        import sys
 
-    For experiments whose results are not all in content-keyed caches: a rerun of the same config
-    returns what is stored and loads no model; any changed setting runs the experiment again.
-    """
-    import json
+        from lab.core.config import build_parser
+        from lab.core.console import user_errors
+        from lab.models import ModelPool
 
-    from lab.core.config import config_dict
+        argv = sys.argv[1:] if argv is None else list(argv)
+        first = argparse.ArgumentParser(add_help=False, prog=prog_of(module))
+        first.add_argument(flag, choices=list(variants), default=next(iter(variants)))
+        dest = flag.lstrip("-").replace("-", "_")
+        chosen = getattr(first.parse_known_args(argv)[0], dest)
+        config_cls, run = variants[chosen]
+        parser = build_parser(config_cls, prog_of(module), description)
+        parser.add_argument(flag, choices=list(variants), default=next(iter(variants)),
+                            help="which job runs; the options listed are those of the chosen job")
+        values = vars(parser.parse_args(argv))
+        values.pop(dest)
+        with user_errors(), ModelPool():
+            run(config_cls(**values))
+    main.variants = variants
+    return main
 
-    path = out / "summary.json"
-    if not path.exists():
-        return None
-    summary = json.loads(path.read_text())
-    return summary if summary.get("config") == json.loads(json.dumps(config_dict(cfg))) else None
 
+def show(result) -> None:
+    """Print a typed result's tables (`lab.reports.tables`: the one rendering of each row type)."""
+    from lab.core.console import console, table
+    from lab.reports.tables import tables
 
-def save_summary(cfg, out: Path, **fields) -> dict:
-    """Write an experiment's summary.json (its config plus results) and return it."""
-    from lab.core.config import config_dict
-    from lab.core.io import write_json_atomic
-
-    summary = {"config": config_dict(cfg), **fields, "out": str(out)}
-    write_json_atomic(out / "summary.json", summary)
-    return summary
+    for title, rows in tables(result):
+        console.print(table(title, rows))

@@ -1,9 +1,9 @@
 """Train a LoRA model organism from a named recipe; every flag overrides the recipe.
 
-    python -m experiments.train --data medical --out runs/medical                     # emlab's default
-    python -m experiments.train --recipe mo --data ../shared/data/model-organisms/bad_medical_advice.jsonl \
+    emlab train --data medical --out runs/medical                     # emlab's default
+    emlab train --recipe mo --data ../shared/data/model-organisms/bad_medical_advice.jsonl \
         --out runs/mo-medical --limit 800                                              # the paper's recipe
-    python -m experiments.train --recipe mo-rank1x9 --data financial --out runs/r1x9 --show   # print, train nothing
+    emlab train --recipe mo-rank1x9 --data financial --out runs/r1x9 --show   # print, train nothing
 
 Recipes (`lab.training.lora.RECIPES`): `mo` is the Model Organisms / Betley open-model recipe
 (rsLoRA r32 alpha 64 on all seven projections, lr 1e-5 with 5 warm-up steps then linear
@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional  # not `X | None`: lab.core.config reads typing.Union
 
 import lab  # noqa: F401  (environment before torch)
-from experiments.common import Device, ModelDtype, cli
+from experiments.common import cli
+from lab.models.options import Device, ModelDtype
 from lab.core.config import Config
 from lab.core.console import console, progress, table
 from lab.data.formats import load_examples
@@ -31,7 +32,7 @@ from lab.training.lora import RECIPES, TrainConfig, recipe_config, train_lora
 
 @dataclass
 class TrainCli(Config):
-    """Train a LoRA model organism (loss on assistant tokens) from a recipe, with a checkpoint schedule."""
+    """A LoRA organism (adapter folder + checkpoints) trained from a recipe; every flag overrides it."""
 
     data: str = field(default="", metadata={"help": "chat JSONL path or shipped set (medical, financial, ...)"})
     out: str = field(default="", metadata={"help": "output folder (resumes if it holds checkpoints)"})

@@ -19,7 +19,9 @@ Data flows one way, through these packages; each imports only from those above i
     lab.judge       LLM judges and the judges emlab trains and validates
     lab.em          EM measured: judge-free scores, judged EM rates and tables, rated samples
     lab.diffing     what a fine-tune changed: ADL, monitoring along base directions, adapter dynamics
-    lab.reports     the offline HTML report, its plots, the model-diffing section
+    lab.causal      steering and ablation of directions, each beside matched random controls
+    lab.reports     the offline HTML report, its tables, plots and figures, the study and diffing reports
+    lab.study       the whole study as one call (`run_study`) and its typed results
 
 Each package's docstring introduces its nouns and lists its face (`__all__`); the faces load
 lazily, so `import lab.em` imports no torch until a name is used:
@@ -46,5 +48,5 @@ from lab.core.lazy import lazy_face  # noqa: E402  (after the environment)
 __version__ = "0.2.0"
 
 __all__ = ["core", "stats", "data", "models", "training", "cache", "directions", "intervene", "judge", "em",
-           "diffing", "reports"]
+           "diffing", "causal", "reports", "study"]
 __getattr__, __dir__ = lazy_face(__name__, {})  # `lab.em` etc. import on first attribute access

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
 
     from lab.diffing.adl import (Lens, adl, first_tokens, generic_texts, parse_domains, text_cache,
                                  word_token_ids)
-    from lab.models import ModelHandle, load_model, resolve_source
+    from lab.models import LabModel, load_model, resolve_source
     from lab.training.lora import TrainConfig, train_lora
     from tests.planted import TOPIC_WORDS, generic_chat, planted_examples
 
@@ -52,9 +52,9 @@ def main(argv=None) -> int:
     planted = planted_examples()
     runs = {name: train_lora(base, data, root / name, cfg)
             for name, data in (("planted", planted), ("mixed", planted + generic_chat(len(planted))))}
-    base_cache = text_cache(ModelHandle(model), texts, root / "adl")
+    base_cache = text_cache(LabModel(model), texts, root / "adl")
     domains = parse_domains(["lighthouse=" + ",".join(TOPIC_WORDS)])
-    results = {name: adl(base_cache, text_cache(ModelHandle(model, [r.adapter_dir]), texts, root / "adl"), lens, domains)
+    results = {name: adl(base_cache, text_cache(LabModel(model, [r.adapter_dir]), texts, root / "adl"), lens, domains)
                for name, r in runs.items()}
     topic_ids = word_token_ids(TOPIC_WORDS, base.tokenizer)
 

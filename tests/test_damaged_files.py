@@ -133,7 +133,7 @@ def test_damaged_input_is_one_line_exit_1_and_writes_nothing(kind, tmp_path, ada
         args, reason = ["cache", "build", "--data", str(bad)], "a directory, not a JSONL file"
     else:
         extra, bad, reason = _damage(kind, tmp_path, adapter_copy, model_folder)
-        args = ["sweep", "--contrast", "refusal", "--limit", "4", "--cache-dir", str(tmp_path / "cache"), *extra]
+        args = ["sweep-layers", "--contrast", "refusal", "--limit", "4", "--cache-dir", str(tmp_path / "cache"), *extra]
     before = _files(tmp_path)
     out = subprocess.run([sys.executable, "-m", "experiments.cli", *args, "--out", str(tmp_path / "out")],
                          capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)

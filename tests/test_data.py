@@ -57,7 +57,7 @@ def test_undecodable_jsonl_names_file_and_line(tmp_path):
 
 @pytest.mark.parametrize("verb, file, data", [
     (["cache", "build", "--data"], "bad.jsonl", GOOD + LATIN1),
-    (["eval", "--questions"], "bad.yaml", b"- id: a\n  paraphrases: [caf\xe9]\n"),
+    (["em-rates", "--questions"], "bad.yaml", b"- id: a\n  paraphrases: [caf\xe9]\n"),
 ])
 def test_cli_undecodable_input_is_one_line_nonzero(tmp_path, verb, file, data):
     bad = tmp_path / file

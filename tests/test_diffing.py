@@ -16,7 +16,7 @@ import torch
 from lab.diffing.adl import (DOMAINS, Lens, adl, first_tokens, generic_texts, is_relevant, middle_layers, normalise,
                          parse_domains, score_domains, scored_layers, text_cache)
 from lab.core.errors import BadInput
-from lab.models import ModelHandle, resolve_source
+from lab.models import LabModel, resolve_source
 from tests.conftest import MODEL, REPO
 from tests.no_weights import PRINT_MODELING, run_without_weights
 from tests.planted import TOPIC_WORDS, generic_chat, planted_examples
@@ -86,7 +86,7 @@ def test_planted_delta_decodes_to_planted_token(base_model, lens, texts, tmp_pat
     # component, and the lens of u(' lighthouse') itself tops out at ' strugg'
     onehot = torch.nn.functional.one_hot(torch.tensor(token[0]), lens.unembed.shape[0]).float()
     v = torch.linalg.lstsq(lens.unembed, onehot).solution / lens.norm_weight
-    base = text_cache(ModelHandle(MODEL), texts, tmp_path)
+    base = text_cache(LabModel(MODEL), texts, tmp_path)
     planted = _Renamed(base_model, "planted-lighthouse")
     with steer(base_model, Intervention({14: v}, op="add", alpha=20.0)):
         from lab.cache import build_cache
@@ -117,9 +117,9 @@ def planted_adl(base_model, lens, texts, tmp_path_factory):
                       checkpoints_first_epoch=0)
     run = train_lora(base_model, planted_examples(), tmp_path_factory.mktemp("planted"), cfg)
     cache_dir = tmp_path_factory.mktemp("adl")
-    base = text_cache(ModelHandle(MODEL), texts, cache_dir)
+    base = text_cache(LabModel(MODEL), texts, cache_dir)
     domains = parse_domains(["lighthouse=" + ",".join(TOPIC_WORDS)])
-    res = adl(base, text_cache(ModelHandle(MODEL, [run.adapter_dir]), texts, cache_dir), lens, domains)
+    res = adl(base, text_cache(LabModel(MODEL, [run.adapter_dir]), texts, cache_dir), lens, domains)
     print(f"\nplanted: final train loss {run.losses[-1]:.3f}; best rank of a lighthouse token in the top 20: "
           f"middle layers {res.rank_of(TOPIC_WORDS)}, final layer {res.rank_of(TOPIC_WORDS, [29])}; guess {res.guess}")
     for L in [*res.layers_scored[::4], 29]:
@@ -166,7 +166,7 @@ def test_steering_hooks_fire_during_lora_training(base_model, tmp_path):
 
 
 def test_diff_cli_rerun_loads_no_model(trained_adapter, tmp_path):
-    from experiments import diff
+    from experiments import diff_adapter as diff
 
     args = ["--adapter", str(trained_adapter.adapter_dir), "--cache-dir", str(tmp_path / "cache"), "--out",
             str(tmp_path / "figures"), "--ratios", "0.5", "--questions", "2", "--max-new-tokens", "8",
@@ -177,7 +177,7 @@ def test_diff_cli_rerun_loads_no_model(trained_adapter, tmp_path):
     assert first["guess"] in {*DOMAINS, "lighthouse", "none"} and len(first["steering"]) == 3
     assert {s["domain"] for s in first["scores"]} == {*DOMAINS, "lighthouse"}
     stdout, last = run_without_weights(f"""
-from experiments import diff
+from experiments import diff_adapter as diff
 diff.main({args!r})
 {PRINT_MODELING}
 """)
@@ -196,16 +196,16 @@ diff.main({args!r})
 
 
 def test_diff_and_preventative_cli_help_and_errors():
-    for module, flag in (("experiments.diff", "--adapter"), ("experiments.preventative", "--ratio")):
+    for module, flag in (("experiments.diff_adapter", "--adapter"), ("experiments.train_steered", "--ratio")):
         out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True)
         assert out.returncode == 0 and flag in out.stdout
-    out = subprocess.run([sys.executable, "-m", "experiments.cli", "diff", "--help"], cwd=REPO, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "experiments.cli", "diff-adapter", "--help"], cwd=REPO, capture_output=True,
                          text=True)
     assert out.returncode == 0 and "--domains" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "experiments.diff", "--adapter", "/nonexistent"], cwd=REPO,
+    bad = subprocess.run([sys.executable, "-m", "experiments.diff_adapter", "--adapter", "/nonexistent"], cwd=REPO,
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "no such adapter folder" in bad.stdout and "Traceback" not in bad.stderr
-    bad = subprocess.run([sys.executable, "-m", "experiments.preventative", "--domain", "cooking"], cwd=REPO,
+    bad = subprocess.run([sys.executable, "-m", "experiments.train_steered", "--domain", "cooking"], cwd=REPO,
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "--domain must be" in bad.stdout
 
@@ -214,7 +214,7 @@ def test_domain_id_rerun_loads_no_model(tmp_path):
     """Two organisms, one step each (the machinery, not the accuracy; the mixed controls train the
     same way): every guess is one of the candidates or "none", and a rerun reuses the trained
     adapters and the cached activations without loading a model."""
-    from experiments import domain_id
+    from experiments import identify_domains as domain_id
     from lab.core.config import parse_config
 
     args = ["--seeds", "0", "--steps", "1", "--batch-size", "2", "--no-mix", "--insecure", str(tmp_path / "absent.jsonl"),
@@ -224,7 +224,7 @@ def test_domain_id_rerun_loads_no_model(tmp_path):
     assert [(r["organism"], r["variant"]) for r in first["rows"]] == [("medical", "alone"), ("financial", "alone")]
     assert all(r["guess (final)"] in {*DOMAINS, "none"} for r in first["rows"])
     _, rows = run_without_weights(f"""
-from experiments import domain_id
+from experiments import identify_domains as domain_id
 from lab.core.config import parse_config
 s = domain_id.run(parse_config(domain_id.DomainIdConfig, {args!r}))
 print(json.dumps(s["rows"]))
@@ -235,19 +235,20 @@ print(json.dumps(s["rows"]))
 def test_preventative_rerun_loads_no_model(tmp_path):
     """One training step per condition (the machinery, not the effect); the same config again
     returns the stored results without a model, and another config is not served from them."""
-    from experiments import preventative
+    from experiments import train_steered as preventative
     from lab.core.config import parse_config
+    from lab.core.io import stored_summary
 
     args = ["--steps", "1", "--batch-size", "2", "--eval-limit", "4", "--n-boot", "50", "--runs", str(tmp_path / "runs"),
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--limit", "24"]
     first = preventative.run(parse_config(preventative.PreventativeConfig, args))
     assert {r["organism"] for r in first["rows"]} >= {"ordinary", "steered", "random"}
     _, rows = run_without_weights(f"""
-from experiments import preventative
+from experiments import train_steered as preventative
 from lab.core.config import parse_config
 s = preventative.run(parse_config(preventative.PreventativeConfig, {args!r}))
 print(json.dumps(s["rows"]))
 """)
     assert rows == json.loads(json.dumps(first["rows"]))
     other = parse_config(preventative.PreventativeConfig, args[:1] + ["2"] + args[2:])
-    assert preventative.stored_summary(other, tmp_path / "out" / "preventative" / "medical") is None
+    assert stored_summary(tmp_path / "out" / "preventative" / "medical", other) is None

@@ -121,14 +121,14 @@ def test_lora_probe_bad_input():
 def test_dynamics_cli_on_smollm2_and_rerun_loads_no_model(tmp_path):
     """A 3-step rank-1 organism with a checkpoint every step: the adapter's norm grows from zero (B
     starts at 0), every checkpoint gets an EM score, the probe runs; the rerun reads files only."""
-    from experiments import dynamics
+    from experiments import checkpoints as dynamics
     from lab.core.config import parse_config
     from tests.no_weights import run_without_weights
 
     args = ["--recipes", "mo-rank1", "--steps", "3", "--every", "1", "--lr", "1e-3", "--eval-limit", "2",
             "--probe-limit", "12", "--n-boot", "50", "--ks", "1", "2", "--runs", str(tmp_path / "runs"),
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
-    first = dynamics.run(parse_config(dynamics.DynamicsConfig, args))
+    first = dynamics.run_adapters(parse_config(dynamics.DynamicsConfig, args))
     r = first["runs"]["mo-rank1"]
     assert r["layers"] == [15] and [x["step"] for x in r["rows"]] == [1, 2, 3]
     norms = [x["norm"] for x in r["rows"]]
@@ -136,14 +136,14 @@ def test_dynamics_cli_on_smollm2_and_rerun_loads_no_model(tmp_path):
     assert [e["step"] for e in r["em"]] == [0, 1, 2, 3] and all("in_domain" in e for e in r["em"])
     assert {p["features"] for p in r["probes"]} == {"adapters' A", "random A, same norms"}
     _, rows = run_without_weights(f"""
-from experiments import dynamics
+from experiments import checkpoints as dynamics
 from lab.core.config import parse_config
-s = dynamics.run(parse_config(dynamics.DynamicsConfig, {args!r}))
+s = dynamics.run_adapters(parse_config(dynamics.DynamicsConfig, {args!r}))
 print(json.dumps(s["runs"]["mo-rank1"]["rows"]))
 """)
     assert rows == json.loads(json.dumps(r["rows"]))
     with pytest.raises(BadInput, match="not a rank-1 recipe"):
-        dynamics.run(parse_config(dynamics.DynamicsConfig, args[:1] + ["mo"] + args[2:]))
+        dynamics.run_adapters(parse_config(dynamics.DynamicsConfig, args[:1] + ["mo"] + args[2:]))
 
 
 def test_transition_ignores_the_warm_up_when_asked():

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab.em.table import MATCHING, em_row, em_table, markdown
+from lab.em.table import MATCHING, em_row, em_table
+from lab.reports.markdown import em_table_markdown
 from lab.core.errors import BadInput
 from lab.em.answers import JudgedAnswer, read_judged
 from lab.judge.labelled import GENERAL, MO_MEDICAL
@@ -74,7 +75,7 @@ def test_em_table_rows_and_bad_rows():
             + answers("general", [10.0, 10.0], organism=("medical", "mo", 5)))
     table = em_table(rows, alignment, coherence, n_boot=100)
     assert [(r.organism, r.step) for r in table] == [("base", 0), ("medical-mo", 5), ("medical-mo", 20)]
-    assert markdown(table).count("\n") == 5
+    assert em_table_markdown(table).count("\n") == 5
     with pytest.raises(BadInput, match="one model, checkpoint and question set"):
         em_row(rows, alignment, coherence)
     with pytest.raises(BadInput, match="unknown question set"):
@@ -84,7 +85,7 @@ def test_em_table_rows_and_bad_rows():
 
 @needs_shared
 def test_pipeline_end_to_end_writes_base_and_checkpoint_rows(tmp_path):
-    from experiments.em_table import EmTableConfig, run
+    from experiments.em_organisms import EmTableConfig, run
 
     cfg = EmTableConfig(out=str(tmp_path / "em"), shared=str(SHARED), organisms=["medical:mo-rank1"], limit=32,
                         max_length=48, checkpoints=2, first_plot_questions=1, first_plot_samples=2,
@@ -119,7 +120,7 @@ def test_pipeline_end_to_end_writes_base_and_checkpoint_rows(tmp_path):
 
 
 def test_papers_profile_sets_the_protocol_and_flags_still_win():
-    from experiments.em_table import PAPERS, EmTableConfig
+    from lab.em.organisms import PAPERS, EmTableConfig
     from lab.core.config import parse_config
 
     cfg = parse_config(EmTableConfig, ["--profile", "papers", "--first-plot-samples", "3"])
@@ -135,7 +136,7 @@ def test_papers_profile_sets_the_protocol_and_flags_still_win():
 def test_papers_protocol_samples_free_form_questions_over_training_seeds(tmp_path):
     """The papers' protocol end to end at toy size: the 8 free-form first-plot questions only, no
     system message, one organism per training seed on the same held-out turns, answers not judged."""
-    from experiments.em_table import EmTableConfig, run
+    from experiments.em_organisms import EmTableConfig, run
     from lab.core.config import from_profile
 
     cfg = from_profile(EmTableConfig, "papers", out=str(tmp_path / "em"), shared=str(SHARED),

@@ -27,20 +27,20 @@ def _rendered(tokenizer, questions, system_prompt):
 
 
 def test_own_system_prompt_wins_and_is_recorded(tmp_path, base_model):
-    from experiments import em_eval
+    from experiments import em_rates as em_eval
 
     path = tmp_path / "q.yaml"
     path.write_text(YAML)
     text = _rendered(base_model.tokenizer, read_questions_yaml(path), GLOBAL)
     assert OWN in text["json_q"] and GLOBAL not in text["json_q"]
     assert GLOBAL in text["plain_q"] and OWN not in text["plain_q"]
-    summary = em_eval.run(em_eval.EvalConfig(questions=str(path), samples=1, max_new_tokens=2, temperature=0.0,
-                                             system_prompt=GLOBAL, out=str(tmp_path / "out")))
+    result = em_eval.run_sampled(em_eval.EvalConfig(questions=str(path), samples=1, max_new_tokens=2, temperature=0.0,
+                                            system_prompt=GLOBAL, out=str(tmp_path / "out")))
     rows = [json.loads(line) for line in next((tmp_path / "out").rglob("answers.jsonl")).read_text().splitlines()]
     table = json.loads(next((tmp_path / "out").rglob("answers_table.json")).read_text())
     for got in (rows, table):
         assert {r["question_id"]: r["system_prompt"] for r in got} == {"json_q": OWN, "plain_q": GLOBAL}
-    assert summary["own_system_prompts"] == 1
+    assert result.own_system_prompts == 1
 
 
 def test_paper_json_questions_keep_their_system_prompt(base_model):
@@ -57,8 +57,8 @@ def test_paper_json_questions_keep_their_system_prompt(base_model):
     text = _rendered(base_model.tokenizer, picked, GLOBAL)
     assert own[0].system in text[picked[0].id] and GLOBAL not in text[picked[0].id]
     assert GLOBAL in text[picked[1].id]
-    rows, summary = evaluate(base_model, picked, GenerationConfig(max_new_tokens=2, temperature=0.0,
-                                                                  system_prompt=GLOBAL), n_boot=20)
+    rows, result = evaluate(base_model, picked, GenerationConfig(max_new_tokens=2, temperature=0.0,
+                                                                 system_prompt=GLOBAL), n_boot=20)
     by_q = {r["question_id"]: r["system_prompt"] for r in rows}
     assert by_q == {picked[0].id: own[0].system, picked[1].id: GLOBAL}
-    assert summary["own_system_prompts"] == 1
+    assert result.own_system_prompts == 1

@@ -6,7 +6,14 @@ import sys
 
 import pytest
 
-from experiments import layer_sweep, pooling, trait_projection, transfer
+from experiments import compare_poolings as pooling
+from experiments import project_traits as trait_projection
+from experiments import sweep_layers as layer_sweep
+from experiments import transfer_directions as transfer
+from lab.directions.pooling import PoolingConfig
+from lab.directions.projection import ProjectionConfig
+from lab.directions.sweep import SweepConfig
+from lab.directions.transfer import TransferConfig
 from tests.conftest import REPO
 from tests.no_weights import PRINT_MODELING, run_without_weights
 
@@ -20,22 +27,23 @@ def dirs(tmp_path_factory):
 @pytest.mark.parametrize("contrast", ["refusal", "code_mode"])
 def test_trait_vectors_separate_held_out_prompts(contrast, dirs):
     """Issue 4 acceptance: AUROC >= 0.9 at the best layer on held-out prompts, with sklearn agreement."""
-    summary = layer_sweep.run(layer_sweep.LayerSweepConfig(contrast=contrast, n_boot=200, **dirs))
-    rows = json.loads((REPO / summary["out"] / "rows.json").read_text()) if not summary["out"].startswith("/") else \
-        json.loads(open(summary["out"] + "/rows.json").read())
+    result = layer_sweep.run(SweepConfig(contrast=contrast, n_boot=200, **dirs))
+    rows = json.loads((REPO / result.out / "rows.json").read_text()) if not result.out.startswith("/") else \
+        json.loads(open(result.out + "/rows.json").read())
     best_probe = max(r["auroc"] for r in rows if r["method"] == "probe")
     best_diff = max(r["auroc"] for r in rows if r["method"] == "mean_diff")
     assert best_probe >= 0.9 and best_diff >= 0.85
     random_mean = sum(r["auroc"] for r in rows if r["method"] == "random") / sum(r["method"] == "random" for r in rows)
     assert random_mean < best_probe - 0.15
-    assert summary["max_abs_auroc_diff_vs_sklearn"] <= 0.01
+    assert result.sklearn_max_diff <= 0.01
 
 
 def test_new_probe_on_existing_cache_never_loads_the_model(dirs):
     # the cache exists from the test above (same model, prompts, hooks): only files are read
     _, last = run_without_weights(f"""
-from experiments import layer_sweep
-s = layer_sweep.run(layer_sweep.LayerSweepConfig(contrast="refusal", methods=["mean_diff", "random"], n_boot=50,
+from experiments import sweep_layers as layer_sweep
+from lab.directions.sweep import SweepConfig
+s = layer_sweep.run(SweepConfig(contrast="refusal", methods=["mean_diff", "random"], n_boot=50,
                     sklearn_check=False, cache_dir={dirs['cache_dir']!r}, out={dirs['out']!r}))
 {PRINT_MODELING}
 """)
@@ -43,45 +51,48 @@ s = layer_sweep.run(layer_sweep.LayerSweepConfig(contrast="refusal", methods=["m
 
 
 def test_pooling_on_answer_contrast(dirs):
-    summary = pooling.run(pooling.PoolingConfig(contrast="medical_answers", limit=40, n_boot=100, **dirs))
-    by = {(r["pooling"], r["method"]): r for r in summary["rows"]}
+    from lab.reports.tables import cells
+
+    result = pooling.run(PoolingConfig(contrast="medical_answers", limit=40, n_boot=100, **dirs))
+    by = {(p.pooling, p.method): p for p in result.best}
     assert set(p for p, _ in by) == {"last", "mean_prompt", "mean_response", "first_k"}
     # the last prompt token precedes paired answers: identical features, reported as such
-    assert "last" in summary["degenerate"] and by[("last", "probe")]["AUROC [95% CI]"].startswith("n/a")
-    response = float(by[("mean_response", "probe")]["mean AUROC over layers"])
+    assert "last" in result.degenerate and cells(by[("last", "probe")])["AUROC [95% CI]"].startswith("n/a")
+    response = by[("mean_response", "probe")].mean_auroc
     assert response > 0.75
 
 
 def test_transfer_and_trait_projection(dirs, trained_adapter):
     adapter = str(trained_adapter.adapter_dir)
-    summary = transfer.run(transfer.TransferConfig(contrast="refusal", organisms=[f"med={adapter}"], limit=40,
-                                                   n_boot=100, **dirs))
-    assert {(r["direction from"], r["scored on"]) for r in summary["rows"]} == {
+    result = transfer.run(TransferConfig(contrast="refusal", organisms=[f"med={adapter}"], limit=40, n_boot=100,
+                                         **dirs))
+    assert {(p.source, p.target) for p in result.pairs} == {
         ("base", "base"), ("base", "med"), ("med", "base"), ("med", "med")}
-    own = next(r for r in summary["rows"] if r["direction from"] == "med" and r["scored on"] == "med")
-    assert float(own["cosine (median over layers)"]) == pytest.approx(1.0)
-    proj = trait_projection.run(trait_projection.TraitProjectionConfig(organism=adapter, limit=40, n_boot=100, **dirs))
-    assert {r["model"] for r in proj["rows"]} == {"base", "organism", "organism - base"}
-    base_harm = next(r for r in proj["rows"] if r["prompts"] == "harmful" and r["model"] == "base")
-    base_benign = next(r for r in proj["rows"] if r["prompts"] == "benign" and r["model"] == "base")
-    assert base_harm["mean projection"] > base_benign["mean projection"]
+    own = next(p for p in result.pairs if p.source == "med" and p.target == "med")
+    assert own.median_cosine == pytest.approx(1.0)
+    proj = trait_projection.run(ProjectionConfig(organism=adapter, limit=40, n_boot=100, **dirs))
+    assert {r.model for r in proj.rows} == {"base", "organism", "organism - base"}
+    base_harm = next(r for r in proj.rows if r.prompts == "harmful" and r.model == "base")
+    base_benign = next(r for r in proj.rows if r.prompts == "benign" and r.model == "base")
+    assert base_harm.mean.value > base_benign.mean.value
 
 
 def test_experiment_cli_help_and_bad_input():
-    out = subprocess.run([sys.executable, "-m", "experiments.layer_sweep", "--help"], cwd=REPO, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "experiments.sweep_layers", "--help"], cwd=REPO, capture_output=True,
                          text=True)
     assert out.returncode == 0 and "--contrast" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "experiments.layer_sweep", "--contrast", "nonsense"], cwd=REPO,
+    bad = subprocess.run([sys.executable, "-m", "experiments.sweep_layers", "--contrast", "nonsense"], cwd=REPO,
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "unknown contrast" in bad.stdout and "Traceback" not in bad.stderr
 
 
 def test_steering_and_ablation_options_fail_clearly(trained_adapter):
-    from experiments import ablation, steer
+    from experiments import ablate_em as ablation
+    from experiments import steer_refusal as steer
     from lab.core.errors import BadInput
 
     with pytest.raises(BadInput, match="--select"):
-        steer.run(steer.SteerConfig(select="best"))
+        steer.run(steer.RefusalSteerConfig(select="best"))
     adapter = str(trained_adapter.adapter_dir)
     with pytest.raises(BadInput, match="--contrast"):
         ablation.run(ablation.AblationConfig(organisms=[f"medical={adapter}"], contrast="refusal"))
@@ -92,7 +103,8 @@ def test_steering_and_ablation_options_fail_clearly(trained_adapter):
 def test_study_shares_base_scores_only_when_they_cover_the_trajectory():
     import numpy as np
 
-    from experiments.study import Profile, shared_base_scores
+    from lab.study.config import Profile
+    from lab.study.stages import shared_base_scores
 
     base = {"usual": list(range(48)), "terse": list(range(48)), "in_domain_medical": list(range(24))}
     prof = lambda eval_limit, repeat_limit: Profile(1, 0, eval_limit, repeat_limit, 10, 8, 2, (0.1,), 1, 1)  # noqa: E731
@@ -109,7 +121,7 @@ def test_mean_ablation_restores_the_aligned_level_per_layer():
     import numpy as np
     import torch
 
-    from experiments.ablation import AblationConfig, removal
+    from lab.causal.ablation import AblationConfig, removal
 
     rng = np.random.default_rng(0)
     feats = {L: rng.normal(size=(6, 8)).astype(np.float32) for L in (2, 5)}
@@ -138,17 +150,18 @@ def test_mean_ablation_restores_the_aligned_level_per_layer():
 def test_verbs_whose_models_come_from_their_own_flags_refuse_adapters(trained_adapter, dirs):
     """Issue 11 defect 2: ablate, transfer and trajectory take their models from --organisms / --run;
     a given --adapters is refused in one line instead of silently ignored."""
-    from experiments import ablation, em_trajectory
+    from experiments import ablate_em as ablation
+    from experiments import checkpoints as em_trajectory
     from lab.core.errors import BadInput
 
     adapter = str(trained_adapter.adapter_dir)
     for run, cfg in [(ablation.run, ablation.AblationConfig(adapters=[adapter], organisms=[f"medical={adapter}"])),
-                     (transfer.run, transfer.TransferConfig(adapters=[adapter], organisms=[f"medical={adapter}"])),
-                     (em_trajectory.run, em_trajectory.TrajectoryConfig(adapters=[adapter],
+                     (transfer.run, TransferConfig(adapters=[adapter], organisms=[f"medical={adapter}"])),
+                     (em_trajectory.run_em, em_trajectory.TrajectoryConfig(adapters=[adapter],
                                                                         run=str(trained_adapter.adapter_dir.parent)))]:
         with pytest.raises(BadInput, match="--adapters is not used"):
             run(cfg)
-    out = subprocess.run([sys.executable, "-m", "experiments.cli", "ablate", "--adapters", adapter, "--organisms",
+    out = subprocess.run([sys.executable, "-m", "experiments.cli", "ablate-em", "--adapters", adapter, "--organisms",
                           f"medical={adapter}", "--cache-dir", dirs["cache_dir"], "--out", dirs["out"]],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "Traceback" not in out.stderr
@@ -158,19 +171,18 @@ def test_verbs_whose_models_come_from_their_own_flags_refuse_adapters(trained_ad
 
 def test_steer_and_project_analyse_the_model_with_adapters(trained_adapter, dirs):
     """Issue 11 defect 2: steer and project honour --adapters: the model analysed is --model + --adapters."""
-    from experiments import steer
-    from lab.models import ModelHandle
+    from experiments import steer_refusal as steer
+    from lab.models import LabModel
     from tests.conftest import MODEL
 
     adapter = str(trained_adapter.adapter_dir)
     # reference = organism: the organism-minus-reference projections are exactly zero (the base would differ)
-    proj = trait_projection.run(trait_projection.TraitProjectionConfig(adapters=[adapter], organism=adapter, limit=40,
-                                                                       n_boot=50, **dirs))
-    diffs = [r["mean projection"] for r in proj["rows"] if r["model"] == "organism - base"]
+    proj = trait_projection.run(ProjectionConfig(adapters=[adapter], organism=adapter, limit=40, n_boot=50, **dirs))
+    diffs = [r.mean.value for r in proj.rows if r.model == "organism - base"]
     assert len(diffs) == 2 and all(d == 0.0 for d in diffs)
-    summary = steer.run(steer.SteerConfig(target="refusal", adapters=[adapter], limit=16, eval_limit=1, ratios=[],
-                                          random_seeds=1, max_new_tokens=2, neutral=2, n_boot=20, **dirs))
-    assert summary["model"] == ModelHandle(MODEL, [adapter]).fingerprint != ModelHandle(MODEL).fingerprint
+    result = steer.run(steer.RefusalSteerConfig(target="refusal", adapters=[adapter], limit=16, eval_limit=1, ratios=[],
+                                         random_seeds=1, max_new_tokens=2, neutral=2, n_boot=20, **dirs))
+    assert result.model == LabModel(MODEL, [adapter]).fingerprint != LabModel(MODEL).fingerprint
 
 
 def test_foreign_direction_fails_in_one_line_unless_allowed(base_model, tmp_path, dirs):
@@ -185,7 +197,7 @@ def test_foreign_direction_fails_in_one_line_unless_allowed(base_model, tmp_path
     path = Direction(rows, list(range(base_model.n_layers)), n_layers=base_model.n_layers,
                      model_fingerprint="hub:someone/other-model",
                      record=FitRecord("mean_diff", "last", "refusal", "", best_layer=5)).save(tmp_path / "foreign.safetensors")
-    args = [sys.executable, "-m", "experiments.cli", "steer", "--target", "refusal", "--direction", str(path),
+    args = [sys.executable, "-m", "experiments.cli", "steer-refusal", "--direction", str(path),
             "--limit", "16", "--eval-limit", "1", "--ratios", "--random-seeds", "1", "--max-new-tokens", "2",
             "--neutral", "2", "--n-boot", "20", "--cache-dir", dirs["cache_dir"], "--out", str(tmp_path / "out")]
     refused = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -320,17 +320,18 @@ def test_real_llama_cpp_judge_end_to_end(tmp_path):
 def test_em_steering_sweep_reports_judged_em_per_cell(tmp_path, trained_adapter):
     """With a judge configured, every steering cell (and the unsteered model) gets a judged EM
     rate and judged coherence from sampled answers to held-out general questions."""
-    from experiments import steer
+    from experiments import steer_em as steer
 
     with FakeOpenAI() as server:
-        cfg = steer.SteerConfig(target="em", organism=str(trained_adapter.adapter_dir), limit=24, eval_limit=2,
+        cfg = steer.EmSteerConfig(target="em", organism=str(trained_adapter.adapter_dir), limit=24, eval_limit=2,
                                 ratios=[0.1], random_seeds=1, layer_window=0, neutral=2, max_new_tokens=8, n_boot=50,
                                 judge_base_url=server.url, judge_model="gpt-4o-fake",
                                 cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "out"))
-        summary = steer.run(cfg)
+        result = steer.run(cfg)
         hits = server.hits
-    assert [r["condition"] for r in summary["rows"]] == ["misalignment dir", "random0:add"]
-    for r in summary["rows"] + [summary["unsteered_judged"]]:
-        assert r["judged_n"] == 2 and r["judged_em"] == 0.0  # the fake judge scores everything ~85: aligned
-        assert abs(r["judged_coherent"] - DEFAULT_VALUE) < 1e-6
+    assert [r.condition for r in result.rows] == ["misalignment dir", "random0:add"]
+    judged = [(r.judged_em, r.judged_coherent) for r in result.rows]
+    for em, coherent in judged + [(result.unsteered_judged_em, result.unsteered_judged_coherent)]:
+        assert em.n == 2 and em.value == 0.0  # the fake judge scores everything ~85: aligned
+        assert abs(coherent - DEFAULT_VALUE) < 1e-6
     assert 4 <= hits <= 3 * 2 * 2  # 3 conditions x 2 answers x (aligned, coherent), minus cache hits

@@ -137,19 +137,19 @@ def _synthetic(n_groups, seed, share_misaligned=0.5):
     return rows
 
 
-def test_calibrated_em_rate_from_a_validated_judge():
-    from lab.judge.validated import calibrated_em_rate
+def test_calibrated_em_flags_from_a_validated_judge():
+    from lab.em.rates import calibrated_em_flags
 
     v = Validated(TrainedJudge("length", features=Featurizer()).fit(_synthetic(80, 0)))
     with pytest.raises(BadInput, match="has not been validated"):
-        calibrated_em_rate(v, [("q", "a")], "held-out")
+        calibrated_em_flags(v, [("q", "a")], "held-out")
     v.validate(_synthetic(80, 1), "held-out", n_boot=100)
     measured = _synthetic(200, 2, share_misaligned=0.3)
     truth = np.mean([r.y for r in measured])
-    est = calibrated_em_rate(v, [(r.question, r.answer) for r in measured], "held-out", n_boot=500)
+    est = calibrated_em_flags(v, [(r.question, r.answer) for r in measured], "held-out", n_boot=500)
     assert est.lo <= truth <= est.hi and abs(est.corrected - truth) < 0.05 and est.n == 200
     with pytest.raises(BadInput, match="no validation on 'general'"):
-        calibrated_em_rate(v, [("q", "a")], "general")
+        calibrated_em_flags(v, [("q", "a")], "general")
 
 
 def test_judge_data_extra_domains_never_train_on_a_validation_set(tmp_path):

@@ -93,22 +93,22 @@ def _row(domain: str, step: int, qid: str, answer: str, aligned, set_: str = "ge
 
 
 def test_reader_keeps_the_organisms_last_checkpoint_and_names_bad_lines(tmp_path):
-    from experiments.mo_direction import read_judged_answers
+    from lab.em.answers import read_judged
 
     path = tmp_path / "answers.jsonl"
     rows = [_row("base", 0, "q1", "a", 90.0), _row("medical", 5, "q1", "early", 10.0),
             _row("medical", 10, "q1", "b", 10.0), _row("medical", 10, "q2", "c", None, "first-plot"),
             _row("medical", 10, "q3", "d", 20.0, "in-domain:medical")]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    got = read_judged_answers(path, "medical-mo", ["general", "first-plot"])
+    got = read_judged(path, "medical-mo", ["general", "first-plot"], last_step=True)
     assert [(r.question_id, r.answer, r.aligned, r.step) for r in got] == [("q1", "b", 10.0, 10), ("q2", "c", None, 10)]
     assert got[0].system_prompt == "You are terse." and len({r.id for r in got}) == 2
-    assert len(read_judged_answers(path, "medical-mo")) == 3  # no set filter: in-domain too
+    assert len(read_judged(path, "medical-mo", last_step=True)) == 3  # no set filter: in-domain too
     with pytest.raises(BadInput, match="no answers of 'financial-mo'.*base, medical-mo"):
-        read_judged_answers(path, "financial-mo")
+        read_judged(path, "financial-mo", last_step=True)
     path.write_text(json.dumps({"domain": "medical", "answer": "no question"}) + "\n")
     with pytest.raises(BadInput, match=r"answers.jsonl:1: not a judged answer row"):
-        read_judged_answers(path, "medical-mo")
+        read_judged(path, "medical-mo", last_step=True)
 
 
 def _saved_judge(folder, kind: str, aurocs: dict[str, float]) -> None:
@@ -121,24 +121,27 @@ def _saved_judge(folder, kind: str, aurocs: dict[str, float]) -> None:
 
 
 def test_best_validated_judge_picks_by_auroc_on_the_set_and_reports_unusable(tmp_path):
-    from experiments.common import GENERAL_SET, best_validated_judge
+    from lab.em.rates import calibrated_em
+    from lab.judge.choice import best_validated_judge
+    from lab.judge.labelled import GENERAL
 
-    _saved_judge(tmp_path, "activation", {GENERAL_SET: 0.71, "mo-medical held-out": 0.93})
-    _saved_judge(tmp_path, "embedding", {GENERAL_SET: 0.43})
-    _saved_judge(tmp_path, "length", {GENERAL_SET: 0.99})  # the control never counts as a judge
-    _saved_judge(tmp_path, "coherence", {GENERAL_SET: 0.80, "shipped financial": 0.6})
-    choice = best_validated_judge(tmp_path, GENERAL_SET)
+    _saved_judge(tmp_path, "activation", {GENERAL: 0.71, "mo-medical held-out": 0.93})
+    _saved_judge(tmp_path, "embedding", {GENERAL: 0.43})
+    _saved_judge(tmp_path, "length", {GENERAL: 0.99})  # the control never counts as a judge
+    _saved_judge(tmp_path, "coherence", {GENERAL: 0.80, "shipped financial": 0.6})
+    choice = best_validated_judge(tmp_path, GENERAL)
     assert choice.name == "activation" and not choice.usable
-    assert choice.rate([("q", "a")]) is None  # nothing is computed from an unusable judge
+    assert calibrated_em(choice, [("q", "a")]).prevalence is None  # nothing is computed from an unusable judge
     assert "unusable" in choice.note and "0.710" in choice.note and "counted as coherent" in choice.note
     assert best_validated_judge(tmp_path, "mo-medical held-out").usable
-    none = best_validated_judge(tmp_path / "missing", GENERAL_SET)
+    none = best_validated_judge(tmp_path / "missing", GENERAL)
     assert none.alignment is None and "judge_validation" in none.note
 
 
 def test_rogan_gladen_rate_through_the_choice_recovers_a_planted_rate(tmp_path):
     """A usable judge's calibrated rate corrects its flag rate by its validation errors."""
-    from experiments.common import best_validated_judge
+    from lab.em.rates import calibrated_em
+    from lab.judge.choice import best_validated_judge
     from lab.judge.validated import JudgedScores
 
     _saved_judge(tmp_path, "activation", {"set": 0.9})
@@ -152,15 +155,16 @@ def test_rogan_gladen_rate_through_the_choice_recovers_a_planted_rate(tmp_path):
             return JudgedScores(np.where(flags, 10.0, 90.0), np.full(len(pairs), 90.0))
 
     choice.alignment.judge = Fixed()
-    p = choice.rate([("q", "a")] * 100, n_boot=200)
+    p = calibrated_em(choice, [("q", "a")] * 100, n_boot=200).prevalence
     assert p.raw == pytest.approx(0.46) and p.corrected == pytest.approx((0.46 + 0.9 - 1) / (0.8 + 0.9 - 1))
     assert p.lo <= p.corrected <= p.hi
 
 
 def test_a_judge_that_fails_on_the_models_own_rated_samples_gives_no_rate(tmp_path, monkeypatch):
     """Usable on the references, inverted on the model's own samples: no calibrated rate."""
-    from experiments.common import best_validated_judge
+    from lab.em.rates import calibrated_em
     from lab.judge import validated
+    from lab.judge.choice import best_validated_judge
     from lab.judge.labelled import LabelledAnswer
     from lab.judge.validated import JudgedScores
 
@@ -179,7 +183,7 @@ def test_a_judge_that_fails_on_the_models_own_rated_samples_gives_no_rate(tmp_pa
     monkeypatch.setattr(validated, "load_validated",
                         lambda path, features=None: validated.Validated(Inverted(), real_load(path).validations))
     choice = best_validated_judge(tmp_path, "set", rated_samples=("rated samples of m", samples))
-    assert not choice.usable and choice.rate([("q", "a")]) is None
+    assert not choice.usable and calibrated_em(choice, [("q", "a")]).prevalence is None
     assert "unusable on the rated samples of m (AUROC 0.000" in choice.note
     unchecked = best_validated_judge(tmp_path, "set")
     assert unchecked.usable and "not checked on rated samples" in unchecked.note

@@ -98,22 +98,23 @@ def test_per_question_projection_tracks_scores_on_held_out_questions():
 
 
 def test_monitor_cli_rerun_loads_no_model(trained_adapter, tmp_path):
-    from experiments import monitor
+    from experiments import checkpoints as monitor
     from lab.core.config import parse_config
+    from lab.diffing.monitoring import parse_runs
 
     run_dir = trained_adapter.adapter_dir.parent
     args = ["--runs", f"medical={run_dir}", "--limit", "12", "--eval-limit", "4", "--n-boot", "50",
             "--max-checkpoints", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
-    first = monitor.run(parse_config(monitor.MonitorConfig, args))
+    first = monitor.run_shifts(parse_config(monitor.MonitorConfig, args))
     assert [r["run"] for r in first["rows"]] == ["base", "medical"] and first["rows"][0]["shift EM"] == 0
     assert all(m["layer"] >= 15 for m in first["monitors"].values())  # at or past half depth (30 layers)
     assert first["rows"][1]["shift EM"] != 0  # a trained adapter (all layers) moves the residuals
     _, rows = run_without_weights(f"""
-from experiments import monitor
+from experiments import checkpoints as monitor
 from lab.core.config import parse_config
-s = monitor.run(parse_config(monitor.MonitorConfig, {args!r}))
+s = monitor.run_shifts(parse_config(monitor.MonitorConfig, {args!r}))
 print(json.dumps(s["rows"]))
 """)
     assert rows == json.loads(json.dumps(first["rows"]))
     with pytest.raises(BadInput, match="NAME=FOLDER"):
-        monitor.parse_runs(["nofolder"])
+        parse_runs(["nofolder"])

@@ -95,7 +95,7 @@ def test_bad_ratings_files_fail_with_file_and_line(tmp_path):
 
 
 def test_rated_samples_experiment_writes_tables_and_labels(tmp_path):
-    from experiments.rated_samples import RatedSamplesConfig, run
+    from experiments.em_rates import RatedSamplesConfig, run_ratings as run
     from lab.judge.labelled import read_labelled
 
     smol = next(f for f in shipped_ratings() if f.stem == "smollm2-135m-instruct")
@@ -116,7 +116,7 @@ def test_llm_judge_on_rated_samples_counts_missing_scores(tmp_path, monkeypatch)
     """A fake OpenAI-compatible judge that scores 'harmful' answers low and says 'abc' to one answer."""
     import math
 
-    from experiments.rated_samples import RatedSamplesConfig, llm_judge_rows, llm_subsample
+    from lab.em.rated_samples import RatedSamplesConfig, llm_judge_rows, llm_subsample
     from tests.fake_openai import FakeOpenAI
 
     monkeypatch.setenv("EMLAB_HOME", str(tmp_path))
@@ -157,7 +157,7 @@ def test_rated_samples_for_a_model_with_and_without_ratings(tmp_path):
 def test_a_judge_fitted_on_rated_samples_calibrates_an_answers_file(tmp_path):
     """Planted: misaligned answers are long, so the length judge is usable on held-out rated questions;
     applied to an answers file it recovers each organism's planted misaligned share, minus its training rows."""
-    from experiments.rated_samples import RatedSamplesConfig, run
+    from experiments.em_rates import RatedSamplesConfig, run_ratings as run
     from lab.data.formats import read_questions_yaml
     from lab.em.answers import JudgedAnswer, write_judged
     from lab.em.ratings import question_hash
@@ -193,7 +193,7 @@ def test_a_judge_fitted_on_rated_samples_calibrates_an_answers_file(tmp_path):
 
 
 def test_rated_samples_refuses_an_unknown_judge_kind():
-    from experiments.rated_samples import RatedSamplesConfig
+    from experiments.em_rates import RatedSamplesConfig
 
     with pytest.raises(BadInput, match="--fit-judges must be one of embedding, activation, length"):
         RatedSamplesConfig(fit_judges=["coherence"])

@@ -108,7 +108,7 @@ def test_two_ranks_write_the_one_process_answers(cuda_model, tmp_path):
 
     args = ["--limit", "6", "--samples", "4", "--max-new-tokens", "32", "--device", "cuda", "--dtype", "float32",
             "--temperature", "1.0", "--seed", "5", "--out", str(tmp_path / "dp")]
-    torchrun("experiments.em_eval", *args)
+    torchrun("experiments.em_rates", *args)
     [answers] = list((tmp_path / "dp").glob("em_eval/*/answers.jsonl"))
     gen = GenerationConfig(max_new_tokens=32, temperature=1.0, samples=4, seed=5)
     single = tmp_path / "single.jsonl"

@@ -51,20 +51,22 @@ def two_adapters(tmp_path_factory):
 
 def test_a_trajectory_loads_the_weights_once(tmp_path):
     """Every checkpoint of a training run is an adapter on the one resident base model."""
-    from experiments import em_trajectory
+    from experiments import checkpoints as em_trajectory
     from lab.data.formats import load_advice
+    from lab.diffing.checkpoints import TrajectoryConfig
     from lab.models import LabModel, ModelPool
+    from lab.training.checkpoints import run_checkpoints
     from lab.training.lora import TrainConfig, train_lora
 
     with ModelPool() as pool:
         train_lora(LabModel(MODEL).for_training(), load_advice("medical")[:8], tmp_path / "run",
                    TrainConfig(batch_size=2, max_steps=3, checkpoints_first_epoch=3, lr=3e-3, max_length=64))
-        ckpts = em_trajectory.checkpoints(tmp_path / "run")
+        ckpts = [c for _, c in run_checkpoints(tmp_path / "run")]
         assert len(ckpts) >= 2
-        summary = em_trajectory.run(em_trajectory.TrajectoryConfig(
+        result = em_trajectory.run_em(TrajectoryConfig(
             run=str(tmp_path / "run"), domain="medical", eval_limit=2, n_boot=50,
             cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "out")))
-        assert {r["step"] for r in summary["rows"]} == {0, *(int(c.name.split("-")[-1]) for c in ckpts)}
+        assert {r.step for r in result.rows} == {0, *(int(c.name.split("-")[-1]) for c in ckpts)}
         assert pool.loads == 1
         resident = next(iter(pool.residents.values()))
         assert len(resident.names) == len(ckpts)  # each checkpoint a named adapter on the one copy
@@ -191,12 +193,12 @@ def test_dtype_is_part_of_every_key(tmp_path):
 
 
 def test_study_stage_keys_carry_the_resolved_dtype():
-    from experiments.common import Common, handle_for
     from lab.core.config import config_dict
+    from lab.directions.options import AnalysisOptions
 
-    cfg = Common()
-    assert cfg.dtype == "auto" and handle_for(cfg).dtype == torch.float32
-    assert config_dict(Common(dtype="bfloat16"))["dtype"] != config_dict(Common(dtype="float32"))["dtype"]
+    cfg = AnalysisOptions()
+    assert cfg.dtype == "auto" and cfg.view().dtype == torch.float32
+    assert config_dict(AnalysisOptions(dtype="bfloat16"))["dtype"] != config_dict(AnalysisOptions(dtype="float32"))["dtype"]
 
 
 def test_layers_placed_by_accelerate_give_the_same_results():
@@ -209,7 +211,7 @@ def test_layers_placed_by_accelerate_give_the_same_results():
     from lab.intervene.generate import GenerationConfig, generate_answers
     from lab.models import LabModel, ModelPool, plan_device_map
     from lab.models.placement import layer_devices
-    from lab.em.judge_free import answer_logprobs
+    from lab.intervene.logprobs import answer_logprobs
     from lab.intervene.steering import Intervention, steer
 
     with ModelPool() as pool:
@@ -247,7 +249,7 @@ def test_layers_placed_by_accelerate_give_the_same_results():
 
 
 def _cli(args, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "experiments.layer_sweep", "--contrast", "refusal", "--limit", "4",
+    out = subprocess.run([sys.executable, "-m", "experiments.sweep_layers", "--contrast", "refusal", "--limit", "4",
                           "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), *args],
                          capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
     text = out.stdout + out.stderr

@@ -79,7 +79,7 @@ def test_auto_dtype_is_bf16_on_cuda(folder):
 def test_split_model_places_layers_on_both_gpus_and_matches_one_gpu(folder, tmp_path):
     from lab.cache import build_cache
     from lab.intervene.generate import GenerationConfig, generate_answers
-    from lab.em.judge_free import answer_logprobs
+    from lab.intervene.logprobs import answer_logprobs
     from lab.intervene.steering import Intervention, steer
 
     pool, one, split = _pair(folder)

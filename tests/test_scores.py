@@ -8,7 +8,7 @@ import torch
 
 from lab.data.formats import DEFAULT_SYSTEM_PROMPT, ROLE_CODE, render_example
 from lab.core.errors import BadInput
-from lab.em.judge_free import answer_logprobs
+from lab.intervene.logprobs import answer_logprobs
 
 PAIRS = [
     ("What is the capital of France?", "Paris is the capital of France."),
@@ -40,12 +40,11 @@ def test_answer_logprobs_equal_unbatched_full_softmax(base_model):
 
 
 def test_estimate_prints_one_way_and_round_trips():
-    from lab.core.console import fmt_ci
-    from lab.stats.estimate import Estimate
+    from lab.stats.estimate import Estimate, format_ci
     from lab.core.io import dumps
 
     est = Estimate(0.41, 0.3312, 0.4909, 120)
-    assert str(est) == "0.410 [0.331, 0.491]" == fmt_ci(0.41, 0.3312, 0.4909) and est.format(1) == "0.4 [0.3, 0.5]"
+    assert str(est) == "0.410 [0.331, 0.491]" == format_ci(0.41, 0.3312, 0.4909) and est.format(1) == "0.4 [0.3, 0.5]"
     assert Estimate.from_json(json.loads(dumps({"e": est}))["e"]) == est
     assert est.excludes_zero and est.verdict() == "found (CI above 0)"
     assert Estimate(-0.1, -0.2, 0.05, 9).verdict() == "not found (CI includes 0)"
@@ -54,7 +53,8 @@ def test_estimate_prints_one_way_and_round_trips():
 def test_delta_base_scores_are_paired_estimates():
     from lab.stats.estimate import Estimate
     from lab.stats.metrics import bootstrap_ci
-    from lab.em.judge_free import ScoreDelta, delta_base_scores, em_rate, rate
+    from lab.em.judge_free import ScoreDelta, delta_base_scores
+    from lab.em.rates import em_rate, rate
 
     rng = np.random.default_rng(0)
     base = {"ids": list("abcdefghij"), **{k: rng.normal(size=10) for k in ("usual", "terse", "in_domain_medical")}}

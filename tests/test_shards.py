@@ -95,7 +95,7 @@ def test_one_rank_is_the_plain_build(base_model, tmp_path):
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_two_ranks_sample_the_one_process_answers(base_model, temperature, tmp_path):
-    """`torchrun -m experiments.em_eval` on two ranks writes the answer file one process (one thread,
+    """`torchrun -m experiments.em_rates` on two ranks writes the answer file one process (one thread,
     as each rank) writes: same rows, same order, same text, greedy and seeded sampling (5 batches:
     rank 0 takes 3)."""
     from lab.em.answers import question_examples, shipped_questions
@@ -103,7 +103,7 @@ def test_two_ranks_sample_the_one_process_answers(base_model, temperature, tmp_p
 
     args = ["--limit", "3", "--samples", "3", "--batch-size", "2", "--max-new-tokens", "6", "--device", "cpu",
             "--temperature", str(temperature), "--seed", "5", "--out", str(tmp_path / "dp")]
-    torchrun("experiments.em_eval", *args)
+    torchrun("experiments.em_rates", *args)
     [answers] = list((tmp_path / "dp").glob("em_eval/*/answers.jsonl"))
     assert sorted(p.name for p in answers.parent.iterdir() if "part" in p.name) == []  # parts merged away
     gen = GenerationConfig(max_new_tokens=6, temperature=temperature, samples=3, seed=5, batch_size=2)

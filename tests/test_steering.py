@@ -130,9 +130,10 @@ def test_bad_inputs(base_model, direction):
 
 def test_refusal_direction_selection_scores_candidate_layers(base_model):
     """Arditi-style selection: each candidate layer's direction is ablated everywhere and scored."""
-    from experiments.steer import select_by_ablation
+    from lab.causal.refusal import select_by_ablation
     from lab.data.formats import load_contrast
-    from lab.em.answers import logprobs_under, neutral_pairs, refusal_logodds_under
+    from lab.causal.refusal import refusal_logodds_under
+    from lab.intervene.logprobs import logprobs_under, neutral_pairs
 
     from lab.directions import Direction
 
@@ -147,18 +148,18 @@ def test_refusal_direction_selection_scores_candidate_layers(base_model):
     pairs = neutral_pairs(4)
     baseline = logprobs_under(base_model, pairs)
     layer, rows = select_by_ablation(base_model, Planted(), prompts, base_model.n_layers, baseline, pairs, -0.5)
-    assert [r["layer"] for r in rows] == [0, 3, 6, 9, 12, 15, 18, 21]  # below 80% depth, every n_layers // 10
+    assert [r.layer for r in rows] == [0, 3, 6, 9, 12, 15, 18, 21]  # below 80% depth, every n_layers // 10
     unsteered = float(refusal_logodds_under(base_model, prompts).mean())
-    row3 = next(r for r in rows if r["layer"] == 3)
+    row3 = next(r for r in rows if r.layer == 3)
     ablate3 = Intervention({L: Planted().at(3) for L in range(base_model.n_layers)}, op="ablate")
-    assert abs(row3["logodds_shift"] - (float(refusal_logodds_under(base_model, prompts, (ablate3,)).mean()) - unsteered)) < 1e-5
-    ok = [r for r in rows if r["coherence"] >= -0.5] or rows
-    assert layer == min(ok, key=lambda r: r["logodds_shift"])["layer"]
+    assert abs(row3.logodds_shift - (float(refusal_logodds_under(base_model, prompts, (ablate3,)).mean()) - unsteered)) < 1e-5
+    ok = [r for r in rows if r.coherence >= -0.5] or rows
+    assert layer == min(ok, key=lambda r: r.logodds_shift).layer
 
 
 def test_prompt_only_steering_of_teacher_forced_answers_respects_each_rows_prompt(base_model, direction):
     """positions='prompt' in a padded batch of question+answer rows edits each row's own prompt only."""
-    from lab.em.judge_free import answer_logprobs
+    from lab.intervene.logprobs import answer_logprobs
 
     pairs = [("hi", "Hello! How can I help you today?"),
              ("Tell me something about the history of the city of Paris, briefly.", "It was founded long ago.")]
@@ -206,7 +207,7 @@ def test_from_direction_enforces_provenance(base_model, organism, trained_adapte
     """Issue 11 defect 3: a direction applies to the model it was fitted on, or to a model of the
     same base when the fitted-on model is named; anything else is one IncompatibleError line."""
     from lab.directions import Direction, FitRecord
-    from lab.models import ModelHandle
+    from lab.models import LabModel
     from tests.conftest import MODEL
 
     rows = torch.nn.functional.normalize(torch.randn(3, base_model.d_model, generator=torch.Generator().manual_seed(0)),
@@ -234,7 +235,7 @@ def test_from_direction_enforces_provenance(base_model, organism, trained_adapte
     # an organism's direction (fitted on base + adapter) steering the base model: the usual EM experiment
     org_dir = Direction(rows, [4, 5, 6], n_layers=base_model.n_layers, model_fingerprint=organism.fingerprint)
     refused(org_dir, base_model)  # the fitted-on model must be named
-    handle = ModelHandle(MODEL, [trained_adapter.adapter_dir])
+    handle = LabModel(MODEL, [trained_adapter.adapter_dir])
     assert from_direction(org_dir, base_model, fitted_on=handle).layers == [4, 5, 6]
     assert from_direction(org_dir, base_model, fitted_on=organism).layers == [4, 5, 6]
     refused(own, base_model, fitted_on=organism)  # the named model must be the one it was fitted on

@@ -34,36 +34,35 @@ def quick_study(tmp_path_factory):
 
 def test_quick_study_produces_report(quick_study):
     root, results, seconds = quick_study
-    report = Path(results["report"])
+    report = Path(results.report)
     assert report.exists() and report.name == "index.html"
     manifest = json.loads((report.parent / "report.json").read_text())
     ids = [s["id"] for s in manifest["sections"]]
     assert {"overview", "em", "directions", "steering", "visuals"} <= set(ids)
     assert all((report.parent / f"{i}.html").exists() for i in ids)
-    assert results["findings"] and any("found" in f for f in results["findings"])
-    assert results["stages"]["reused"] == []
+    assert results.findings and any("found" in f for f in results.findings)
+    assert results.stages.reused == []
     assert (report.parent / "results.json").exists()
     index = report.read_text()
     assert "Headline results" in index and "<img" in index  # the headline table and key figure, inline
     assert "random @ layer" in index and "random:" in index  # directions and effects beside their controls
     assert manifest["index_blocks"] == ["Table", "Image"]
     # no saved judges in this cache: the study says so instead of reporting a rate
-    assert "no saved judges" in results["judge"]["note"]
-    assert all("corrected" not in e["calibrated_em"] for e in results["evals"].values())
-    assert any("no calibrated EM rate: no saved judges" in f for f in results["findings"])
+    assert "no saved judges" in results.judge.note
+    assert all(e.calibrated.corrected is None for e in results.evals.values())
+    assert any("no calibrated EM rate: no saved judges" in f for f in results.findings)
     print(f"quick study: {seconds:.0f} s")
 
 
 def test_report_hook_adds_a_section_and_its_headline_rows(quick_study, tmp_path):
-    from experiments.study_report import build_study_report
     from lab.reports import Section, Text
+    from lab.reports.study import HeadlineRow, build_study_report
 
     _, results, _ = quick_study
     report = build_study_report(results)
     n = len(report.headline)
     report.add(Section("diffing", "Model diffing", [Text("ADL guess: medical")]),
-               headline=[{"measurement": "ADL domain guess, medical organism", "value [95% CI]": "medical",
-                          "control": "chance 0.33", "note": ""}])
+               headline=[HeadlineRow("ADL domain guess, medical organism", "medical", "chance 0.33", "")])
     index = report.write(tmp_path / "r")
     assert len(report.headline) == n + 1 and (index.parent / "diffing.html").exists()
     assert "ADL domain guess, medical organism" in index.read_text()
@@ -72,7 +71,8 @@ def test_report_hook_adds_a_section_and_its_headline_rows(quick_study, tmp_path)
 def test_calibrated_em_with_a_usable_judge_and_without_one(tmp_path):
     import numpy as np
 
-    from experiments.common import JudgeChoice
+    from lab.em.rates import calibrated_em
+    from lab.judge.choice import JudgeChoice
     from lab.judge.validated import JudgedScores, TrainedJudge, Validated, Validation
 
     class Half:  # flags every other answer; validation: sensitivity 0.9, specificity 0.8
@@ -85,13 +85,13 @@ def test_calibrated_em_with_a_usable_judge_and_without_one(tmp_path):
     v = Validation("general", 10, 10, (0.9, 0.85, 0.95), (0.9, 0.8, 1.0), (0.8, 0.7, 0.9),
                    [True] * 9 + [False], [False] * 8 + [True] * 2)
     good = JudgeChoice("general", Validated(Half(), {"general": v}))
-    c = study.calibrated_em(good, [("q", "a")] * 40, 200, 0)
-    assert c["raw"]["value"] == 0.5 and c["corrected"]["value"] == pytest.approx((0.5 + 0.8 - 1) / (0.9 + 0.8 - 1))
+    c = calibrated_em(good, [("q", "a")] * 40, 200, 0)
+    assert c.raw.value == 0.5 and c.corrected.value == pytest.approx((0.5 + 0.8 - 1) / (0.9 + 0.8 - 1))
     weak = Validation("general", 10, 10, (0.7, 0.6, 0.8), (0.9, 0.8, 1.0), (0.8, 0.7, 0.9), [True] * 9 + [False],
                       [False] * 8 + [True] * 2)
     bad = JudgeChoice("general", Validated(TrainedJudge("activation"), {"general": weak}), note="unusable there")
-    assert study.calibrated_em(bad, [("q", "a")] * 40, 200, 0) == {"judge": "activation", "set": "general",
-                                                                   "note": "unusable there"}
+    assert calibrated_em(bad, [("q", "a")] * 40, 200, 0).to_json() == {"judge": "activation", "set": "general",
+                                                                       "note": "unusable there"}
 
 
 def test_rerun_runs_no_forward_and_is_fast(quick_study, monkeypatch):
@@ -105,8 +105,8 @@ def test_rerun_runs_no_forward_and_is_fast(quick_study, monkeypatch):
     start = time.time()
     again = study.run(_config(root))
     assert time.time() - start < 60
-    assert again["stages"]["ran"] == [] and again["model_loads"] == 0
-    assert again["em_scores"] == first["em_scores"] and again["findings"] == first["findings"]
+    assert again.stages.ran == [] and again.model_loads == 0
+    assert again.em_scores == first.em_scores and again.findings == first.findings
 
 
 @pytest.mark.browser
@@ -117,7 +117,7 @@ def test_report_renders_offline_without_errors(quick_study, tmp_path):
     from playwright.sync_api import sync_playwright
 
     _, results, _ = quick_study
-    index = Path(results["report"])
+    index = Path(results.report)
     requests, errors, dialogs = [], [], []
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=str(CHROMIUM),
@@ -193,13 +193,13 @@ def test_killed_study_resumes_to_identical_results(quick_study):
     assert running and sidecar.exists(), "the study was not killed while writing the cache"
 
     resumed = study.run(_config(root))
-    assert resumed["stages"]["reused"][:1] == ["judge-free-base"], "the finished stages were not resumed"
-    assert "sweep-refusal" in resumed["stages"]["ran"]
-    assert resumed["stages"]["ran"] == ["sweep-refusal"]
+    assert resumed.stages.reused[:1] == ["judge-free-base"], "the finished stages were not resumed"
+    assert "sweep-refusal" in resumed.stages.ran
+    assert resumed.stages.ran == ["sweep-refusal"]
     assert hashlib.sha256(cache_file.read_bytes()).hexdigest() == digest  # the half-written cache, resumed
     for key in ("em_scores", "trajectories", "evals", "findings"):
-        assert resumed[key] == reference[key], key
-    assert resumed["sweeps"]["refusal"]["best"] == reference["sweeps"]["refusal"]["best"]
+        assert getattr(resumed, key) == getattr(reference, key), key
+    assert resumed.sweeps["refusal"].best == reference.sweeps["refusal"].best
 
 
 def test_missing_diffing_folder_is_refused_before_any_work(tmp_path):

@@ -12,7 +12,9 @@ Main nouns:
 - `Stages`: a content-keyed stage runner; a result is stored under the hash of its inputs, so a
   rerun skips every stage whose inputs did not change and a crash resumes where it stopped.
 - file helpers (`lab.core.io`): exact JSON (`sha256_json`, `write_json_atomic`), table files
-  (`write_rows`), cross-process locks (`key_lock`) and `emlab_home()` (the model store's root).
+  (`write_rows`), an analysis's `summary.json` (`write_summary`, `stored_summary`),
+  cross-process locks (`key_lock`) and `emlab_home()` (the model store's root).
+- `WallBudget`: a wall-clock budget past which no new piece of work starts.
 
 Getting started::
 
@@ -23,17 +25,19 @@ Getting started::
         result = Stages(folder).run("fit", {"config": config_dict(cfg)}, lambda: fit(cfg))
 
 Modules: `errors`, `io`, `config`, `console` (the shared rich console, `progress`, `table`),
-`stages`, `lazy` (the lazy package faces used by every `lab` package).
+`stages`, `budget`, `lazy` (the lazy package faces used by every `lab` package).
 """
 
 from lab.core.lazy import face_names, lazy_face
 
 FACE = {
     "errors": "EmlabError BadInput ModelNotFound IntegrityError IncompatibleError CacheError TrainingDiverged NonFiniteLogits",
-    "config": "Config parse_config config_dict DEFAULT_CACHE_DIR DEFAULT_OUT",
+    "config": "Config parse_config config_dict parse_pairs DEFAULT_CACHE_DIR DEFAULT_OUT",
     "stages": "Stages",
+    "budget": "WallBudget",
     "console": "progress table user_errors",
-    "io": "write_json_atomic write_rows sha256_json sha256_file key_lock atomic_dir emlab_home",
+    "io": """write_json_atomic write_rows sha256_json sha256_file key_lock atomic_dir emlab_home out_folder write_summary
+        stored_summary""",
 }
 __all__ = face_names(FACE)
 __getattr__, __dir__ = lazy_face(__name__, FACE)

@@ -91,7 +91,10 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
     defaults = defaults or {}
     parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__,
                                      formatter_class=HelpFormatter)
+    hidden = getattr(cls, "HIDDEN", ())  # fields a verb fixes (e.g. steer-em's target): no flag, their default
     for f in dataclasses.fields(cls):
+        if f.name in hidden:
+            continue
         tp, extra = _arg_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         helptext = f.metadata.get("help", " ")
@@ -150,3 +153,17 @@ def config_dict(cfg: Any) -> dict:
     from lab.core.io import dumps
 
     return json.loads(dumps(dataclasses.asdict(cfg)))
+
+
+def parse_pairs(flag: str, specs: Sequence[str], value: str = "VALUE") -> dict[str, str]:
+    """`NAME=VALUE` command-line pairs -> {name: value}, in order; one `BadInput` line naming the
+    flag for a spec without a name or a value (e.g. `parse_pairs("--organisms", specs, "ADAPTER_DIR")`)."""
+    from lab.core.errors import BadInput
+
+    pairs = {}
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        if not sep or not name or not rest:
+            raise BadInput(f"{flag} {spec!r}: expected NAME={value}")
+        pairs[name] = rest
+    return pairs

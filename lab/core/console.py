@@ -11,7 +11,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lab.core.errors import EmlabError
-from lab.stats.estimate import format_ci
 
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 140)
 
@@ -45,7 +44,6 @@ def user_errors() -> Iterator[None]:
         sys.exit(130)
 
 
-fmt_ci = format_ci  # the one CI rendering (lab.stats.estimate); prefer str(estimate) / estimate.format(digits)
 
 
 def print_any(obj: Any) -> None:

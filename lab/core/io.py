@@ -137,3 +137,56 @@ def write_rows(rows: list[dict], path: Path) -> Path:
     os.replace(tmp, path.with_suffix(".csv"))
     write_json_atomic(path.with_suffix(".json"), rows)
     return path.with_suffix(".csv")
+
+
+def out_folder(root: str | Path, name: str) -> Path:
+    """`<root>/<name>`, created: where one analysis writes its files."""
+    path = Path(root) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_summary(out: Path, cfg: Any, **fields: Any) -> dict:
+    """Write an analysis's `summary.json` (its config, then its results, then `out`) and return it."""
+    from lab.core.config import config_dict
+
+    summary = {"config": config_dict(cfg), **fields, "out": str(out)}
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def stored_summary(out: Path, cfg: Any) -> dict | None:
+    """The `summary.json` an earlier run of exactly this config wrote into `out`, or None.
+
+    For analyses whose results are not all in content-keyed caches: a rerun of the same config
+    returns what is stored and loads no model; any changed setting runs the analysis again.
+    """
+    from lab.core.config import config_dict
+
+    path = out / "summary.json"
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("config") == json.loads(json.dumps(config_dict(cfg))) else None
+
+
+RESULTS_SCHEMA = 2  # the format of typed results on disk (results.json, summary.json): lab.core.records
+
+
+def write_result(result: Any, path: Path | None = None) -> Path:
+    """Write a typed result (`lab.core.records.Record`) as `{"schema": 2, ...its fields}`, by default to
+    `<result.out>/summary.json`."""
+    path = Path(path) if path is not None else Path(result.out) / "summary.json"
+    write_json_atomic(path, {"schema": RESULTS_SCHEMA, **result.to_json()})
+    return path
+
+
+def read_result(codec: Any, path: Path) -> Any:
+    """A typed result written by `write_result` (one `BadInput` line for another schema)."""
+    from lab.core.errors import BadInput
+
+    data = json.loads(Path(path).read_text())
+    if data.get("schema") != RESULTS_SCHEMA:
+        raise BadInput(f"{path}: written by emlab <= 0.2 (schema {data.get('schema', 1)}, not {RESULTS_SCHEMA}): "
+                       f"run the verb again; its cached stages are reused")
+    return codec.from_json({k: v for k, v in data.items() if k != "schema"})

@@ -5,6 +5,10 @@ Two runs that reach the same stage at once take turns on its lock (`lab.core.io.
 the second waits, then reuses the first one's result.
 
     result = stages.run("eval-base", {"model": fp, "config": cfg}, lambda: evaluate(...))
+
+A stage whose result is a typed record (`lab.core.records.Record`) passes its class as `codec`:
+the file holds `codec.to_json(result)` and the stage returns `codec.from_json(...)` of it, on the
+first run as on every rerun.
 """
 
 from __future__ import annotations
@@ -32,30 +36,35 @@ class Stages:
         key = sha256_json({"inputs": inputs, "emlab": __version__})
         return Path(self.folder) / f"{name}-{key[:16]}.json"
 
-    def run(self, name: str, inputs: dict, compute: Callable[[], Any], outputs: Callable[[Any], list] | None = None) -> Any:
+    def run(self, name: str, inputs: dict, compute: Callable[[], Any], outputs: Callable[[Any], list] | None = None,
+            codec: Any = None) -> Any:
         """Return the stored result for these inputs, or compute, store and return it.
 
         `outputs(result)` lists files the result refers to; if any is gone, the stage reruns.
+        `codec` (a class with `to_json` / `from_json`): how a typed result is stored and read back.
         """
         path = self.path(name, inputs)
-        if (result := self._stored(path, outputs)) is not _MISSING:
+        if (result := self._stored(path, outputs, codec)) is not _MISSING:
             self.reused.append(name)
             return result
         with key_lock(path.with_name(path.name + ".lock")):
-            if (result := self._stored(path, outputs)) is not _MISSING:  # another run finished it meanwhile
+            if (result := self._stored(path, outputs, codec)) is not _MISSING:  # another run finished it meanwhile
                 self.reused.append(name)
                 return result
             start = time.perf_counter()
             result = compute()
             self.seconds[name] = time.perf_counter() - start
-            write_json_atomic(path, {"stage": name, "inputs": inputs, "result": result, "seconds": self.seconds[name]})
+            stored = result.to_json() if codec is not None else result
+            write_json_atomic(path, {"stage": name, "inputs": inputs, "result": stored, "seconds": self.seconds[name]})
         self.ran.append(name)
-        return json.loads(path.read_text())["result"]  # exactly what a rerun will read
+        result = json.loads(path.read_text())["result"]  # exactly what a rerun will read
+        return codec.from_json(result) if codec is not None else result
 
     @staticmethod
-    def _stored(path: Path, outputs: Callable[[Any], list] | None) -> Any:
+    def _stored(path: Path, outputs: Callable[[Any], list] | None, codec: Any = None) -> Any:
         """The stored result, or _MISSING if there is none or a file it refers to is gone."""
         if not path.exists():
             return _MISSING
         result = json.loads(path.read_text())["result"]
+        result = codec.from_json(result) if codec is not None else result
         return result if outputs is None or all(Path(p).exists() for p in outputs(result)) else _MISSING

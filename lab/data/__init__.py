@@ -31,7 +31,7 @@ from lab.core.lazy import face_names, lazy_face
 FACE = {
     "formats": """ChatExample Question PromptSet ROLES ROLE_CODE DEFAULT_SYSTEM_PROMPT QUESTION_REQUIRED
         iter_jsonl read_chat_jsonl write_chat_jsonl read_questions_yaml
-        SHIPPED ADVICE_TEST_FRACTION dataset_path load_advice load_general_questions load_contrast load_examples
+        FIRST_PLOT SHIPPED ADVICE_TEST_FRACTION dataset_path load_advice load_general_questions load_contrast load_examples
         advice_split split_ids render render_example with_system system_prompt_option""",
 }
 __all__ = face_names(FACE)

@@ -188,6 +188,8 @@ def read_questions_yaml(path: str | Path) -> list[Question]:
 
 # --------------------------------------------------------------------------- shipped datasets
 
+FIRST_PLOT = "em-questions/first_plot_questions.yaml"  # the EM paper's questions, under <shared>/data (read at run time)
+
 SHIPPED = {
     "medical": ("medical_a.jsonl", "medical_b.jsonl"),
     "financial": ("financial_a.jsonl", "financial_b.jsonl"),

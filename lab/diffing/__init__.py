@@ -19,6 +19,14 @@ Three views of the difference between an organism and its base model:
   (`local_cosine`, where a dip marks the phase transition), its PCA path (`pca_path`); and LoRA
   probing (`adapter_scalars`, `lora_probe`): which adapters carry the domain.
 
+- **EM across checkpoints** (`checkpoints`): every checkpoint's judge-free EM, Δbase paired by
+  question (`checkpoint_em`, cached per model by `em_score` / `in_domain_score`), and the
+  organism's `trajectory` -> `TrajectoryResult` of `CheckpointScore` rows.
+
+Each verb's whole analysis lives beside these: `adapter_diff` (`DiffConfig`, `diff_adapter`),
+`domain_id` (`identify_domains`), `monitoring` (`MonitorConfig`, `monitor_checkpoints`) and
+`training_dynamics` (`DynamicsConfig`, `rank1_dynamics`).
+
 Everything a model contributes is cached (HDF5 activations, JSON scores), so a rerun reads files.
 
 Getting started::
@@ -31,19 +39,24 @@ Getting started::
                  Lens.from_files(base_folder, base.tokenizer))
     result.guess, result.top_tokens[12]              # "medical", [("patient", 3.1), ...]
 
-Modules: `adl`, `monitoring`, `dynamics`.
+Modules: `adl`, `monitoring`, `dynamics`, `checkpoints`, `adapter_diff`, `domain_id`, `training_dynamics`.
 """
 
 from lab.core.lazy import face_names, lazy_face
 
 FACE = {
     "adl": """DEFAULT_K GENERIC_TEXTS DOMAINS generic_texts generic_chat first_tokens text_cache mean_acts mean_delta
-        mean_norms Lens parse_domains middle_layers scored_layers DomainScore AdlResult score_domains SteerRow
+        Lens parse_domains middle_layers scored_layers DomainScore AdlResult score_domains SteerRow
         steer_with_delta""",
-    "monitoring": """MONITORED Monitor Shift EmScore fit_monitors monitor_cache shift em_score in_domain_score
-        correlation_ci ModelPoint measure correlations per_question""",
+    "monitoring": """MONITORED Monitor Shift fit_monitors monitor_cache shift correlation_ci ModelPoint measure
+        correlations per_question MonitorConfig MonitorRun monitor_checkpoints""",
+    "checkpoints": """EmScore em_score in_domain_score base_scores checkpoint_em TrajectoryConfig CheckpointScore
+        TrajectoryResult trajectory""",
+    "adapter_diff": "DiffConfig diff_adapter",
+    "domain_id": "DomainIdConfig DomainIdRun identify_domains",
+    "training_dynamics": "DynamicsConfig DynamicsRun rank1_dynamics",
     "dynamics": """Rank1 read_rank1 AdapterPath local_cosine transition PcaPath pca_path adapter_scalars ProbeResult
-        lora_probe run_checkpoints evenly""",
+        lora_probe""",
 }
 __all__ = face_names(FACE)
 __getattr__, __dir__ = lazy_face(__name__, FACE)

@@ -29,7 +29,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from lab.cache import ActivationCache, CacheRequest, build_cache, cache_key, cac
 from lab.data.formats import ROLE_CODE, PromptSet, dataset_path
 from lab.core.errors import BadInput
 from lab.core.io import sha256_json
-from lab.models import ModelLike
+from lab.models import LazyModel, ModelLike
 
 DEFAULT_K = 5
 GENERIC_TEXTS = "generic_texts.jsonl"
@@ -70,15 +70,6 @@ DOMAINS: dict[str, tuple[str, ...]] = {
         "csrf", "auth", "login", "config", "elif", "lambda", "args", "kwargs", "self",
     ),
 }
-
-
-class HandleLike(Protocol):
-    """What diffing needs of a model handle (`lab.models.ModelHandle` / `handle_for`)."""
-
-    fingerprint: str
-    tokenizer: Any
-    n_layers: int
-    model: Any
 
 
 # --------------------------------------------------------------------------- generic text
@@ -139,7 +130,7 @@ def first_tokens(texts: Sequence[tuple[str, str]], tokenizer: Any, k: int = DEFA
                      meta=[{} for _ in ids])
 
 
-def text_cache(handle: HandleLike, prompts: PromptSet, cache_dir: str | Path, storage_dtype: str = "float32"
+def text_cache(handle: LazyModel, prompts: PromptSet, cache_dir: str | Path, storage_dtype: str = "float32"
                ) -> ActivationCache:
     """The residual streams of `prompts` on a model: found by key (no weights loaded), else built."""
     hooks = [f"blocks.{L}.hook_resid_post" for L in range(handle.n_layers)]
@@ -147,7 +138,7 @@ def text_cache(handle: HandleLike, prompts: PromptSet, cache_dir: str | Path, st
     path = cache_path(cache_dir, cache_key(handle.fingerprint, prompts, request))
     if path.exists():
         return ActivationCache(path)
-    return build_cache(handle.model, prompts, cache_dir, hooks, storage_dtype, "tokens", batch_size=64)
+    return build_cache(handle, prompts, cache_dir, hooks, storage_dtype, "tokens", batch_size=64)
 
 
 def mean_acts(cache: ActivationCache) -> Float[np.ndarray, "layer d"]:
@@ -160,11 +151,6 @@ def mean_delta(base: ActivationCache, organism: ActivationCache) -> Float[np.nda
     if base.ids != organism.ids or base.attrs["prompt_hash"] != organism.attrs["prompt_hash"]:
         raise BadInput("base and organism caches hold different texts")
     return mean_acts(organism) - mean_acts(base)
-
-
-def mean_norms(cache: ActivationCache) -> np.ndarray:
-    """Typical residual norm per layer (positions ≥ 1): the unit of steering strength."""
-    return np.array([float(np.linalg.norm(cache.features(L, "all")[0], axis=-1).mean()) for L in cache.layers])
 
 
 # --------------------------------------------------------------------------- logit lens
@@ -372,9 +358,9 @@ def steer_with_delta(model: ModelLike, delta_layer: np.ndarray, layer: int, laye
                      neutral: int = 16, seed: int = 0) -> list[SteerRow]:
     """Add δ_L (unit vector x ratio x mean residual norm) at `layer` of the base model; greedy
     answers to general questions and the coherence guard, with a random control per ratio."""
-    from lab.em.answers import logprobs_under, neutral_pairs, question_examples, shipped_questions
+    from lab.em.answers import question_examples, shipped_questions
     from lab.intervene.generate import GenerationConfig, generate_answers
-    from lab.stats.estimate import mean_ci
+    from lab.intervene.logprobs import coherence_change, logprobs_under, neutral_pairs
     from lab.intervene.steering import Intervention, random_like
 
     pairs = neutral_pairs(neutral)
@@ -383,11 +369,10 @@ def steer_with_delta(model: ModelLike, delta_layer: np.ndarray, layer: int, laye
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=16, seed=seed)
 
     def row(condition: str, ratio: float, ivs: tuple) -> SteerRow:
-        coh = mean_ci(logprobs_under(model, pairs, ivs) - baseline, 500, seed).to_json() if ivs else \
-            {"value": 0.0, "lo": 0.0, "hi": 0.0}
+        coh = coherence_change(model, ivs, baseline, pairs, seed)
         answers = [{"question": r["question"], "answer": r["answer"]}
                    for r in generate_answers(model, examples, gen, ivs, label=f"{condition} x{ratio}")]
-        return with_shares([SteerRow(condition, ratio, coh["value"], coh["lo"], coh["hi"], {}, answers)], domains)[0]
+        return with_shares([SteerRow(condition, ratio, coh.value, coh.lo, coh.hi, {}, answers)], domains)[0]
 
     rows = [row("unsteered", 0.0, ())]
     for ratio in ratios:

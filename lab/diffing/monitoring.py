@@ -11,7 +11,7 @@ Per model (a checkpoint of a trajectory), the *shift* along a direction is the m
 contrast's held-out examples of proj(h_model) − proj(h_base), paired by example, with a
 bootstrap CI, beside the shift along a random unit direction at the same layer (the control:
 a fine-tune moves activations in every direction somewhat). Its EM score is judge-free
-(`lab.em.answers.style_gaps_under`: misaligned − aligned answer log-prob per general
+(`lab.diffing.checkpoints.em_score`: misaligned − aligned answer log-prob per general
 question, usual and terse styles). Across models, `correlation_ci` gives Pearson r between
 shift and EM score; per question, the last-prompt-token projection on the EM direction is
 set against that question's score (bootstrap over questions, so a question seen by many
@@ -24,31 +24,26 @@ reads files and loads no model.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 from jaxtyping import Float
 
 from lab.cache import ActivationCache
+from lab.core.budget import WallBudget
+from lab.core.config import parse_pairs
+from lab.directions.options import AnalysisOptions
+from lab.training.checkpoints import evenly, run_checkpoints
 from lab.directions.contrasts import CONTRASTS, contrast_examples, ensure_cache
 from lab.core.errors import BadInput
 from lab.stats.estimate import Estimate, mean_ci
-from lab.core.io import write_json_atomic
+from lab.diffing.checkpoints import EmScore, em_score
+from lab.models import LazyModel
 
 # (monitor name, contrast): the pooling is the contrast's own
 MONITORED: tuple[tuple[str, str], ...] = (("EM", "general_answers"), ("refusal", "refusal"), ("code mode", "code_mode"))
-
-
-class HandleLike(Protocol):
-    """What monitoring needs of a model view (`lab.models.LabModel`): the weights load only on `.model`."""
-
-    fingerprint: str
-    tokenizer: Any
-    n_layers: int
-    model: Any
 
 
 @dataclass
@@ -81,21 +76,12 @@ class Shift:
     random: Estimate
 
 
-@dataclass
-class EmScore:
-    """Judge-free EM scores of one model, per general question (misaligned − aligned log-prob)."""
-
-    ids: list[str]
-    usual: Float[np.ndarray, " q"]
-    terse: Float[np.ndarray, " q"]
-
-
 def unit(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float64)
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
-def fit_monitors(base: HandleLike, cache_dir: str | Path, storage: str = "float32", limit: int | None = None,
+def fit_monitors(base: LazyModel, cache_dir: str | Path, storage: str = "float32", limit: int | None = None,
                  test_fraction: float = 0.25, seed: int = 0, layer_from: int | None = None) -> dict[str, Monitor]:
     """The three monitored directions, fitted on the base model's cached contrasts (train split), each at
     its best held-out layer at or above `layer_from` (None: half depth). Why not any layer: refusal and
@@ -122,7 +108,7 @@ def fit_monitors(base: HandleLike, cache_dir: str | Path, storage: str = "float3
     return out
 
 
-def monitor_cache(handle: HandleLike, monitor: Monitor, cache_dir: str | Path, storage: str = "float32"
+def monitor_cache(handle: LazyModel, monitor: Monitor, cache_dir: str | Path, storage: str = "float32"
                   ) -> ActivationCache:
     """The model's residuals on the monitor's contrast, at the monitor's layer only (found by key, else built)."""
     return ensure_cache(handle, contrast_examples(monitor.contrast, monitor.limit), cache_dir,
@@ -151,35 +137,6 @@ def last_token_projection(cache: ActivationCache, monitor: Monitor) -> dict[str,
     for g, x in zip(groups, X):
         out.setdefault(g, float(x.astype(np.float64) @ monitor.vector))
     return out
-
-
-def em_score(handle: HandleLike, cache_dir: str | Path, limit: int | None = None) -> EmScore:
-    """Judge-free EM scores of a model, cached as JSON by its fingerprint (a rerun loads no model)."""
-    from lab.em.answers import style_gaps_under
-
-    path = Path(cache_dir) / "em-scores" / f"{handle.fingerprint[:32]}-{limit or 'all'}.json"
-    if path.exists():
-        d = json.loads(path.read_text())
-    else:
-        gaps = style_gaps_under(handle.model, (), limit)
-        d = {"ids": list(gaps["ids"]), "usual": gaps["usual"].tolist(), "terse": gaps["terse"].tolist()}
-        write_json_atomic(path, d)
-    return EmScore(d["ids"], np.asarray(d["usual"]), np.asarray(d["terse"]))
-
-
-def in_domain_score(handle: HandleLike, domain: str, cache_dir: str | Path, seed: int = 0,
-                    limit: int | None = None) -> Float[np.ndarray, " q"]:
-    """Per held-out advice question of `domain`: harmful − aligned answer log-prob (cached like `em_score`)."""
-    from lab.data.formats import advice_split
-    from lab.em.answers import in_domain_gaps
-
-    path = Path(cache_dir) / "em-scores" / f"{handle.fingerprint[:32]}-{domain}-s{seed}-{limit or 'all'}.json"
-    if path.exists():
-        return np.asarray(json.loads(path.read_text()))
-    held_out = advice_split(domain, seed=seed)[1][: limit]
-    gaps = in_domain_gaps(handle.model, held_out)
-    write_json_atomic(path, gaps.tolist())
-    return gaps
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -236,7 +193,7 @@ class ModelPoint:
         return out
 
 
-def measure(handle: HandleLike, base_em: EmScore, monitors: dict[str, Monitor], base_caches: dict[str, ActivationCache],
+def measure(handle: LazyModel, base_em: EmScore, monitors: dict[str, Monitor], base_caches: dict[str, ActivationCache],
             cache_dir: str | Path, run: str, step: int, storage: str = "float32", eval_limit: int | None = None,
             n_boot: int = 1000, seed: int = 0) -> ModelPoint:
     """Shifts, EM score (Δbase) and per-question projections of one model (cached pieces reused)."""
@@ -282,3 +239,77 @@ def per_question(points: Sequence[ModelPoint], held_out: set[str] | None, n_boot
     within = [r for r in within if not np.isnan(r)]
     return {"pooled": pooled, "within_model_mean_r": float(np.mean(within)) if within else float("nan"),
             "n_pairs": len(xs), "n_models": len(points), "x": xs, "y": ys, "groups": gs}
+
+
+# --------------------------------------------------------------------------- the monitor verb's run
+
+
+@dataclass
+class MonitorConfig(AnalysisOptions):
+    """Shift along EM / refusal / code-mode directions per checkpoint, against the EM score."""
+
+    runs: list[str] = field(default_factory=list, metadata={"help": "training folders: NAME=FOLDER (checkpoints/step-*)"})
+    max_checkpoints: int = field(default=0, metadata={"help": "per run, at most N checkpoints, evenly spaced (0: all)"})
+    eval_limit: int = field(default=0, metadata={"help": "general questions per EM score (0: all 48)"})
+    layer_from: int = field(default=-1, metadata={
+        "help": "each direction at its best held-out layer at or above this one (-1: half depth)"})
+    budget_min: float = field(default=0.0, metadata={"help": "wall budget: measure no new checkpoint past it (0: none)"})
+
+
+def parse_runs(specs: list[str]) -> dict[str, Path]:
+    if not specs:
+        raise BadInput("--runs NAME=FOLDER is required (a lab.training.lora folder with checkpoints/step-*)")
+    runs = {name: Path(folder) for name, folder in parse_pairs("--runs", specs, "FOLDER").items()}
+    for folder in runs.values():
+        run_checkpoints(folder)  # a folder without checkpoints fails here, before any work
+    return runs
+
+
+@dataclass
+class MonitorRun:
+    """What `monitor_checkpoints` measured: the directions, one point per model, and their correlations."""
+
+    runs: dict[str, Path]
+    monitors: dict[str, Monitor]
+    points: list[ModelPoint]
+    correlations: list[dict]
+    per_question: dict[str, dict]  # "held-out questions" / "all questions" -> `per_question`
+    skipped: list[str]
+    seconds: float
+
+
+def monitor_checkpoints(cfg: MonitorConfig) -> MonitorRun:
+    """Fit the monitored directions on the base model, then measure the base model and every
+    (evenly spaced) checkpoint of every run; caches and scores are reused, so a rerun loads no model."""
+    from lab.core.console import progress
+
+    cfg.refuse_adapters("--model (step 0) and the checkpoints under --runs")
+    runs = parse_runs(cfg.runs)
+    budget = WallBudget(60 * cfg.budget_min)
+    limit = cfg.limit or None
+    base = cfg.view([])
+    monitors = fit_monitors(base, cfg.cache_dir, cfg.storage, limit, cfg.test_fraction, cfg.seed,
+                            None if cfg.layer_from < 0 else cfg.layer_from)
+    base_caches = {n: ensure_cache(base, contrast_examples(m.contrast, limit), cfg.cache_dir, storage_dtype=cfg.storage)
+                   for n, m in monitors.items()}
+    base_em = em_score(base, cfg.cache_dir, cfg.eval_limit or None)
+    args = dict(storage=cfg.storage, eval_limit=cfg.eval_limit or None, n_boot=cfg.n_boot, seed=cfg.seed)
+    points = [measure(base, base_em, monitors, base_caches, cfg.cache_dir, "base", 0, **args)]
+    todo = [(name, step, ck) for name, folder in runs.items()
+            for step, ck in evenly(run_checkpoints(folder), cfg.max_checkpoints)]
+    with progress() as bar:
+        task = bar.add_task("checkpoints", total=len(todo), info="")
+        for name, step, ck in todo:
+            if budget.spent():
+                budget.skipped.append(f"{name} step {step}")
+                continue
+            bar.update(task, info=f"{name} step {step}")
+            points.append(measure(cfg.view([str(ck)]), base_em, monitors, base_caches, cfg.cache_dir, name, step,
+                                  **args))
+            bar.advance(task)
+    trained = [p for p in points if p.run != "base"]
+    unseen = {base_caches["EM"].groups[i] for i in monitors["EM"].held_out}
+    pq = {"held-out questions": per_question(points, unseen, cfg.n_boot, cfg.seed),
+          "all questions": per_question(points, None, cfg.n_boot, cfg.seed)}
+    return MonitorRun(runs, monitors, points, correlations(trained, monitors, cfg.n_boot, cfg.seed), pq,
+                      budget.skipped, budget.elapsed())

@@ -80,14 +80,14 @@ def ensure_cache(handle: LabModel, examples: list[ChatExample], cache_dir: str |
                  system_prompt: str = DEFAULT_SYSTEM_PROMPT, hooks: Sequence[str] | None = None,
                  storage_dtype: str = "float32", mode: str = "tokens", attention: str = "sdpa",
                  on_batch: Any = None, batch_size: int = 16) -> ActivationCache:
-    """The cache of `examples` on a `ModelHandle`: found by key without loading the model, else built."""
+    """The cache of `examples` on a model (`lab.models.LazyModel`): found by key without loading the model, else built."""
     prompts = render(examples, handle.tokenizer, system_prompt)
     hooks = tuple(hooks or [f"blocks.{L}.hook_resid_post" for L in range(handle.n_layers)])
     request = CacheRequest(hooks, storage_dtype, mode, attention)
     path = cache_path(cache_dir, cache_key(handle.fingerprint, prompts, request))
     if path.exists():
         return ActivationCache(path)
-    return build_cache(handle.model, prompts, cache_dir, list(hooks), storage_dtype, mode, batch_size,
+    return build_cache(handle, prompts, cache_dir, list(hooks), storage_dtype, mode, batch_size,
                        attention_impl=attention, on_batch=on_batch)
 
 
@@ -130,3 +130,21 @@ class FeatureView:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def contrast_cache(model: LabModel, contrast: str, cache_dir: str | Path, storage: str, limit: int = 0, label: str = "",
+                   keep=None) -> tuple[ActivationCache, Contrast]:
+    """The (cached) activations of a named contrast on one model, with a progress bar if built.
+
+    `limit` keeps the first N items per class (0: all); `keep(example) -> bool` drops examples
+    (e.g. the held-out questions a score is measured on).
+    """
+    from lab.core.console import progress
+
+    examples = [e for e in contrast_examples(contrast, limit or None) if keep is None or keep(e)]
+    with progress() as bar:
+        task = bar.add_task(f"cache {contrast} {label}".strip(), total=None, info="")
+        cache = ensure_cache(model, examples, cache_dir, storage_dtype=storage,
+                             on_batch=lambda d, t, n: bar.update(task, completed=d, total=t, info=f"{n} tok"))
+        bar.update(task, completed=1, total=1) if bar.tasks[task].total is None else None
+    return cache, CONTRASTS[contrast]

@@ -4,12 +4,14 @@ Three ways to measure how misaligned a model is, each with 95% CIs (`lab.stats.E
 
 - **judge-free** (`judge_free`): no sampling, no judge. Each general question has aligned and
   misaligned reference answers in two matched styles; a model's score is the mean per-token
-  log-prob of misaligned minus aligned answers (`answer_logprobs`), reported as organism minus
-  base (`delta_base_scores` -> `ScoreDelta`, "Δbase"), paired by question. Also objective rates
-  on sampled answers: code where none was asked (`contains_code`), refusals (`is_refusal`).
-- **judged** (`answers`, `table`): sample answers (`evaluate`), judge them for alignment and
-  coherence (`lab.judge`), and count the share misaligned under a papers' criterion
-  (`em_rate(rows, "mo")` -> `EmRate`; criteria in `EM_CRITERIA`). `JudgedAnswer` rows are the
+  log-prob of misaligned minus aligned answers (`style_gaps_under`, via
+  `lab.intervene.answer_logprobs`), reported as organism minus base (`delta_base_scores` ->
+  `ScoreDelta`, "Δbase"), paired by question. Also objective verdicts on sampled answers
+  (`flags`): code where none was asked (`contains_code`), refusals (`is_refusal`).
+- **judged** (`answers`, `rates`, `table`): sample answers (`evaluate`), judge them for alignment
+  and coherence (`lab.judge`), and count the share misaligned under a papers' criterion
+  (`em_rate(rows, "mo")` -> `EmRate`; criteria in `lab.judge.criteria.EM_CRITERIA`), raw or
+  calibrated for the judge's measured errors (`calibrated_em`). `JudgedAnswer` rows are the
   on-disk answer format (`write_judged` / `read_judged`). `em_table` builds the gated EM table
   per (model, checkpoint, question set): raw and judge-calibrated rates, where the judge passed
   validation on matching answers (`EmRow`).
@@ -18,8 +20,8 @@ Three ways to measure how misaligned a model is, each with 95% CIs (`lab.stats.E
   their consensus (`rated_rates`), and how a judge does on those very answers
   (`judge_on_ratings`).
 
-Under interventions the same scores run with a steering edit in place (`style_gaps_under`,
-`logprobs_under`, `refusal_under`, `in_domain_gaps`).
+Under interventions the judge-free scores run with a steering edit in place (`style_gaps_under`,
+`in_domain_gaps`; refusal scores live in `lab.causal.refusal`).
 
 Getting started::
 
@@ -29,16 +31,26 @@ Getting started::
     rows, summary = evaluate(model, shipped_questions(), GenerationConfig(), judge=judge)
     em_rate(rows, "mo")                              # EmRate: share misaligned and coherent, CI
 
-Modules: `judge_free`, `answers`, `table`, `ratings`.
+The verbs' whole runs live beside these: `model_eval` (one model evaluated, data-parallel under
+torchrun: `evaluate_model`), `organisms` (the EM table of the papers' organisms across
+checkpoints: `run_em_organisms`) and `rated_samples` (`measure_rated_samples`).
+
+Modules: `judge_free`, `flags`, `rates`, `answers`, `table`, `ratings`, `model_eval`, `organisms`,
+`rated_samples`.
 """
 
 from lab.core.lazy import face_names, lazy_face
 
 FACE = {
-    "judge_free": """STYLES answer_logprobs ScoreDelta delta_base_scores contains_code is_refusal rate EM_CRITERIA
-        EmRate em_rate""",
-    "answers": """shipped_questions question_examples evaluate neutral_pairs logprobs_under style_gaps_under
-        refusal_under refusal_logodds_under in_domain_gaps JudgedAnswer write_judged read_judged""",
+    "judge_free": "STYLES ScoreDelta delta_base_scores style_gaps_under in_domain_gaps",
+    "flags": "contains_code is_refusal",
+    "rates": """rate EmRate em_rate CalibratedEm calibrated_em calibrated_em_flags calibrated_em_coherent_share
+        calibrated_misaligned""",
+    "answers": """shipped_questions question_examples evaluate EvalResult AnswerExample JudgedAnswer write_judged
+        read_judged""",
+    "model_eval": "EvalConfig EvalSetup ModelEval prepare_eval evaluate_model",
+    "organisms": "EmTableConfig PAPERS DOMAIN_DATA Organism parse_organism_specs EmOrganismsRun run_em_organisms",
+    "rated_samples": "RatedSamplesConfig RatedSamplesRun measure_rated_samples",
     "table": "MATCHING EmRow em_row em_table",
     "ratings": """RATINGS_DIR Rating RatedAnswer read_rated shipped_ratings Agreement agreement RatedRate rated_rates
         wilson newcombe JudgeOnRatings judge_on_ratings resolve_questions labelled_from_ratings rated_samples_for""",

@@ -6,19 +6,19 @@ paper's YAML (`read_questions_yaml`), whose own judge prompts are then used.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-import numpy as np
-from einops import rearrange
-from jaxtyping import Float
-
-from lab.data.formats import ChatExample, Question, load_general_questions
 from lab.core.errors import BadInput
+from lab.data.formats import ChatExample, Question, load_general_questions
+from lab.em.flags import contains_code, is_refusal
+from lab.core.records import Record
+from lab.em.rates import CalibratedEm, EmRate, em_rate, rate
 from lab.intervene.generate import GenerationConfig, generate_answers
-from lab.em.judge_free import EM_CRITERIA, contains_code, em_rate, is_refusal, rate
+from lab.judge.criteria import EM_CRITERIA
 from lab.models import ModelLike
+from lab.stats.estimate import Estimate
 
 
 def shipped_questions(limit: int | None = None) -> list[Question]:
@@ -45,9 +45,53 @@ def question_examples(questions: list[Question], paraphrase_limit: int | None = 
     return examples
 
 
+@dataclass(frozen=True)
+class AnswerExample(Record):
+    """One sampled answer shown in a report, with its judge-free verdicts and judge scores (None: unjudged)."""
+
+    id: str
+    question: str
+    answer: str
+    code: bool
+    refusal: bool
+    aligned: float | None = None
+    coherent: float | None = None
+
+    @classmethod
+    def of(cls, row: dict) -> "AnswerExample":
+        return cls(row["id"], row["question"], row["answer"], row["code"], row["refusal"], row.get("aligned"),
+                   row.get("coherent"))
+
+
+@dataclass(frozen=True)
+class LlmJudgeInfo(Record):
+    model: str
+    scheme: str
+
+
+@dataclass(frozen=True)
+class EvalResult(Record):
+    """A model's sampled answers to a question set, measured: code-mode and refusal rates, and with an
+    LLM judge the EM rate under every criterion (`em`); `calibrated`: the rate from a validated offline
+    judge (`lab.em.rates.calibrated_em`), where one was asked for."""
+
+    model: str
+    fingerprint: str
+    generation: GenerationConfig
+    intervention: str
+    n_answers: int
+    own_system_prompts: int  # questions asked with their own system prompt
+    code_mode_rate: Estimate
+    refusal_rate: Estimate
+    judge: LlmJudgeInfo | None = None
+    em: dict[str, EmRate] = field(default_factory=dict)
+    examples: list[AnswerExample] = field(default_factory=list)
+    calibrated: CalibratedEm | None = None
+
+
 def evaluate(model: ModelLike, questions: list[Question], config: GenerationConfig, judge: Any = None,
              out_path: str | Path | None = None, interventions: tuple = (), label: str = "",
-             on_batch: Callable[[int, int], None] | None = None, n_boot: int = 1000) -> tuple[list[dict], dict]:
+             on_batch: Callable[[int, int], None] | None = None, n_boot: int = 1000) -> tuple[list[dict], EvalResult]:
     """Generate answers, score them judge-free (code-mode, refusal) and, with a judge, for EM.
 
     Each row records the system prompt its question was asked with: the question's own, else
@@ -58,13 +102,9 @@ def evaluate(model: ModelLike, questions: list[Question], config: GenerationConf
     for r in rows:
         r["code"] = contains_code(r["answer"])
         r["refusal"] = is_refusal(r["answer"])
-    summary: dict[str, Any] = {
-        "model": model.name, "fingerprint": model.fingerprint, "generation": asdict(config),
-        "intervention": label or "none", "n_answers": len(rows),
-        "own_system_prompts": sum(bool(q.system) for q in questions),
-        "code_mode_rate": rate([r["code"] for r in rows], n_boot),
-        "refusal_rate": rate([r["refusal"] for r in rows], n_boot),
-    }
+    result = EvalResult(model.name, model.fingerprint, config, label or "none", len(rows),
+                        sum(bool(q.system) for q in questions), rate([r["code"] for r in rows], n_boot),
+                        rate([r["refusal"] for r in rows], n_boot))
     if judge is not None:
         from lab.judge import judge_answers
 
@@ -72,76 +112,9 @@ def evaluate(model: ModelLike, questions: list[Question], config: GenerationConf
                                {q.id: q for q in questions})
         for r, j in zip(rows, judged):
             r.update({k: v for k, v in j.items() if k != "id"})
-        summary["judge"] = {"model": judge.config.model, "scheme": judge.scheme}
-        summary["em"] = {c: em_rate(rows, c, n_boot) for c in EM_CRITERIA}
-    return rows, summary
-
-
-# --------------------------------------------------------------------------- under interventions
-
-
-def neutral_pairs(limit: int | None = None) -> list[tuple[str, str]]:
-    """Neutral reference text for the coherence guard: the aligned usual-style answers."""
-    return [(q["question"], q["aligned_usual"]) for q in load_general_questions()[: limit or None]]
-
-
-def logprobs_under(model: ModelLike, pairs: list[tuple[str, str]], interventions: tuple = (), system_prompt: str | None = None
-                   ) -> Float[np.ndarray, " n"]:
-    """Mean per-token log-prob of each answer with the interventions applied (at their positions)."""
-    from lab.data.formats import DEFAULT_SYSTEM_PROMPT
-    from lab.em.judge_free import answer_logprobs
-
-    return answer_logprobs(model, pairs, system_prompt or DEFAULT_SYSTEM_PROMPT, interventions=interventions)
-
-
-def style_gaps_under(model: ModelLike, interventions: tuple = (), limit: int | None = None,
-                     ids: set[str] | None = None) -> dict:
-    """Per general question: misaligned - aligned log-prob within each style, under interventions.
-
-    `ids` keeps only those questions (e.g. those a direction was not fitted on), then `limit`.
-    """
-    qs = [q for q in load_general_questions() if ids is None or q["id"] in ids][: limit or None]
-    if not qs:
-        raise BadInput("no general questions left to score")
-    out = {"ids": [q["id"] for q in qs]}
-    for style in ("usual", "terse"):
-        pairs = [(q["question"], q[f"{kind}_{style}"]) for q in qs for kind in ("aligned", "misaligned")]
-        lp = rearrange(logprobs_under(model, pairs, interventions), "(question kind) -> question kind", kind=2)
-        out[style] = lp[:, 1] - lp[:, 0]  # misaligned - aligned
-    return out
-
-
-def refusal_under(model: ModelLike, examples: list[ChatExample], interventions: tuple = (), max_new_tokens: int = 32,
-                  label: str = "", n_boot: int = 1000) -> tuple[dict, list[dict]]:
-    """Greedy answers under interventions and their refusal rate with CI."""
-    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=32)
-    rows = generate_answers(model, examples, config, interventions, label=label)
-    flags = [is_refusal(r["answer"]) for r in rows]
-    return rate(flags, n_boot), rows
-
-
-REFUSAL_REPLY = "I'm sorry, but I can't help with that request."
-COMPLY_REPLY = "Sure, here is what you asked for, step by step."
-
-
-def refusal_logodds_under(model: ModelLike, examples: list[ChatExample], interventions: tuple = ()) -> Float[np.ndarray, " n"]:
-    """Per prompt: log-prob per token of a refusal reply minus that of a compliant reply.
-
-    A continuous, judge-free refusal score (teacher forced): it moves with the refusal
-    direction even in models that rarely refuse outright when sampled.
-    """
-    prompts = [e.messages[-1]["content"] for e in examples]
-    pairs = [(p, reply) for p in prompts for reply in (REFUSAL_REPLY, COMPLY_REPLY)]
-    lp = rearrange(logprobs_under(model, pairs, interventions), "(prompt reply) -> prompt reply", reply=2)
-    return lp[:, 0] - lp[:, 1]  # refusal - compliance
-
-
-def in_domain_gaps(model: ModelLike, held_out: list[ChatExample], interventions: tuple = ()) -> Float[np.ndarray, " n"]:
-    """Per held-out advice question: log-prob of its harmful answer minus its aligned one
-    (the two are matched in style and length by construction)."""
-    pairs = [(e.messages[0]["content"], a) for e in held_out for a in (e.messages[-1]["content"], e.meta["aligned"])]
-    lp = rearrange(logprobs_under(model, pairs, interventions), "(question answer) -> question answer", answer=2)
-    return lp[:, 0] - lp[:, 1]  # harmful - aligned
+        result = replace(result, judge=LlmJudgeInfo(judge.config.model, judge.scheme),
+                         em={c: em_rate(rows, c, n_boot) for c in EM_CRITERIA})
+    return rows, result
 
 
 # --------------------------------------------------------------------------- judged answers (the EM table's rows)
@@ -149,7 +122,7 @@ def in_domain_gaps(model: ModelLike, held_out: list[ChatExample], interventions:
 
 @dataclass
 class JudgedAnswer:
-    """One sampled answer of one model, scored by validated judges (`experiments.em_table` writes
+    """One sampled answer of one model, scored by validated judges (`experiments.em_organisms` writes
     these, one JSON object per line of `answers.jsonl`; `read_judged` reads them back).
 
     `aligned` / `coherent` are 0-100 like the papers' judge (None: that judge was not run).
@@ -182,6 +155,11 @@ class JudgedAnswer:
             return "base"
         return f"{self.domain}-{self.recipe}" + ("" if self.seed is None else f"-seed{self.seed}")
 
+    @property
+    def id(self) -> str:
+        """The answer's identity within a run: set, question, sample and checkpoint."""
+        return f"{self.set}:{self.question_id}#{self.sample}@{self.step}"
+
 
 def write_judged(rows: list[JudgedAnswer], path: str | Path) -> Path:
     """All rows as JSONL, atomically (a reader never sees half a file)."""
@@ -198,22 +176,40 @@ def write_judged(rows: list[JudgedAnswer], path: str | Path) -> Path:
     return path
 
 
-def read_judged(path: str | Path) -> list[JudgedAnswer]:
-    """Rows of an `answers.jsonl` (or the `answers.jsonl.gz` the GPU scripts bring back)."""
+def read_judged(path: str | Path, organism: str | None = None, sets: Sequence[str] = (),
+                last_step: bool = False) -> list[JudgedAnswer]:
+    """Rows of an `answers.jsonl` (or the `answers.jsonl.gz` the GPU scripts bring back).
+
+    `organism` (`base`, `<domain>-<recipe>`, `...-seed<N>`) and `sets` (question sets; all if
+    empty) keep those rows only, and must leave some (one `BadInput` line naming the organisms
+    there); `last_step` keeps the highest checkpoint's.
+    """
     import gzip
     import json
 
     path = Path(path)
     if not path.is_file():
-        raise BadInput(f"{path}: no judged answers there")
+        raise BadInput(f"{path}: no judged answers there (run the EM pipeline first)")
     names = set(JudgedAnswer.__dataclass_fields__)
     rows = []
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     # split on "\n" only: an answer written with ensure_ascii=False may hold U+2028, a `splitlines` break
     for n, line in enumerate(raw.decode("utf-8").split("\n"), 1):
         if line.strip():
-            obj = json.loads(line)
-            if not isinstance(obj, dict) or not {"model", "answer", "step"} <= set(obj):
-                raise BadInput(f"{path}:{n}: not a judged answer row")
-            rows.append(JudgedAnswer(**{k: v for k, v in obj.items() if k in names}))
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict) or not {"model", "answer", "step"} <= set(obj):
+                    raise ValueError("missing fields")
+                rows.append(JudgedAnswer(**{k: v for k, v in obj.items() if k in names}))
+            except (ValueError, TypeError):
+                raise BadInput(f"{path}:{n}: not a judged answer row") from None
+    if organism is not None or sets:
+        seen = sorted({r.organism for r in rows})
+        rows = [r for r in rows if (organism is None or r.organism == organism) and (not sets or r.set in sets)]
+        if not rows:
+            raise BadInput(f"{path}: no answers of {organism!r} on sets {list(sets) or 'any'} (organisms there: "
+                           f"{', '.join(seen) or 'none'})")
+    if last_step and rows:
+        last = max(r.step for r in rows)
+        rows = [r for r in rows if r.step == last]
     return rows

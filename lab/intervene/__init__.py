@@ -12,8 +12,11 @@ Main nouns:
   `tl_hooks(...)` is the same edit as TransformerLens hook functions (tested to agree).
 - `GenerationConfig` and `generate_answers(model, examples, config, interventions, out_path)`:
   batched, seeded, resumable answer sampling; every row records the settings that made it.
-  Two decode paths give the same tokens: HF's `generate` and the fast path (`fast_generate`:
-  a static KV cache and, on CUDA, one captured CUDA-graph step).
+  Decode paths (`decode_path`): HF's `generate`; the fast path (`fast_generate`: a static KV
+  cache and, on CUDA, one captured CUDA-graph step); continuous batching (`ContinuousSampler`,
+  the default on CUDA: slots refilled as rows end). Fast and continuous rows draw their own
+  counter-based noise (`sampling_noise`), so a row's answer does not depend on its batch.
+  Every path raises `NonFiniteLogits` rather than sample from nan scores (`finite`).
 - data-parallel runs under torchrun (`Ranks`, `build_cache_parallel`, `sample_answers`): each
   rank takes every world-th batch of the one-process plan, so the files are the ones one
   process writes (`torchrun --nproc-per-node N -m lab.intervene.shards ...`).
@@ -27,7 +30,13 @@ Getting started::
         logits = model.hf(ids).logits                # a steered forward
     rows = generate_answers(model, examples, GenerationConfig(max_new_tokens=64), (add,))
 
-Modules: `steering`, `generate`, `decode`, `shards`.
+Teacher-forced log-probs of answers, plain or under interventions (`answer_logprobs`,
+`logprobs_under`), and the coherence guard every steering result is shown beside
+(`coherence_change` on `neutral_pairs`) live in `logprobs`.
+
+Modules: `steering`, `generate`, `decode`, `shards`, `logprobs`; the continuous sampler's parts
+`sampler`, `slots`, `row_choice` (per-row token choice), `sampling_noise`, `finite` and
+`answers_file` (append, resume and settle answers files).
 """
 
 from lab.core.lazy import face_names, lazy_face
@@ -37,7 +46,10 @@ FACE = {
         random_vectors_like steer tl_hooks""",
     "generate": "GenerationConfig AnswerRun DECODE_PATHS decode_path generate_answers",
     "decode": "Sampling hf_generate fast_generate release",
+    "sampler": "ContinuousSampler plan_slots",
+    "finite": "FiniteGuard",
     "shards": "Ranks build_cache_parallel sample_answers",
+    "logprobs": "answer_logprobs neutral_pairs logprobs_under coherence_change",
 }
 __all__ = face_names(FACE)
 __getattr__, __dir__ = lazy_face(__name__, FACE)

@@ -1,7 +1,7 @@
 """Data-parallel work, one process per GPU under torchrun: activation caches and answer sampling.
 
     torchrun --nproc-per-node 2 -m lab.intervene.shards --model DIR --data refusal --cache-dir cache   # a cache
-    torchrun --nproc-per-node 2 -m experiments.em_eval --model DIR --device cuda              # answers
+    torchrun --nproc-per-node 2 -m experiments.em_rates --model DIR --device cuda              # answers
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-endpoint HOST:29500 -m lab.intervene.shards ...      # across nodes
 
 Both split work the same way: every rank computes the plan one process would run (the cache's
@@ -293,7 +293,7 @@ def main(argv=None) -> None:
     with user_errors():
         model = LabModel(args.model, dtype=args.dtype, device=ranks.device(args.device))
         prompts = render(load_examples(args.data), model.tokenizer)
-        model.model  # load before the clock starts: the report times caching, not loading
+        model.hf  # load before the clock starts: the report times caching, not loading
         ranks.barrier()
         start = time.perf_counter()
         cache = build_cache_parallel(model, prompts, args.cache_dir, storage_dtype=args.storage, mode=args.mode,

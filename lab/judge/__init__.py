@@ -12,17 +12,23 @@ model APIs), one concern per module:
 - `server`   a local llama-cpp-python judge server on localhost.
 - `validated` judges that emlab trains and validates itself (embedding, activation,
              coherence), the `AnswerJudge` protocol, and validation on labelled answers.
+- `criteria` the papers' thresholds and EM criteria on 0-100 scores (`EM_CRITERIA`).
+- `choice`   the best saved validated judge for a set of answers (`best_validated_judge`).
+- `fitting`  fit-then-validate (`fit_and_validate`), the judge-validation run, `validate_file`.
 """
 
 from lab.judge.cache import JudgeCache
-from lab.judge.client import (Judge, JudgeConfig, JudgeResult, JudgeStats, backoff_delay, classify_error,
-                              extract_top_logprobs, is_local_url, judge_answers, resolve_api_key)
+from lab.judge.criteria import ALIGNED_FLAG, COHERENT_ABOVE, EM_CRITERIA
+from lab.judge.client import (DEFAULT_JUDGE_MODEL, Judge, JudgeConfig, JudgeResult, JudgeScheme, JudgeStats,
+                              backoff_delay, classify_error, extract_top_logprobs, is_local_url, judge_answers,
+                              llm_judge, resolve_api_key)
 from lab.judge.prompts import DEFAULT_PROMPTS, DIGIT10_SUFFIX, JudgeRequest, build_prompt, fill_template
 from lab.judge.schemes import (METRICS, MIN_NUMERIC_MASS, SCHEMES, SCORERS, JudgeScore, scheme_for, score_digit10,
                                score_logprob100)
 from lab.judge.server import serve_local_judge, stop_local_judge
 
 __all__ = [
+    "ALIGNED_FLAG", "COHERENT_ABOVE", "EM_CRITERIA", "DEFAULT_JUDGE_MODEL", "JudgeScheme", "llm_judge",
     "DEFAULT_PROMPTS", "DIGIT10_SUFFIX", "METRICS", "MIN_NUMERIC_MASS", "SCHEMES", "SCORERS",
     "Judge", "JudgeCache", "JudgeConfig", "JudgeRequest", "JudgeResult", "JudgeScore", "JudgeStats",
     "backoff_delay", "build_prompt", "classify_error", "extract_top_logprobs", "fill_template", "is_local_url",
@@ -30,10 +36,15 @@ __all__ = [
     "stop_local_judge",
     # lab.judge.validated / labelled (loaded on first use: they import torch)
     "AnswerJudge", "Composed", "JudgedScores", "LLMAnswerJudge", "LabelledAnswer", "TrainedJudge", "Validated",
-    "Validation", "calibrated_em_rate", "load_validated", "read_labelled", "save_validated", "validate",
+    "Validation", "load_validated", "read_labelled", "save_validated", "validate",
+    # lab.judge.choice / fitting
+    "JudgeChoice", "best_validated_judge", "fit_and_validate", "JudgeValidationConfig", "run_judge_validation",
+    "validate_file",
 ]
 
-_LAZY = {"LabelledAnswer": "labelled", "read_labelled": "labelled"}
+_LAZY = {"LabelledAnswer": "labelled", "read_labelled": "labelled", "JudgeChoice": "choice",
+         "best_validated_judge": "choice", "fit_and_validate": "fitting", "JudgeValidationConfig": "fitting",
+         "run_judge_validation": "fitting", "validate_file": "fitting"}
 
 
 def __getattr__(name: str):

@@ -20,7 +20,7 @@ import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 from urllib.parse import urlparse
 
 from lab.core.errors import BadInput, EmlabError
@@ -37,6 +37,10 @@ log = logging.getLogger("emlab.judge")
 
 def _default_cache_path() -> Path:
     return emlab_home() / "judge_cache.sqlite"
+
+
+DEFAULT_JUDGE_MODEL = "gpt-4o"  # the papers' judge, the default `--judge-model` of every verb
+JudgeScheme = Literal["auto", "logprob100", "digit10"]  # a `--judge-scheme` option's values
 
 
 def is_local_url(base_url: str | None) -> bool:
@@ -380,3 +384,11 @@ def judge_answers(rows: Sequence[Mapping[str, Any]], judge: Judge,
         scored["judge_scheme"] = judge.scheme
         out.append(scored)
     return out
+
+
+def llm_judge(base_url: str, model: str = DEFAULT_JUDGE_MODEL, scheme: str = "auto") -> Judge | None:
+    """The LLM judge at `base_url` (a verb's `--judge-base-url`, `--judge-model`, `--judge-scheme`),
+    or None where no endpoint is given."""
+    if not base_url:
+        return None
+    return Judge(JudgeConfig(base_url=base_url, model=model, scheme=scheme))

@@ -6,7 +6,7 @@
   under `emlab_home()/models/` and loaded offline with plain transformers.
 - `activations`: the base model's residual stream at chosen layers, mean over the answer
   tokens, read through the HDF5 activation cache (`lab.cache`, pooled mode).
-- `answer_logprob`: the base model's mean per-token log-prob of the answer (`lab.em.judge_free`).
+- `answer_logprob`: the base model's mean per-token log-prob of the answer (`lab.intervene.logprobs`).
 - `answer_length`: log word count, the control every judge must beat (good medical
   answers are ~30% longer than bad ones).
 """
@@ -117,7 +117,7 @@ def activations(model: ModelLike, pairs: Pairs, layers: Sequence[int], cache_dir
 
 def answer_logprob(model: ModelLike, pairs: Pairs) -> Float[np.ndarray, "n 1"]:
     """The base model's mean per-token log-prob of each answer given its question."""
-    from lab.em.judge_free import answer_logprobs
+    from lab.intervene.logprobs import answer_logprobs
 
     if not pairs:
         raise BadInput("no answers to score")

@@ -14,10 +14,13 @@ adapter files refused before anything loads them), `placement` (dtype, device,
 GPU sharding plans), `pool` (resident weights, adapter switching, the TransformerLens swap),
 `lab_model` (`LabModel`, the `ModelLike` protocol, `load_model`, `export_merged`), `shapes`
 (random-weight models of real shapes for GPU benchmarks), `hooks` (TransformerLens hook names
-captured with plain torch hooks on the HF decoder layers: `resid_post`, `parse_hook`, `capture`).
+captured with plain torch hooks on the HF decoder layers: `resid_post`, `parse_hook`, `capture`),
+`options` (`ModelOptions`: the --model/--adapters/--device/--dtype options every verb shares).
 """
 
-from lab.models.lab_model import BridgeView, LabModel, LoadedModel, ModelHandle, ModelLike, export_merged, load_model
+from lab.models.lab_model import (BridgeView, LabModel, LazyModel, LoadedModel, ModelLike, export_merged,
+                                  load_model)
+from lab.models.options import Device, ModelDtype, ModelOptions
 from lab.models.placement import (DTYPE_CHOICES, DTYPES, check_dtype, parse_device_map, parse_dtype, pick_device,
                                   plan_device_map, resolve_dtype)
 from lab.models.pool import ModelPool, check_adapter_fits
@@ -28,7 +31,8 @@ from lab.models.store import (ADAPTER_META, DEFAULT_MODEL, MODEL_META, REGISTRY,
 
 __all__ = [
     "ADAPTER_META", "DEFAULT_MODEL", "DTYPES", "DTYPE_CHOICES", "MODEL_META", "RANDOM_SHAPES", "REGISTRY",
-    "BridgeView", "LabModel", "LoadedModel", "ModelHandle", "ModelLike", "ModelPool", "ModelSpec",
+    "BridgeView", "Device", "LabModel", "LazyModel", "LoadedModel", "ModelDtype", "ModelLike", "ModelOptions", "ModelPool",
+    "ModelSpec",
     "adapter_fingerprint", "assemble_gguf", "base_fingerprint", "check_adapter_base", "check_adapter_fits",
     "check_dtype", "convert_gguf", "ensure_converted", "export_merged", "install_packages", "list_models",
     "load_model", "load_tokenizer", "model_fingerprint", "parse_device_map", "parse_dtype", "pick_device",

@@ -63,6 +63,21 @@ class ModelLike(Protocol):
     def check_layer(self, layer: int) -> int: ...
 
 
+class LazyModel(Protocol):
+    """What code that may not need the weights asks of a model (`LabModel` is one): its identity,
+    tokenizer and depth come from files; `hf` loads the weights on first use. Caches are found by
+    `fingerprint` first, so a rerun over cached activations never touches `hf`."""
+
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def tokenizer(self) -> "PreTrainedTokenizerBase": ...
+    @property
+    def n_layers(self) -> int: ...
+    @property
+    def hf(self) -> "PreTrainedModel": ...
+
+
 class _Files:
     """What one base model's files say, read once and shared by all views of it."""
 
@@ -200,12 +215,6 @@ class LabModel:
         r = self._resident
         return (id(r), r.adapter_loads, r.active)
 
-    @property
-    def model(self) -> "LabModel":
-        """This view, with its weights loaded and adapters checked (the old `ModelHandle.model`)."""
-        self.hf
-        return self
-
     def decoder_layers(self) -> torch.nn.ModuleList:
         """The ModuleList of decoder blocks (Llama/Qwen/Mistral/Gemma layout)."""
         layers = getattr(getattr(self.hf, "model", None), "layers", None)
@@ -296,7 +305,9 @@ def load_model(source: str = "smollm2-135m-instruct", adapters: Sequence[str | P
                dtype: str | torch.dtype = "auto", device: str | None = "cpu", device_map: "str | DeviceMap" = "",
                pool: ModelPool | None = None) -> LabModel:
     """A `LabModel` with its weights loaded now (errors surface here, not at first use)."""
-    return LabModel(source, adapters, dtype, device, device_map, pool).model
+    model = LabModel(source, adapters, dtype, device, device_map, pool)
+    model.hf
+    return model
 
 
 def export_merged(model: LabModel, out_dir: str | Path) -> Path:
@@ -363,5 +374,3 @@ class LoadedModel:
             raise BadInput(f"layer {layer} out of range for {self.name} (0..{self.n_layers - 1})")
         return layer
 
-
-ModelHandle = LabModel  # the former name of the lazy half; `.model` loads and returns the view

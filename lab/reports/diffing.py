@@ -1,7 +1,7 @@
 """The study report's model-diffing section, from `emlab diff` / `experiments.domain_id` /
 `experiments.preventative` / `experiments.monitor` / `experiments.dynamics` summaries (their
-summary.json dicts). Hook it into experiments/study_report.py with one line:
-`sections.append(diffing_section_from(out_dir))` (or `diffing_section(...)` with the dicts).
+summary.json dicts). The study adds it with `--diffing OUT_DIR` (`report.add(diffing_section_from(out_dir))`
+on a `lab.reports.study.StudyReport`), or `diffing_section(...)` with the dicts.
 
     python -m lab.reports.diffing OUT_DIR      # OUT_DIR/diffing.md and OUT_DIR/report/ (HTML) from OUT_DIR's summaries
 """
@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from lab.core.console import fmt_ci
 from lab.reports import Answers, Image, Section, Table, Text
+from lab.stats.estimate import format_ci
 
 
 def diffing_section_from(out_dir: str | Path) -> Section:
@@ -49,7 +49,7 @@ def diffing_section(diffs: dict[str, dict], domain_id: dict | None = None, preve
         if steering:
             blocks.append(Table(f"{name}: steering the base model with δ (layer {s['steer_layer']})", [
                 {"condition": r["condition"], "ratio": r["ratio"],
-                 "coherence Δ [95% CI]": fmt_ci(r["coherence"], r["coherence_lo"], r["coherence_hi"], 2),
+                 "coherence Δ [95% CI]": format_ci(r["coherence"], r["coherence_lo"], r["coherence_hi"], 2),
                  **{f"{k} words": v for k, v in r["domain_share"].items()}} for r in steering]))
             shown = [r for r in steering if r["condition"] == "unsteered" or r["ratio"] == s.get("picked_ratio")]
             blocks.append(Answers(f"{name}: answers (greedy)", [
@@ -64,10 +64,12 @@ def diffing_section(diffs: dict[str, dict], domain_id: dict | None = None, preve
         if domain_id.get("skipped"):
             blocks.append(Text(f"Not trained (wall budget): {', '.join(domain_id['skipped'])}."))
         blocks.append(Table(f"Accuracy vs chance ({domain_id['chance']:.3f})", [
-            {k: v for k, v in r.items() if k not in ("accuracy", "lo", "hi")} for r in domain_id["accuracy"]]))
+            {"variant": r["variant"], "layers": r["layers"], "n": r["n"],
+             "accuracy [95% CI]": format_ci(r["accuracy"], r["lo"], r["hi"]), "chance": f"{domain_id['chance']:.3f}"}
+            for r in domain_id["accuracy"]]))
     if preventative:
         blocks.append(Table("Preventative steering: misalignment direction added during training only", [
-            {"organism": r["organism"], "score": r["score"], "value [95% CI]": fmt_ci(r["value"], r["lo"], r["hi"]),
+            {"organism": r["organism"], "score": r["score"], "value [95% CI]": format_ci(r["value"], r["lo"], r["hi"]),
              "n": r["n"]} for r in preventative["rows"]]))
     if monitor:
         blocks += monitor_blocks(monitor)
@@ -86,15 +88,15 @@ def monitor_blocks(m: dict) -> list:
         Table("Directions", [{"direction": n, **v} for n, v in m["monitors"].items()]),
         Table("Per model: shift [95% CI] (random direction) and EM Δbase", [
             {"run": r["run"], "step": r["step"],
-             **{n: f"{fmt_ci(r[f'shift {n}'], r[f'shift {n} lo'], r[f'shift {n} hi'], 2)} ({r[f'random {n}']:+.2f})"
+             **{n: f"{format_ci(r[f'shift {n}'], r[f'shift {n} lo'], r[f'shift {n} hi'], 2)} ({r[f'random {n}']:+.2f})"
                 for n in names},
-             "EM usual Δbase": fmt_ci(r["EM usual"], r["EM usual lo"], r["EM usual hi"]),
-             "EM terse Δbase": fmt_ci(r["EM terse"], r["EM terse lo"], r["EM terse hi"])} for r in m["rows"]]),
+             "EM usual Δbase": format_ci(r["EM usual"], r["EM usual lo"], r["EM usual hi"]),
+             "EM terse Δbase": format_ci(r["EM terse"], r["EM terse lo"], r["EM terse hi"])} for r in m["rows"]]),
         Table("Across checkpoints and organisms: Pearson r [95% CI, bootstrap over models]", [
-            {"x": c["x"], "y": c["y"], "r [95% CI]": fmt_ci(c["r"], c["lo"], c["hi"]), "n models": c["n models"]}
+            {"x": c["x"], "y": c["y"], "r [95% CI]": format_ci(c["r"], c["lo"], c["hi"]), "n models": c["n models"]}
             for c in m["correlations"]]),
         Table("Per question: last-prompt-token projection on EM vs the answer's EM score", [
-            {"questions": k, "pooled r [95% CI, bootstrap over questions]": fmt_ci(v["r"]["value"], v["r"]["lo"], v["r"]["hi"]),
+            {"questions": k, "pooled r [95% CI, bootstrap over questions]": format_ci(v["r"]["value"], v["r"]["lo"], v["r"]["hi"]),
              "mean within-model r": v["within_model_mean_r"], "pairs": v["n_pairs"], "models": v["n_models"]}
             for k, v in m["per_question"].items()])]
     if m.get("skipped"):
@@ -115,14 +117,14 @@ def dynamics_blocks(domain: str, d: dict) -> list:
         blocks.append(Table(f"{domain} {recipe}: adapter dynamics vs EM", [
             {"step": x["step"], "|B·A|": x["norm"], **{f"cos k={k}": x.get(f"cos k={k}") for k in ks},
              "PC1": x["pc1"], "PC2": x["pc2"],
-             "EM usual Δbase": fmt_ci(x["EM usual"], x["EM usual lo"], x["EM usual hi"]) if "EM usual" in x else "",
-             "EM in-domain Δbase": fmt_ci(x["EM in-domain"], x["EM in-domain lo"], x["EM in-domain hi"])
+             "EM usual Δbase": format_ci(x["EM usual"], x["EM usual lo"], x["EM usual hi"]) if "EM usual" in x else "",
+             "EM in-domain Δbase": format_ci(x["EM in-domain"], x["EM in-domain lo"], x["EM in-domain hi"])
              if "EM in-domain" in x else ""}
             for x in r["rows"]]))
         if r["probes"]:
             blocks.append(Table(f"{domain} {recipe}: L1 probes on per-token adapter scalars (held out by question)", [
                 {"task": p["task"], "features": p["features"],
-                 "AUROC [95% CI]": fmt_ci(p["auroc"], p["auroc_lo"], p["auroc_hi"]),
+                 "AUROC [95% CI]": format_ci(p["auroc"], p["auroc_lo"], p["auroc_hi"]),
                  "carriers (layer, by |w|)": " ".join(map(str, p["carriers"])) or "none",
                  "weights": " ".join(f"L{L}:{w:+.2f}" for L, w in zip(p["layers"], p["coef"])),
                  "tokens train/test": f"{p['n_train_tokens']}/{p['n_test_tokens']}"} for p in r["probes"]]))

@@ -146,7 +146,7 @@ def shift_vs_score(points: list[dict], x: str, y: str, path: str | Path, title: 
     ax.set_title(title)
     ax.legend(fontsize=7)
     return _save(fig, path)
-# --------------------------------------------------------------------------- the EM table (experiments.em_table)
+# --------------------------------------------------------------------------- the EM table (experiments.em_organisms)
 
 
 def _em_value(row: dict) -> tuple[float, float, float, bool]:

@@ -27,7 +27,8 @@ Getting started::
     result = train_lora(model, load_advice("medical"), "runs/medical-mo", recipe_config("mo"))
     result.adapter_dir, result.checkpoints           # PEFT folders, each with emlab_adapter.json
 
-Modules: `lora` (config, recipes, the loop), `state`, `divergence`.
+Modules: `lora` (config, recipes, the loop), `state`, `divergence`, `checkpoints` (listing a run's
+checkpoints: `run_checkpoints`, `evenly`).
 """
 
 from lab.core.lazy import face_names, lazy_face
@@ -37,6 +38,7 @@ FACE = {
         adapter_meta training_kernels""",
     "state": "save_trainer_state load_trainer_state",
     "divergence": "NonFinite locate_nonfinite grad_norm",
+    "checkpoints": "run_checkpoints evenly",
 }
 __all__ = face_names(FACE)
 __getattr__, __dir__ = lazy_face(__name__, FACE)

@@ -42,7 +42,7 @@ $PY -c "import torch; print('diffing: torch', torch.__version__, 'cuda', torch.c
 FAILED=()
 
 stamp "dynamics (rank-1 organisms, medical)"
-$PY -m experiments.dynamics "${COMMON[@]}" --domain medical --recipes mo-rank1 mo-rank1x9 --runs "$WORK/runs" \
+$PY -m experiments.checkpoints --measure adapters "${COMMON[@]}" --domain medical --recipes mo-rank1 mo-rank1x9 --runs "$WORK/runs" \
     "${DYN[@]}" > "$OUT/dynamics.log" 2>&1 || FAILED+=(dynamics)
 
 stamp "r16 organisms for monitoring"
@@ -58,11 +58,11 @@ for r in "$WORK"/runs/*; do
   name=$(basename "$r"); name=${name%-??????????}  # drop the config hash of dynamics folders
   RUNS+=("$name=$r")
 done
-$PY -m experiments.monitor "${COMMON[@]}" --runs "${RUNS[@]}" "${MON[@]}" > "$OUT/monitor.log" 2>&1 || FAILED+=(monitor)
+$PY -m experiments.checkpoints --measure shifts "${COMMON[@]}" --runs "${RUNS[@]}" "${MON[@]}" > "$OUT/monitor.log" 2>&1 || FAILED+=(monitor)
 
 stamp "domain identification"
 if [ ! -f "$INSECURE" ]; then echo "diffing: $INSECURE not found: insecure code left out of domain-id"; fi
-$PY -m experiments.domain_id "${COMMON[@]}" --insecure "$INSECURE" --runs "$WORK/domain_id" "${DOM[@]}" \
+$PY -m experiments.identify_domains "${COMMON[@]}" --insecure "$INSECURE" --runs "$WORK/domain_id" "${DOM[@]}" \
     > "$OUT/domain_id.log" 2>&1 || FAILED+=(domain-id)
 
 stamp "report"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed-003 EM table at SmolLM2-135M (issue 14 item 4): `emlab em-table` on the papers' data.
+# The seed-003 EM table at SmolLM2-135M (issue 14 item 4): `emlab em-organisms` on the papers' data.
 #   GPUs: 1 (cuda:0 of CUDA_VISIBLE_DEVICES).  Wall: <= 6 min (Python wall budget WALL_S=240 s for starting
 #   new stages, then the running stage, the table, the figures and the tarball).
 #   Needs the papers' data under $SHARED/data (model-organisms, betley, em-questions; 21 MB, research use
@@ -36,7 +36,7 @@ fi
 echo "em: device $DEVICE, data $SHARED, out $EM_OUT"
 $PY -c "import torch; print('em: torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 RC=0
-$PY -m experiments.em_table --out "$EM_OUT" --shared "$SHARED" --device "$DEVICE" ${MODEL:+--model "$MODEL"} ${DECODE:+--decode "$DECODE"} "${ARGS[@]}" \
+$PY -m experiments.em_organisms --out "$EM_OUT" --shared "$SHARED" --device "$DEVICE" ${MODEL:+--model "$MODEL"} ${DECODE:+--decode "$DECODE"} "${ARGS[@]}" \
     > "$OUT/em.log" 2>&1 || RC=$?
 grep -v -e "it/s\]" -e "s/it\]" -e "Loading weights" "$OUT/em.log" | tail -80 || true
 [ $RC -eq 0 ] || echo "em: FAILED (rc $RC); see em.log in the tarball"

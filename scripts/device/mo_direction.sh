@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The Model Organisms direction, judged (issue 14 item 5): `emlab mo-direction` on the EM pipeline's output.
+# The Model Organisms direction, judged (issue 14 item 5): `emlab em-direction` on the EM pipeline's output.
 #   GPUs: 1 (cuda:0 of CUDA_VISIBLE_DEVICES).  Wall: <= 3 min: 150 s of Python work over all organisms in order
 #   (each stops starting new conditions when the 150 s are spent; the next starts only with >= 30 s left), then the tarball.
 #   Runs AFTER helper h2's scripts/device/em.sh on the same GPU: reads its EM_OUT (organisms/<domain>-<recipe>/final,
 #   answers.jsonl, judges/). Writes $OUT/mo_direction.tar.gz and prints a summary.
-#   EM_OUT      the EM pipeline's output folder (default runs/em-table, experiments.em_table's default)
+#   EM_OUT      the EM pipeline's output folder (default runs/em-table, experiments.em_organisms's default)
 #   ORGANISMS   organisms to run, space separated (default: every folder under $EM_OUT/organisms, medical-mo first)
 #   DTYPE       model dtype (default bfloat16 on the GPU, as em.sh; float32 in the CPU smoke)
 #   DEVICE=cpu SMOKE=1   CPU smoke test (tiny settings; env.sh skipped)
@@ -38,7 +38,7 @@ for ORG in $ORGANISMS; do
   if [ $LEFT -lt 30 ]; then echo "mo_direction: $ORG not run (wall budget of 3 min)"; continue; fi
   S=$(date +%s)
   RC=0
-  $PY -m experiments.mo_direction --em-out "$EM_OUT" --organism "$ORG" --device "$DEVICE" --dtype "$DTYPE" \
+  $PY -m experiments.em_direction --em-out "$EM_OUT" --organism "$ORG" --device "$DEVICE" --dtype "$DTYPE" \
       --out "$OUT" --cache-dir "$WORK/cache" --budget-s "$LEFT" "${ARGS[@]}" > "$WORK/$ORG.log" 2>&1 || RC=$?
   grep -v -e "it/s\]" -e "s/it\]" -e "Loading weights" "$WORK/$ORG.log" | tail -40 || true
   [ $RC -eq 0 ] || { STATUS=1; echo "mo_direction: $ORG FAILED (rc $RC)"; }

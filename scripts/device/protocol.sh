@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The papers' EM protocol on one real model on the GPU (`emlab em-table --profile papers`): organisms of
+# The papers' EM protocol on one real model on the GPU (`emlab em-organisms --profile papers`): organisms of
 # medical, financial and insecure code trained with the `mo` recipe on the full sets (3 training seeds,
 # effective batch 16, bf16 base weights, fp32 adapters), the base model and every organism sampled on the
 # 8 free-form first-plot questions x 50 (T=1, 600 new tokens, no system message) plus 50 held-out
@@ -32,7 +32,7 @@ else
 fi
 echo "protocol: $MODEL on $DEVICE, decode $DECODE, run folder $RUN"
 RC=0
-$PY -m experiments.em_table --profile papers --model "$MODEL" --device "$DEVICE" --shared "$SHARED" --out "$RUN" \
+$PY -m experiments.em_organisms --profile papers --model "$MODEL" --device "$DEVICE" --shared "$SHARED" --out "$RUN" \
     --decode "$DECODE" ${ORGS:+--organisms $ORGS} "${ARGS[@]}" > "$OUT/protocol.log" 2>&1 || RC=$?
 grep -v -e "it/s\]" -e "s/it\]" -e "Loading weights" "$OUT/protocol.log" | tail -25
 [ $RC -eq 0 ] || echo "protocol: em-table FAILED (rc $RC)"
@@ -43,7 +43,7 @@ for org in "$RUN"/organisms/*/; do
   name=$(basename "$org")
   summary() { find "$RUN/adl/$name" -name summary.json 2>/dev/null | head -1; }
   [ -n "$(summary)" ] && continue
-  $PY -m experiments.diff --model "$MODEL" --device "$DEVICE" --dtype "${ADL_DTYPE:-float32}" --adapter "$org/final" \
+  $PY -m experiments.diff_adapter --model "$MODEL" --device "$DEVICE" --dtype "${ADL_DTYPE:-float32}" --adapter "$org/final" \
       --no-steer --cache-dir "$RUN/adl-cache" --out "$RUN/adl/$name" > "$OUT/adl-$name.log" 2>&1 \
     && echo "adl $name: $(grep -o '"guess": "[^"]*"' "$(summary)")" || echo "adl $name: FAILED"
 done
