@@ -71,8 +71,8 @@ class Profile(Record):
 
 def profile(cfg: StudyConfig) -> Profile:
     if cfg.quick:
-        # the quick profile checks the pipeline, not effect sizes (it is the test suite's study): 3 questions
-        # per re-scored condition and 2 steering prompts are the fewest that give every stage a CI
+        # the quick profile checks the pipeline, not effect sizes (it is the test suite's study, its slowest
+        # fixture): 3 questions per re-scored condition and 2 steering prompts; the default profile is unchanged
         return Profile(cfg.train_steps or 4, 24, 6, 3, 200, 12, 2, (0.25,), 1, 1)
     return Profile(cfg.train_steps or 20, 0, 0, 10, 1000, 32, 10, (0.1, 0.25), 2, 3)
 
