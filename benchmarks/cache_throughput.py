@@ -1,4 +1,4 @@
-"""Activation-cache throughput, measured side by side in one run (issue 3's targets).
+"""Activation-cache throughput, measured side by side in one run (against the cache's throughput targets).
 
 (a) plain HF forward (sdpa), (b) emlab caching all layers per token to HDF5, (c) emlab
 caching pooled features only, (d) the naive TransformerLens `run_with_cache` + `torch.save`;

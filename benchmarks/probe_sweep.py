@@ -1,7 +1,7 @@
 """Time emlab's all-layer direction fits against a per-layer sklearn probe loop, side by side.
 
 Synthetic data shaped like a model's cache, a class shift along one direction that grows
-with depth (layer 0: none). Two sizes (issue 13):
+with depth (layer 0: none). Two sizes:
 
     smollm2  30 layers x  400 examples x  576 features (SmolLM2-135M), 300 train / 100 test
     7b       32 layers x 4000 examples x 4096 features (a 7B model),   3000 train / 1000 test

@@ -1,4 +1,4 @@
-"""The seed-003 EM table at our sizes: organisms, checkpoints, validated judges, calibrated EM rates.
+"""The papers' EM table at our sizes: organisms, checkpoints, validated judges, calibrated EM rates.
 
     emlab em-organisms --out runs/em-table --device cuda              # the full pipeline
     emlab em-organisms --out /tmp/em --limit 32 --checkpoints 2 --first-plot-questions 2 \\

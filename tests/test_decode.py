@@ -69,7 +69,7 @@ def test_teacher_forced_forward_positions_start_at_zero(base_model, direction, b
 
 
 def test_an_unrecognised_cache_fails_loudly(base_model, direction, batch, monkeypatch):
-    """The defect of issue 11 (a cache passed under a keyword we did not look for) cannot recur silently."""
+    """A cache passed under a keyword we did not look for (a past defect) cannot recur silently."""
     ids, mask = batch
     monkeypatch.setattr(steering, "_find_cache", lambda args, kwargs: None)
     iv = Intervention({4: direction}, op="add", alpha=1.0, positions="generated")

@@ -26,7 +26,7 @@ def dirs(tmp_path_factory):
 
 @pytest.mark.parametrize("contrast", ["refusal", "code_mode"])
 def test_trait_vectors_separate_held_out_prompts(contrast, dirs):
-    """Issue 4 acceptance: AUROC >= 0.9 at the best layer on held-out prompts, with sklearn agreement."""
+    """Trait vectors: AUROC >= 0.9 at the best layer on held-out prompts, with sklearn agreement."""
     result = layer_sweep.run(SweepConfig(contrast=contrast, n_boot=200, **dirs))
     rows = json.loads((REPO / result.out / "rows.json").read_text()) if not result.out.startswith("/") else \
         json.loads(open(result.out + "/rows.json").read())
@@ -148,7 +148,7 @@ def test_mean_ablation_restores_the_aligned_level_per_layer():
 
 
 def test_verbs_whose_models_come_from_their_own_flags_refuse_adapters(trained_adapter, dirs):
-    """Issue 11 defect 2: ablate, transfer and trajectory take their models from --organisms / --run;
+    """Ablate, transfer and trajectory take their models from --organisms / --run;
     a given --adapters is refused in one line instead of silently ignored."""
     from experiments import ablate_em as ablation
     from experiments import checkpoints as em_trajectory
@@ -170,7 +170,7 @@ def test_verbs_whose_models_come_from_their_own_flags_refuse_adapters(trained_ad
 
 
 def test_steer_and_project_analyse_the_model_with_adapters(trained_adapter, dirs):
-    """Issue 11 defect 2: steer and project honour --adapters: the model analysed is --model + --adapters."""
+    """Steer and project honour --adapters: the model analysed is --model + --adapters."""
     from experiments import steer_refusal as steer
     from lab.models import LabModel
     from tests.conftest import MODEL
@@ -186,7 +186,7 @@ def test_steer_and_project_analyse_the_model_with_adapters(trained_adapter, dirs
 
 
 def test_foreign_direction_fails_in_one_line_unless_allowed(base_model, tmp_path, dirs):
-    """Issue 11 defect 3: a saved direction fitted on another model stops `steer` with one line and
+    """A saved direction fitted on another model stops `steer` with one line and
     exit 1; --allow-foreign-direction runs it."""
     import torch
 

@@ -1,6 +1,6 @@
 """Reproducible installs: the venv holds exactly the versions in constraints.txt.
 
-A new upstream release must never change a result unnoticed (issue 11, defect 7: pip moved to
+A new upstream release must never change a result unnoticed (a past defect: pip moved to
 transformers 5.24, whose renamed cache keyword silently broke position-dependent steering).
 setup.sh installs with `-c constraints.txt`; these tests fail whenever what is installed
 differs from the lock, so upgrading means `scripts/lock.sh --upgrade`, the tests, a commit.

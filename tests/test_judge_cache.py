@@ -1,4 +1,4 @@
-"""The judge cache under concurrent processes (issue 11, defect 9: the judge-cache part)."""
+"""The judge cache under concurrent processes."""
 
 import multiprocessing as mp
 import sqlite3

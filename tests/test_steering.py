@@ -174,7 +174,7 @@ def test_prompt_only_steering_of_teacher_forced_answers_respects_each_rows_promp
 
 
 def test_random_controls_copy_the_treatments_structure(direction):
-    """Issue 11 defect 1: one direction at every layer -> one random vector at every layer;
+    """One direction at every layer -> one random vector at every layer;
     per-layer directions -> per-layer random vectors; same norms, op, strength, positions, renorm."""
     shared = Intervention({L: 3.0 * direction for L in range(6)}, op="ablate", scale=1.5, positions="prompt",
                           renorm=True)
@@ -204,7 +204,7 @@ def test_random_controls_copy_the_treatments_structure(direction):
 
 
 def test_from_direction_enforces_provenance(base_model, organism, trained_adapter):
-    """Issue 11 defect 3: a direction applies to the model it was fitted on, or to a model of the
+    """A direction applies to the model it was fitted on, or to a model of the
     same base when the fitted-on model is named; anything else is one IncompatibleError line."""
     from lab.directions import Direction, FitRecord
     from lab.models import LabModel

@@ -87,7 +87,7 @@ def test_cli_train_one_epoch_killed_and_resumed(tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").exists()
 
 
-# --------------------------------------------------------------------------- no pickle on resume (issue 11, defect 5)
+# --------------------------------------------------------------------------- no pickle on resume
 
 
 class _Payload:

@@ -2,14 +2,14 @@
 
 Named contrasts (each: examples, positive label, default pooling):
 
-* `refusal`     harmful vs benign requests, last prompt token (seed 000's trait vector)
-* `code_mode`   code vs prose requests, last prompt token (seed 000's "code mode")
+* `refusal`     harmful vs benign requests, last prompt token (the refusal trait vector)
+* `code_mode`   code vs prose requests, last prompt token (the "code mode" trait vector)
 * `medical_answers`, `financial_answers`
                 misaligned vs aligned teacher-forced answers to the same in-domain question,
                 mean over response tokens (Model Organisms' answer-token mean)
 * `general_answers`
                 misaligned vs aligned style-matched reference answers to general questions
-* base vs organism on the same prompts (seed 002) is `FeatureView.models(...)`.
+* base vs organism on the same prompts (the base-vs-EM contrast) is `FeatureView.models(...)`.
 
 Answer contrasts are paired: both answers to a question share a `group`, and splits keep
 a group on one side, so a direction is never tested on a question it was fitted on.
@@ -95,7 +95,7 @@ class FeatureView:
     """A `lab.directions.CacheLike` view over one or more caches.
 
     `FeatureView.models(base_cache, organism_cache)` labels each cache's copy of the same
-    prompts by model, grouped by prompt id (seed 002's base-vs-EM contrast).
+    prompts by model, grouped by prompt id (the base-vs-EM contrast).
     """
 
     def __init__(self, caches: list[ActivationCache], labels: list[list[str]], groups: list[str], ids: list[str]):

@@ -1,4 +1,4 @@
-"""The seed-003 EM table at our sizes: organisms, checkpoints, validated judges, calibrated EM rates.
+"""The papers' EM table at our sizes: organisms, checkpoints, validated judges, calibrated EM rates.
 
 Stages (each a content-keyed JSON under <out>/stages/, so a rerun resumes where it stopped):
 1. judges: the activation judge (alignment) and the coherence measure are fitted and

@@ -2,7 +2,7 @@
 
 `hf.generate` spends most of a decode step on the host at batch sizes emlab uses (Python per
 layer, a growing cache, a device-to-host check of every step's stop condition): 885 tok/s on
-an 8B shape where reading the weights allows ~9,600 (issue 13). This path keeps the model's
+an 8B shape where reading the weights allows ~9,600 (benchmarks/README.md). This path keeps the model's
 own forward and emlab's steering hooks (lab.intervene.steering.steer) and removes the rest:
 
 * a `StaticCache` sized once (prompt + new tokens), so every decode step has the same shapes;

@@ -51,7 +51,7 @@ class Intervention:
     vectors: dict[int, torch.Tensor]  # layer -> (d_model,) direction, normalised on use
     op: str = "add"
     alpha: float = 0.0
-    scale: float = 1.0  # ablation strength (seed 002 used 1.5)
+    scale: float = 1.0  # ablation strength (1: projection removed; >1 overshoots, e.g. 1.5)
     positions: str = "all"
     renorm: bool = False
     label: str = ""

@@ -1,6 +1,6 @@
 """LoRA training of model organisms: chat JSONL in, PEFT adapter folders out.
 
-Loss is on assistant tokens only. Checkpoints follow seed 003's schedule: `k` evenly
+Loss is on assistant tokens only. Checkpoints follow the papers' EM-table schedule: `k` evenly
 spaced checkpoints in the first epoch (EM appears early), then one at the end of every
 epoch. Each checkpoint is a PEFT folder plus the optimizer and RNG state, published
 atomically, so a killed run resumes from the last one and ends with the same adapter as

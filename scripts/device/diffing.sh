@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Model diffing on the GPU (issue 15): training dynamics of rank-1 organisms + LoRA probing, monitoring
+# Model diffing on the GPU: training dynamics of rank-1 organisms + LoRA probing, monitoring
 # along base-model directions per checkpoint, and the domain-identification benchmark (2 seeds, 1:1 mixed
 # controls for medical, financial, insecure code).
 #   GPUs: 1 (cuda:0 of CUDA_VISIBLE_DEVICES).  Wall: <= 8 min. Python wall budgets, most important first:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Answer sampling over 2 GPUs vs 1 on real SmolLM2 (issue 13 item 4), fp32 and bf16: are the answer files
+# Answer sampling over 2 GPUs vs 1 on real SmolLM2, fp32 and bf16: are the answer files
 # the same? Plus the fast-decode greedy-equality CUDA tests (first mismatches in bf16).
 #   GPUs: 2.  Wall: ~2 min.   OUT=... bash scripts/device/dp_check.sh
 set -uo pipefail

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The seed-003 EM table at SmolLM2-135M (issue 14 item 4): `emlab em-organisms` on the papers' data.
+# The papers' EM table at SmolLM2-135M: `emlab em-organisms` on the papers' data.
 #   GPUs: 1 (cuda:0 of CUDA_VISIBLE_DEVICES).  Wall: <= 6 min (Python wall budget WALL_S=240 s for starting
 #   new stages, then the running stage, the table, the figures and the tarball).
 #   Needs the papers' data under $SHARED/data (model-organisms, betley, em-questions; 21 MB, research use
 #   only, never committed): SHARED defaults to ./shared (what the device copies), else ../shared.
-#   Leaves on the device disk, for helper h3's scripts/device/mo_direction.sh run next on the same GPU:
+#   Leaves on the device disk, for scripts/device/mo_direction.sh run next on the same GPU:
 #   $EM_OUT/organisms/<domain>-<recipe>/final/ (PEFT adapters), $EM_OUT/answers.jsonl, $EM_OUT/judges/.
 #   Writes $OUT/em.tar.gz: answers.jsonl.gz, em_table.md/json, figures, judges, training losses, small adapters.
 #   MODEL=name  base model (default SmolLM2; qwen2.5-coder-0.5b-instruct needs scripts/device/qwen.sh's parts)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The Model Organisms direction, judged (issue 14 item 5): `emlab em-direction` on the EM pipeline's output.
+# The Model Organisms direction, judged: `emlab em-direction` on the EM pipeline's output.
 #   GPUs: 1 (cuda:0 of CUDA_VISIBLE_DEVICES).  Wall: <= 3 min: 150 s of Python work over all organisms in order
 #   (each stops starting new conditions when the 150 s are spent; the next starts only with >= 30 s left), then the tarball.
-#   Runs AFTER helper h2's scripts/device/em.sh on the same GPU: reads its EM_OUT (organisms/<domain>-<recipe>/final,
+#   Runs AFTER scripts/device/em.sh on the same GPU: reads its EM_OUT (organisms/<domain>-<recipe>/final,
 #   answers.jsonl, judges/). Writes $OUT/mo_direction.tar.gz and prints a summary.
 #   EM_OUT      the EM pipeline's output folder (default runs/em-table, experiments.em_organisms's default)
 #   ORGANISMS   organisms to run, space separated (default: every folder under $EM_OUT/organisms, medical-mo first)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issues 12 + 13 on the GPU machine: nvidia-h200-x2, BOTH GPUs, at most 9 minutes wall (each part time-boxed).
+# Scale checks on the GPU machine: nvidia-h200-x2, BOTH GPUs, at most 9 minutes wall (each part time-boxed).
 #   (a) CUDA tests: cache, directions, sharding, fast decode on real SmolLM2 (<= 120 s); data-parallel tests (<= 90 s)
 #       (meanwhile, in the background: the random Llama-3.1-8B folder on cuda:0, the Qwen2.5-32B one on cuda:1)
 #   (b)+(c) data-parallel pooled caching and answer sampling, 8B shape, 1 GPU vs 2 (one launch)        <= 200 s
