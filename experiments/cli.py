@@ -92,7 +92,7 @@ def judge_serve(
     gguf: Optional[Path] = typer.Option(None, help="GGUF to serve (default: the embedded SmolLM2; a weak judge)"),
     port: int = 8765, host: str = "127.0.0.1", n_ctx: int = 2048,
 ) -> None:
-    """A local OpenAI-compatible judge serving a GGUF (needs `pip install emlab[judge]`).
+    """A local OpenAI-compatible judge serving a GGUF (needs `pip install emlab\\[judge]`).
 
     Local judges are weak (SmolLM2 puts <3% of its mass on numbers); results need a strong judge.
     """

@@ -55,6 +55,25 @@ def test_literal_fields_are_choices(monkeypatch):
     assert out.returncode == 2 and "invalid choice: 'nonsense' (choose from 'auroc', 'ablation')" in out.stderr
 
 
+def test_an_option_prefix_is_refused_not_read_as_another_option(capsys):
+    """`--adapter DIR` where a verb has only `--adapters`: argparse's prefix matching would read it as
+    `--adapters DIR` (the model analysed) and run; it is an unknown option instead."""
+    import dataclasses
+
+    from lab.core.config import Config, parse_config
+
+    @dataclasses.dataclass
+    class Planted(Config):
+        """A planted config."""
+
+        adapters: list[str] = dataclasses.field(default_factory=list, metadata={"help": "adapters"})
+
+    assert parse_config(Planted, ["--adapters", "a"]).adapters == ["a"]
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(Planted, ["--adapter", "a"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --adapter a" in capsys.readouterr().err
+
+
 def test_configs_built_in_python_check_their_choices():
     from experiments.cache_build import CacheBuildConfig
     from lab.core.errors import BadInput

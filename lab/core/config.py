@@ -89,8 +89,9 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
     `defaults` replaces field defaults (a profile's values: see `profile_defaults`)."""
     hints = typing.get_type_hints(cls)
     defaults = defaults or {}
+    # no prefix matching: `--adapter DIR` must not be read silently as `--adapters DIR`
     parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__,
-                                     formatter_class=HelpFormatter)
+                                     formatter_class=HelpFormatter, allow_abbrev=False)
     hidden = getattr(cls, "HIDDEN", ())  # fields a verb fixes (e.g. steer-em's target): no flag, their default
     for f in dataclasses.fields(cls):
         if f.name in hidden:
@@ -142,7 +143,7 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
     become the defaults of the real parse."""
     defaults = {}
     if getattr(cls, "PROFILES", None):
-        first = argparse.ArgumentParser(add_help=False)
+        first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         first.add_argument("--profile", default=None)
         defaults = profile_defaults(cls, first.parse_known_args(argv)[0].profile)
     return cls(**vars(build_parser(cls, prog, description, defaults).parse_args(argv)))
