@@ -586,3 +586,23 @@ def test_sweep_statistics_torch_backend_equals_numpy(monkeypatch):
         assert a.keys() == b.keys()
         for k in a:
             assert a[k] == pytest.approx(b[k], abs=1e-9), k
+
+
+def test_classes_identical_up_to_rounding_and_not_beyond():
+    """Paired rows whose features differ by rounding only (the last prompt token before two answers,
+    computed in batches padded to other widths) have no direction; a real shift of 1% of the row norm
+    does. The bound is one fp16 unit in the last place for fp16 storage, fp32 kernel rounding for fp32."""
+    from lab.directions.validation import classes_identical, rounding_bound
+
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(3, 20, 64, generator=gen) * 5
+    y = torch.cat([torch.zeros(20), torch.ones(20)])
+    rounded = base * (1 + torch.randn(base.shape, generator=gen) * 2e-7)  # fp32 rounding of another kernel
+    stored16 = base.half().float(), (base * (1 + 3e-4)).half().float()  # the same rows, an fp16 ulp apart
+    shifted = base + 0.01 * base.norm(dim=-1, keepdim=True) * torch.nn.functional.normalize(torch.randn(64, generator=gen), dim=0)
+    bound32, bound16 = rounding_bound(torch.float32, 64), rounding_bound(torch.float16, 64)
+    assert bound32 == pytest.approx(4 * 8 * 2 ** -23) and bound16 == 2 ** -10
+    assert classes_identical(torch.cat([base, rounded], 1), y, bound32)
+    assert classes_identical(torch.cat(stored16, 1), y, bound16)
+    assert not classes_identical(torch.cat([base, shifted], 1), y, bound16)  # planted: a 1% shift is a direction
+    assert not classes_identical(torch.cat([base, torch.randn(3, 20, 64, generator=gen) * 5], 1), y, bound16)

@@ -24,7 +24,7 @@ from jaxtyping import Float
 from lab.directions.record import HOOK_TEMPLATE, Direction, FitRecord
 from lab.directions.solvers import DEFAULT_METHODS, fit_methods
 from lab.directions.splits import CacheLike, Split, split_contrast
-from lab.directions.validation import tensor
+from lab.directions.validation import classes_identical, rounding_bound, tensor
 from lab.core.errors import BadInput
 from lab.stats.metrics import auroc, bootstrap_ci, dense_ranks, midpoint_threshold, separation
 
@@ -76,7 +76,12 @@ def fit_contrast(cache: CacheLike, positive_label: str, methods: Sequence[str] =
     X = torch.from_numpy(np.asarray(cache.stack(pooling, layers=layers, examples=examples), dtype=np.float32))
     X = X.to(device or "cpu")
     train, test, y = split.train, split.test, split.y
-    fitted = fit_methods(X[:, train], torch.from_numpy(y[train]).to(X.device), methods, seed)
+    y_train = torch.from_numpy(y[train]).to(X.device)
+    storage = getattr(cache, "storage_dtype", "float32")  # features are read as fp32 from this dtype
+    storage = getattr(torch, storage) if isinstance(storage, str) else storage
+    if classes_identical(X[:, train], y_train.to(X.dtype), rounding_bound(storage, X.shape[-1])):
+        raise BadInput(f"the two classes' {pooling} features are identical up to rounding: no direction separates them")
+    fitted = fit_methods(X[:, train], y_train, methods, seed)
     rows = evaluate(fitted, X[:, train], y[train], X[:, test], y[test], layers, pooling, n_boot, seed)
     directions = {}
     for m, V in fitted.items():

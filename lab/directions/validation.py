@@ -87,6 +87,24 @@ def unit(V: Float[torch.Tensor, "layer d"], method: str) -> Float[torch.Tensor, 
     return V / norms
 
 
+def rounding_bound(storage: np.dtype | torch.dtype, d: int) -> float:
+    """How far, relative to a feature row's norm, two computations of the same row can differ by
+    rounding alone: one unit in the last place of the storage dtype (fp16 2^-10, bf16 2^-7), or for
+    fp32 storage the kernels' rounding, 4·sqrt(d)·eps (a d-term dot product rounds to ~sqrt(d)·eps
+    of its scale; a layer adds a few). Another batch shape or padding picks other kernels."""
+    eps = float(torch.finfo(storage).eps) if isinstance(storage, torch.dtype) else float(np.finfo(storage).eps)
+    return max(eps, 4 * d ** 0.5 * float(np.finfo(np.float32).eps))
+
+
+def classes_identical(X: Float[torch.Tensor, "layer n d"], y: Float[torch.Tensor, " n"], bound: float) -> bool:
+    """Whether the two classes' mean features agree at every layer to within `bound` of the mean row
+    norm: then they are the same features up to rounding (e.g. the last prompt token before paired
+    answers, computed in batches padded to other widths) and no direction separates them."""
+    m0, m1 = class_means(X, y)
+    scale = X.norm(dim=-1).mean(dim=-1)
+    return bool(((m1 - m0).norm(dim=-1) <= bound * scale).all())
+
+
 def class_means(X: Float[torch.Tensor, "layer n d"], y: Float[torch.Tensor, " n"]
                 ) -> tuple[Float[torch.Tensor, "layer d"], Float[torch.Tensor, "layer d"]]:
     """Per-layer means of class 0 and class 1."""
