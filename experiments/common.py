@@ -71,3 +71,22 @@ def show(result) -> None:
 
     for title, rows in tables(result):
         console.print(table(title, rows))
+
+
+def steer_and_report(cfg):
+    """Run a steering verb's config (`lab.causal.steer.run_steering`): figures, tables, the best
+    addition under the coherence floor, and the result file."""
+    from lab.causal.steer import run_steering
+    from lab.core.console import console
+    from lab.core.io import write_result
+    from lab.reports.figures import write_figures
+
+    result = run_steering(cfg)
+    write_figures(result)
+    show(result)
+    if result.pick:
+        p = result.pick
+        console.print(f"best addition under coherence floor {cfg.coherence_floor}: layer {p.layer} x{p.ratio} "
+                      f"-> {result.metric} {p.effect(result.metric).value:.3f}")
+    write_result(result)
+    return result

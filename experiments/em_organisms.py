@@ -4,24 +4,7 @@
     emlab em-organisms --out /tmp/em --limit 32 --checkpoints 2 --first-plot-questions 2 \\
         --first-plot-samples 2 --general-questions 2 --in-domain-questions 2 --max-new-tokens 8   # smoke
 
-Stages (each a content-keyed JSON under <out>/stages/, so a rerun resumes where it stopped):
-1. judges: the activation judge (alignment) and the coherence measure are fitted and
-   validated (`lab.judge`); with `--extra-domains` the alignment judge also fits on half of
-   the shipped medical and financial counterparts (their other halves validate), aiming at
-   the general questions, where the medical-only judge failed (AUROC 0.71). Saved under
-   <out>/judges/ with their validations.
-2. organisms: each `--organisms domain:recipe` trains (`lab.training.lora.train_lora`, resumable)
-   on the papers' data with `--checkpoints` checkpoints; its final adapter is copied to
-   <out>/organisms/<domain>-<recipe>/final/.
-3. answers: the base model and every checkpoint answer the EM paper's first-plot questions,
-   the shipped general questions and held-out user turns of each training domain (T=1,
-   seeded); every answer is judged and written as `lab.em.answers.JudgedAnswer` rows.
-4. table: `lab.em.table.em_table` (raw and calibrated EM, coherence, code-mode, the judge's
-   validation gate), figures, <out>/answers.jsonl.
-
-Order of work: judges, base model, then each organism trained with its final checkpoint
-answered, then the intermediate checkpoints. Past `--wall-budget-s` no new stage starts
-(the table says what was skipped), so a short budget loses the trajectory first.
+Stages, resumable, and the order of work: `lab.em.organisms`.
 """
 
 from __future__ import annotations

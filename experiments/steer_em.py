@@ -13,23 +13,12 @@ same norm and a coherence guard; the best setting under the coherence floor is r
 
 from __future__ import annotations
 
-from experiments.common import cli, show
-from lab.causal.steer import EmSteerConfig, SteerResult, run_steering
-from lab.core.console import console
-from lab.core.io import write_result
-from lab.reports.figures import write_figures
+from experiments.common import cli, steer_and_report
+from lab.causal.steer import EmSteerConfig, SteerResult
 
 
 def run(cfg: EmSteerConfig) -> SteerResult:
-    result = run_steering(cfg)
-    write_figures(result)
-    show(result)
-    if result.pick:
-        p = result.pick
-        console.print(f"best addition under coherence floor {cfg.coherence_floor}: layer {p.layer} x{p.ratio} "
-                      f"-> {result.metric} {p.effect(result.metric).value:.3f}")
-    write_result(result)
-    return result
+    return steer_and_report(cfg)
 
 
 main = cli(EmSteerConfig, run)
