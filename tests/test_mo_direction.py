@@ -135,7 +135,7 @@ def test_best_validated_judge_picks_by_auroc_on_the_set_and_reports_unusable(tmp
     assert "unusable" in choice.note and "0.710" in choice.note and "counted as coherent" in choice.note
     assert best_validated_judge(tmp_path, "mo-medical held-out").usable
     none = best_validated_judge(tmp_path / "missing", GENERAL)
-    assert none.alignment is None and "judge_validation" in none.note
+    assert none.alignment is None and "emlab judge fit" in none.note
 
 
 def test_rogan_gladen_rate_through_the_choice_recovers_a_planted_rate(tmp_path):

@@ -183,6 +183,9 @@ def build_cache(
     final = cache_path(cache_dir, key)
     if final.exists():
         return ActivationCache(final)
+    # a lazy model loads here, before the folder, lock or partial file exist: weights or an adapter
+    # that cannot load (another base, a damaged file) stop the build having written nothing
+    getattr(model, "hf", None)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(cache_dir, os.W_OK):
