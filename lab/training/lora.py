@@ -199,7 +199,7 @@ class TrainResult:
 
 
 def checkpoint_steps(steps_per_epoch: int, epochs: int, k: int) -> list[int]:
-    """Seed 003's schedule: k evenly spaced in epoch 1, then each epoch's end."""
+    """The EM-trajectory checkpoint schedule: k evenly spaced in epoch 1, then each epoch's end."""
     first = {max(1, round(steps_per_epoch * j / k)) for j in range(1, k + 1)} if k > 0 else set()
     ends = {steps_per_epoch * e for e in range(1, epochs + 1)}
     return sorted(first | ends)
