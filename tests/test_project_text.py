@@ -28,7 +28,7 @@ SKIP_UNDER = ("lab/data/datasets/",)   # shipped data, not prose
 _WORDS = {
     "session": "[Ss]ession" + "s?[ -]?\\d+",
     "issue": "[Ii]ssue" + "s?[ -]?#?\\d+",
-    "seed note": "seed" + "[ _-]?00\\d",
+    "seed note": "[Ss]eed" + "[ _-]?00\\d",
     "helper id": "helper" + " h\\d+",
 }
 MENTION = re.compile(r"\b(" + "|".join(_WORDS.values()) + r")\b")
