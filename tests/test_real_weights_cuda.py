@@ -167,7 +167,9 @@ def test_training_kernels_give_finite_attention_gradients(length):
     q, k, v, mask = _attention_case(length)
     with training_kernels(q.device):
         fixed = _grad_q(q, k, v, mask)
-    reference = _grad_q(q, k, v, mask, [SDPBackend.MATH])
+    # the reference is the math backend on the same values in fp32: in bf16 it rounds the ~-120 scores
+    # to steps of 0.5, which erases the small score differences (measured on an H100: 4.6x the gradient's norm)
+    reference = _grad_q(*(t.float() for t in (q, k, v)), mask, [SDPBackend.MATH])
     assert bool(torch.isfinite(fixed).all())
     rel = float((fixed - reference).norm() / reference.norm())
     _record(f"attention_backward/{length}", {"relative_error_vs_math": rel})

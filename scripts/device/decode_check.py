@@ -81,7 +81,6 @@ def main() -> None:
         print(f"{name}: {row['seconds']} s, {row['answer_tokens']} answer tokens, {row['tok_per_s']} tok/s", flush=True)
         results.append(row)
     if fast_ok:  # the continuous sampler on the protocol's job: 8 questions x 50 samples through generate_answers
-        from lab.data import ChatExample
         from lab.intervene.generate import GenerationConfig, generate_answers
 
         examples = [ChatExample([{"role": "user", "content": q}], str(i)) for i, q in enumerate(QUESTIONS)]
