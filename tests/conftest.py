@@ -56,3 +56,21 @@ def chat_prompts():
                      {"role": "user", "content": "Name three colours."},
                      {"role": "assistant", "content": "Red, green, blue."}], "q5"),
     ]
+
+
+def intervention_conditions(model, direction, *names: str) -> dict:
+    """The decode tests' interventions, by name: a two-layer addition, ablation at every layer (at
+    every, prompt or generated positions), a generated-only addition at layers 10-19, and none."""
+    from lab.intervene.steering import Intervention
+
+    every = list(range(model.n_layers))
+    all_conditions = {
+        "none": (),
+        "add": (Intervention({10: direction, 11: direction}, op="add", alpha=8.0),),
+        "ablate": (Intervention({L: direction for L in every}, op="ablate"),),
+        "ablate_prompt": (Intervention({L: direction for L in every}, op="ablate", positions="prompt"),),
+        "ablate_generated": (Intervention({L: direction for L in every}, op="ablate", positions="generated"),),
+        "add_generated": (Intervention({L: direction for L in range(10, 20)}, op="add", alpha=40.0,
+                                       positions="generated"),),
+    }
+    return {name: all_conditions[name] for name in names}

@@ -10,6 +10,9 @@ from lab.core.errors import IncompatibleError
 from lab.intervene.generate import GenerationConfig, generate_answers
 from lab.models.hooks import left_pad
 from lab.intervene.steering import Intervention, steer
+from tests.conftest import intervention_conditions
+
+CONDITIONS = ("none", "add", "ablate", "ablate_generated", "add_generated")  # see intervention_conditions
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +82,6 @@ def test_an_unrecognised_cache_fails_loudly(base_model, direction, batch, monkey
     assert hf_generate(base_model, ids, mask, Sampling(2), (plain,)).shape == (len(ids), 2)
 
 
-def _conditions(model, direction):
-    every = list(range(model.n_layers))
-    return {
-        "none": (),
-        "add": (Intervention({10: direction, 11: direction}, op="add", alpha=8.0),),
-        "ablate": (Intervention({L: direction for L in every}, op="ablate"),),
-        "ablate_generated": (Intervention({L: direction for L in every}, op="ablate", positions="generated"),),
-        "add_generated": (Intervention({L: direction for L in range(10, 20)}, op="add", alpha=40.0,
-                                       positions="generated"),),
-    }
 
 
 # Tokens per path in the equality test below: every decode step after the first runs the same cached-step
@@ -105,7 +98,7 @@ def test_fast_greedy_equals_hf_generate_under_interventions(base_model, directio
     ids, mask = batch
     eos = base_model.tokenizer.eos_token_id
     outs = {}
-    for name, ivs in _conditions(base_model, direction).items():
+    for name, ivs in intervention_conditions(base_model, direction, *CONDITIONS).items():
         reference = hf_generate(base_model, ids, mask, Sampling(NEW_TOKENS), ivs, eos_id=eos)
         fast = fast_generate(base_model, ids, mask, Sampling(NEW_TOKENS), ivs, eos_id=eos)
         assert torch.equal(fast, reference), name
@@ -237,7 +230,7 @@ def test_cuda_fast_greedy_equals_hf_generate_on_real_weights(dtype):
     ids, mask, _ = left_pad([torch.from_numpy(t) for t in prompts.tokens], model.tokenizer.pad_token_id)
     ids, mask = ids.cuda(), mask.cuda()
     eos = model.tokenizer.eos_token_id
-    for name, ivs in _conditions(model, direction).items():
+    for name, ivs in intervention_conditions(model, direction, *CONDITIONS).items():
         if name not in ("none", "add", "ablate"):
             continue
         reference = hf_generate(model, ids, mask, Sampling(32), ivs, eos_id=eos)

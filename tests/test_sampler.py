@@ -20,7 +20,9 @@ from lab.intervene.decode import Sampling, hf_generate
 from lab.core.errors import BadInput
 from lab.intervene.generate import AnswerRun, GenerationConfig, generate_answers
 from lab.intervene.steering import Intervention
-from tests.conftest import MODEL, REPO
+from tests.conftest import MODEL, REPO, intervention_conditions
+
+CONDITIONS = ("none", "add", "ablate", "ablate_prompt", "add_generated")  # see intervention_conditions
 
 
 # --------------------------------------------------------------------------- the noise
@@ -186,16 +188,6 @@ def test_same_seed_same_answer_alone_in_a_batch_and_in_continuous_batching(base_
 # --------------------------------------------------------------------------- the sampler against today's path
 
 
-def _conditions(model, direction):
-    every = list(range(model.n_layers))
-    return {
-        "none": (),
-        "add": (Intervention({10: direction, 11: direction}, op="add", alpha=8.0),),
-        "ablate": (Intervention({L: direction for L in every}, op="ablate"),),
-        "ablate_prompt": (Intervention({L: direction for L in every}, op="ablate", positions="prompt"),),
-        "add_generated": (Intervention({L: direction for L in range(10, 20)}, op="add", alpha=40.0,
-                                       positions="generated"),),
-    }
 
 
 def test_continuous_greedy_equals_todays_path_under_every_intervention(base_model):
@@ -204,7 +196,7 @@ def test_continuous_greedy_equals_todays_path_under_every_intervention(base_mode
     direction = torch.nn.functional.normalize(torch.randn(base_model.d_model, generator=torch.Generator().manual_seed(3)), dim=0)
     examples = _examples(6)
     texts = {}
-    for name, ivs in _conditions(base_model, direction).items():
+    for name, ivs in intervention_conditions(base_model, direction, *CONDITIONS).items():
         got = {}
         for decode in ("hf", "continuous"):  # the fast path equals hf here: tests/test_decode.py
             cfg = GenerationConfig(max_new_tokens=16, temperature=0.0, decode=decode, max_batch=2)
