@@ -14,7 +14,8 @@ from lab.intervene import sampling_noise as noise
 from lab.core.errors import BadInput, ModelNotFound
 from lab.intervene.generate import AnswerRun, GenerationConfig, generate_answers
 from lab.intervene.steering import Intervention
-from tests.test_sampler import _conditions, _examples, check_batch_invariance
+from tests.conftest import intervention_conditions
+from tests.test_sampler import CONDITIONS, _examples, check_batch_invariance
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -58,7 +59,7 @@ def test_greedy_continuous_equals_hf_generate(cuda_model):
     with no intervention, add, ablate, prompt-only ablate and generated-only add."""
     direction = torch.nn.functional.normalize(torch.randn(cuda_model.d_model, generator=torch.Generator().manual_seed(3)), dim=0)
     examples = _examples(6)
-    for name, ivs in _conditions(cuda_model, direction).items():
+    for name, ivs in intervention_conditions(cuda_model, direction, *CONDITIONS).items():
         hf, _ = _answers(cuda_model, examples, GenerationConfig(max_new_tokens=32, temperature=0.0, decode="hf"), ivs)
         cont, run = _answers(cuda_model, examples, GenerationConfig(max_new_tokens=32, temperature=0.0,
                                                                     decode="continuous", max_batch=4), ivs)
