@@ -2,7 +2,7 @@
 
     emlab checkpoints --run runs/medical --domain medical                        # --measure em (the default)
     emlab checkpoints --measure shifts --runs medical=runs/medical financial=runs/financial
-    emlab checkpoints --measure adapters --domain medical --recipes mo-rank1 mo-rank1x9 --every 5
+    emlab checkpoints --measure adapters --domain medical --recipes mo-rank1 mo-rank1x9 --checkpoint-every 5
 
 `--measure` picks the job, and the options listed by `--help` are the chosen job's:
 - `em` (`lab.diffing.checkpoints`): judge-free EM per checkpoint, paired against the base model
@@ -14,7 +14,7 @@
   same layer), next to the judge-free EM score; correlations across checkpoints and organisms,
   and per question. Caches and scores are reused: a rerun loads no model.
 - `adapters` (`lab.diffing.training_dynamics`): trains rank-1 organisms (`mo-rank1`, one rank-1
-  down_proj adapter at half depth; `mo-rank1x9`, nine) with a checkpoint every ~`--every` steps;
+  down_proj adapter at half depth; `mo-rank1x9`, nine) with a checkpoint every ~`--checkpoint-every` steps;
   per checkpoint |B·A|, the local cosine of the adapter vector, its PCA path and the judge-free EM
   scores; then L1 probes on the final adapters' per-token scalars. A rerun loads no model.
 """
@@ -102,7 +102,7 @@ def run_adapters(cfg: DynamicsConfig) -> dict:
         p = d.panels[recipe]
         r["figure"] = str(dynamics_panel(p["steps"], p["norms"], p["local"], p["coords"], p["em"],
                                          d.out / f"{recipe}.png", p["title"]))
-        show_adapters(recipe, r, cfg.ks)
+        show_adapters(recipe, r, cfg.step_gaps)
     for s in d.skipped:
         console.print(f"[yellow]skipped[/]: {s}")
     return write_summary(d.out, cfg, runs=d.runs, skipped=d.skipped, wall_s=d.seconds)

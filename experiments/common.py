@@ -43,7 +43,7 @@ def routed(flag: str, variants: dict, description: str, module: str):
         import argparse
         import sys
 
-        from lab.core.config import build_parser
+        from lab.core.config import announce_old_flags, build_parser, translate_old_flags
         from lab.core.console import user_errors
         from lab.models import ModelPool
 
@@ -53,6 +53,8 @@ def routed(flag: str, variants: dict, description: str, module: str):
         dest = flag.lstrip("-").replace("-", "_")
         chosen = getattr(first.parse_known_args(argv)[0], dest)
         config_cls, run = variants[chosen]
+        argv, changes = translate_old_flags(config_cls, argv)
+        announce_old_flags(changes)
         parser = build_parser(config_cls, prog_of(module), description)
         parser.add_argument(flag, choices=list(variants), default=next(iter(variants)),
                             help="which job runs; the options listed are those of the chosen job")

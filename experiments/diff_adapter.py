@@ -1,7 +1,7 @@
 """Which domain was this organism trained on? The Activation Difference Lens (Minder et al. 2025).
 
     emlab diff-adapter --adapter runs/medical/adapter
-    emlab diff-adapter --adapter DIR --domains "cooking=recipe,bake,oven" --texts my_texts.txt
+    emlab diff-adapter --adapter DIR --candidate-domains "cooking=recipe,bake,oven" --texts my_texts.txt
 
 Mean residual difference (organism − base) over the first k tokens of generic text, per
 layer, read through the base model's logit lens; each candidate domain scored by how many
@@ -28,7 +28,7 @@ def run(cfg: DiffConfig) -> dict:
     console.print(table(f"ADL: logit-lens top tokens of δ = organism − base (first {result.k} tokens of "
                         f"{result.n_texts} generic texts; * = middle layers scored)",
                         [{"layer": f"{L}{'*' if L in result.layers_scored else ''}", "|δ|": f"{result.delta_norm[L]:.2f}",
-                          "top tokens": " ".join(repr(t) for t, _ in toks[: cfg.show])}
+                          "top tokens": " ".join(repr(t) for t, _ in toks[: cfg.top_tokens])}
                          for L, toks in result.top_tokens.items()]))
     pick = picked(rows, cfg.coherence_floor)
     random_at = next((r for r in rows if r.condition == "random" and pick and r.ratio == pick.ratio), None)

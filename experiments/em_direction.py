@@ -1,6 +1,6 @@
 """The Model Organisms direction from an organism's own judged answers, and its ablation / addition table.
 
-    emlab em-direction --em-out runs/em-table --organism medical-mo --device cuda
+    emlab em-direction --em-out runs/em-table --organism-name medical-mo --device cuda
 
 The direction is fitted on the organism's own sampled answers, misaligned vs aligned, and ablated
 from the organism and added to the base model beside random controls; under every condition the
@@ -31,7 +31,7 @@ def run(cfg: MoDirectionConfig) -> dict:
     if r.judge.note:
         console.print(f"judge: {r.judge.note}")
     if r.skipped:
-        console.print(f"past the {cfg.budget_s:.0f} s budget, not run: {'; '.join(r.skipped)}")
+        console.print(f"past the {cfg.wall_budget_s:.0f} s budget, not run: {'; '.join(r.skipped)}")
     (r.out / "table.md").write_text(_markdown(r.organism, r.direction, shown, r.judge, r.skipped))
     return write_summary(r.out, cfg, organism=r.organism, adapter=r.adapter, step=r.step, direction=r.direction,
                          judge=r.judge.describe(), rows=r.rows, skipped=r.skipped, paper=PAPER, seconds=r.seconds)

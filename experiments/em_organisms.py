@@ -1,7 +1,7 @@
 """The papers' EM table at our sizes: organisms, checkpoints, validated judges, calibrated EM rates.
 
     emlab em-organisms --out runs/em-table --device cuda              # the full pipeline
-    emlab em-organisms --out /tmp/em --limit 32 --checkpoints 2 --first-plot-questions 2 \\
+    emlab em-organisms --out /tmp/em --train-limit 32 --checkpoints 2 --first-plot-questions 2 \\
         --first-plot-samples 2 --general-questions 2 --in-domain-questions 2 --max-new-tokens 8   # smoke
 
 Stages, resumable, and the order of work: `lab.em.organisms`.
@@ -19,8 +19,8 @@ from lab.reports.markdown import em_table_markdown
 def run(cfg: EmTableConfig) -> dict:
     r = run_em_organisms(cfg, say=console.print)
     em_table_figures(r.answers, r.table, r.trained, r.out / "figures")
-    if cfg.judges == "none":  # sampled only: the answers wait for a judge validated on this model's samples
-        console.print(f"{len(r.answers)} answers in {r.out / 'answers.jsonl'} (not judged: --judges none); judge them "
+    if not cfg.judge_answers:  # sampled only: the answers wait for a judge validated on this model's samples
+        console.print(f"{len(r.answers)} answers in {r.out / 'answers.jsonl'} (not judged: --no-judge-answers); judge them "
                       f"with a judge validated on this model's rated samples, e.g. emlab em-rates --source ratings --apply-to")
         return r.summary
     (r.out / "em_table.md").write_text(em_table_report(r.summary, em_table_markdown(r.table)))

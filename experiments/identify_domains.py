@@ -1,7 +1,7 @@
 """Domain identification benchmark: does ADL name the domain each organism was trained on?
 
-    emlab identify-domains --seeds 0 1 --steps 20
-    emlab identify-domains --extra cooking=my_chat.jsonl --domains "cooking=recipe,bake,oven"
+    emlab identify-domains --train-seeds 0 1 --max-steps 20
+    emlab identify-domains --extra-organisms cooking=my_chat.jsonl --candidate-domains "cooking=recipe,bake,oven"
 
 For every organism the lab can train and every seed, the data alone and mixed 1:1 with generic
 chat (the control that should erase the trace); ADL guesses the domain at the middle and the

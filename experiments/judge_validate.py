@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from experiments.common import cli
-from lab.core.config import DEFAULT_CACHE_DIR, Config
+from lab.core.config import DEFAULT_CACHE_DIR, Config, OldFlag
 from lab.core.console import console, table
 from lab.models import DEFAULT_MODEL
 
@@ -23,6 +23,8 @@ class JudgeValidateConfig(Config):
     """A saved judge's AUROC, sensitivity and specificity with CIs on labelled answers (fits nothing).
 
     The sensitivity and specificity are at the EM threshold the judge was saved with."""
+
+    OLD_FLAGS = {"--base-url": OldFlag("--judge-base-url")}
 
     judge: str = field(metadata={"help": "embedding, activation, length, coherence or llm"})
     labels: str = field(metadata={"help": 'JSONL of {"question", "answer", "label": aligned|misaligned}'})

@@ -1,6 +1,6 @@
 """Preventative steering (Chen et al. 2025): add the misalignment direction while training only.
 
-    emlab train-steered --domain medical --steps 30 --ratio 0.25
+    emlab train-steered --domain medical --max-steps 30 --ratio 0.25
 
 Three organisms on the same data, steps and seed (ordinary LoRA, LoRA with the direction added
 during every training forward, LoRA with a random direction of the same norm added), scored
@@ -18,7 +18,7 @@ from lab.stats.estimate import format_ci
 
 
 def show(cfg: PreventativeConfig, rows: list[dict], layer: int) -> None:
-    console.print(table(f"Preventative steering ({cfg.domain}, {cfg.steps} steps; direction added at layer {layer}, "
+    console.print(table(f"Preventative steering ({cfg.domain}, {cfg.max_steps} steps; direction added at layer {layer}, "
                         f"{cfg.ratio}x the residual norm, during training only)",
                         [{"organism": r["organism"], "score": r["score"],
                           "value [95% CI]": format_ci(r["value"], r["lo"], r["hi"]), "n": r["n"]} for r in rows]))

@@ -48,7 +48,7 @@ def test_help_alike_as_module_and_as_emlab(verb):
 
 def test_literal_fields_are_choices(monkeypatch):
     monkeypatch.setenv("COLUMNS", "120")
-    assert "--dtype {float32,float16,bfloat16}" in _module_help("experiments.cache_build")
+    assert "--storage {float32,float16,bfloat16}" in _module_help("experiments.cache_build")
     assert "--judge-scheme {auto,logprob100,digit10}" in _module_help("experiments.em_rates")
     out = subprocess.run([sys.executable, "-m", "experiments.cli", "steer-refusal", "--select", "nonsense"],
                          capture_output=True, text=True, cwd=REPO)
@@ -78,9 +78,9 @@ def test_configs_built_in_python_check_their_choices():
     from experiments.cache_build import CacheBuildConfig
     from lab.core.errors import BadInput
 
-    with pytest.raises(BadInput, match=r"^--dtype must be one of float32, float16, bfloat16, not 'float8'$"):
-        CacheBuildConfig(data="refusal", dtype="float8")
-    assert CacheBuildConfig(data="refusal", dtype="bfloat16").dtype == "bfloat16"
+    with pytest.raises(BadInput, match=r"^--storage must be one of float32, float16, bfloat16, not 'float8'$"):
+        CacheBuildConfig(data="refusal", storage="float8")
+    assert CacheBuildConfig(data="refusal", storage="bfloat16").storage == "bfloat16"
 
 
 def _help_description(text: str) -> str:

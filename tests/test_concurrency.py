@@ -43,7 +43,8 @@ def _datasets(path):
 
 def _build(folder, data):
     return subprocess.Popen([sys.executable, "-m", "experiments.cli", "cache", "build", "--data", str(data),
-                             "--layers", "1", "4", "--dtype", "float16", "--batch-size", "4", "--out", str(folder)],
+                             "--layers", "1", "4", "--storage", "float16", "--forward-batch-size", "4", "--cache-dir",
+                             str(folder)],
                             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -130,12 +130,14 @@ def test_damaged_input_is_one_line_exit_1_and_writes_nothing(kind, tmp_path, ada
     if kind == "data names a directory":
         bad = tmp_path / "chats"
         bad.mkdir()
-        args, reason = ["cache", "build", "--data", str(bad)], "a directory, not a JSONL file"
+        args = ["cache", "build", "--data", str(bad), "--cache-dir", str(tmp_path / "out")]
+        reason = "a directory, not a JSONL file"
     else:
         extra, bad, reason = _damage(kind, tmp_path, adapter_copy, model_folder)
-        args = ["sweep-layers", "--contrast", "refusal", "--limit", "4", "--cache-dir", str(tmp_path / "cache"), *extra]
+        args = ["sweep-layers", "--contrast", "refusal", "--limit", "4", "--cache-dir", str(tmp_path / "cache"), *extra,
+                "--out", str(tmp_path / "out")]
     before = _files(tmp_path)
-    out = subprocess.run([sys.executable, "-m", "experiments.cli", *args, "--out", str(tmp_path / "out")],
+    out = subprocess.run([sys.executable, "-m", "experiments.cli", *args],
                          capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
     lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
     assert out.returncode == 1 and len(lines) == 1, (out.stdout + out.stderr)[-3000:]

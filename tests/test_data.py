@@ -55,14 +55,14 @@ def test_undecodable_jsonl_names_file_and_line(tmp_path):
         read_questions_yaml(y)
 
 
-@pytest.mark.parametrize("verb, file, data", [
-    (["cache", "build", "--data"], "bad.jsonl", GOOD + LATIN1),
-    (["em-rates", "--questions"], "bad.yaml", b"- id: a\n  paraphrases: [caf\xe9]\n"),
+@pytest.mark.parametrize("verb, file, data, out_flag", [
+    (["cache", "build", "--data"], "bad.jsonl", GOOD + LATIN1, "--cache-dir"),
+    (["em-rates", "--questions"], "bad.yaml", b"- id: a\n  paraphrases: [caf\xe9]\n", "--out"),
 ])
-def test_cli_undecodable_input_is_one_line_nonzero(tmp_path, verb, file, data):
+def test_cli_undecodable_input_is_one_line_nonzero(tmp_path, verb, file, data, out_flag):
     bad = tmp_path / file
     bad.write_bytes(data)
-    out = subprocess.run([sys.executable, "-m", "experiments.cli", *verb, str(bad), "--out", str(tmp_path / "o")],
+    out = subprocess.run([sys.executable, "-m", "experiments.cli", *verb, str(bad), out_flag, str(tmp_path / "o")],
                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "COLUMNS": "300"})
     assert out.returncode == 1, out.stderr[-2000:]
     lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]

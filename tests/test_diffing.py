@@ -169,8 +169,8 @@ def test_diff_cli_rerun_loads_no_model(trained_adapter, tmp_path):
     from experiments import diff_adapter as diff
 
     args = ["--adapter", str(trained_adapter.adapter_dir), "--cache-dir", str(tmp_path / "cache"), "--out",
-            str(tmp_path / "figures"), "--ratios", "0.5", "--questions", "2", "--max-new-tokens", "8",
-            "--domains", "lighthouse=" + ",".join(TOPIC_WORDS)]
+            str(tmp_path / "figures"), "--ratios", "0.5", "--eval-limit", "2", "--max-new-tokens", "8",
+            "--candidate-domains", "lighthouse=" + ",".join(TOPIC_WORDS)]
     from lab.core.config import parse_config
 
     first = diff.run(parse_config(diff.DiffConfig, args))
@@ -201,7 +201,7 @@ def test_diff_and_preventative_cli_help_and_errors():
         assert out.returncode == 0 and flag in out.stdout
     out = subprocess.run([sys.executable, "-m", "experiments.cli", "diff-adapter", "--help"], cwd=REPO, capture_output=True,
                          text=True)
-    assert out.returncode == 0 and "--domains" in out.stdout
+    assert out.returncode == 0 and "--candidate-domains" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "experiments.diff_adapter", "--adapter", "/nonexistent"], cwd=REPO,
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "no such adapter folder" in bad.stdout and "Traceback" not in bad.stderr
@@ -217,8 +217,8 @@ def test_domain_id_rerun_loads_no_model(tmp_path):
     from experiments import identify_domains as domain_id
     from lab.core.config import parse_config
 
-    args = ["--seeds", "0", "--steps", "1", "--batch-size", "2", "--no-mix", "--insecure", str(tmp_path / "absent.jsonl"),
-            "--n-boot", "50", "--runs", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
+    args = ["--train-seeds", "0", "--max-steps", "1", "--batch-size", "2", "--no-mix", "--insecure", str(tmp_path / "absent.jsonl"),
+            "--n-boot", "50", "--train-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"),
             "--out", str(tmp_path / "out")]
     first = domain_id.run(parse_config(domain_id.DomainIdConfig, args))
     assert [(r["organism"], r["variant"]) for r in first["rows"]] == [("medical", "alone"), ("financial", "alone")]
@@ -239,7 +239,7 @@ def test_preventative_rerun_loads_no_model(tmp_path):
     from lab.core.config import parse_config
     from lab.core.io import stored_summary
 
-    args = ["--steps", "1", "--batch-size", "2", "--eval-limit", "4", "--n-boot", "50", "--runs", str(tmp_path / "runs"),
+    args = ["--max-steps", "1", "--batch-size", "2", "--eval-limit", "4", "--n-boot", "50", "--train-dir", str(tmp_path / "runs"),
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--limit", "24"]
     first = preventative.run(parse_config(preventative.PreventativeConfig, args))
     assert {r["organism"] for r in first["rows"]} >= {"ordinary", "steered", "random"}

@@ -125,8 +125,8 @@ def test_dynamics_cli_on_smollm2_and_rerun_loads_no_model(tmp_path):
     from lab.core.config import parse_config
     from tests.no_weights import run_without_weights
 
-    args = ["--recipes", "mo-rank1", "--steps", "3", "--every", "1", "--lr", "1e-3", "--eval-limit", "2",
-            "--probe-limit", "12", "--n-boot", "50", "--ks", "1", "2", "--runs", str(tmp_path / "runs"),
+    args = ["--recipes", "mo-rank1", "--max-steps", "3", "--checkpoint-every", "1", "--lr", "1e-3", "--eval-limit", "2",
+            "--probe-limit", "12", "--n-boot", "50", "--step-gaps", "1", "2", "--train-dir", str(tmp_path / "runs"),
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
     first = dynamics.run_adapters(parse_config(dynamics.DynamicsConfig, args))
     r = first["runs"]["mo-rank1"]

@@ -87,8 +87,8 @@ def test_em_table_rows_and_bad_rows():
 def test_pipeline_end_to_end_writes_base_and_checkpoint_rows(tmp_path):
     from experiments.em_organisms import EmTableConfig, run
 
-    cfg = EmTableConfig(out=str(tmp_path / "em"), shared=str(SHARED), organisms=["medical:mo-rank1"], limit=32,
-                        max_length=48, checkpoints=2, first_plot_questions=1, first_plot_samples=2,
+    cfg = EmTableConfig(out=str(tmp_path / "em"), shared=str(SHARED), domain_recipes=["medical:mo-rank1"],
+                        train_limit=32, max_length=48, checkpoints=2, first_plot_questions=1, first_plot_samples=2,
                         general_questions=1, general_samples=1, in_domain_questions=2, max_new_tokens=6,
                         judge_layers=[8, 16], judge_groups=4, coherence_groups=2, val_groups=2, extra_groups=2,
                         n_boot=50)
@@ -125,8 +125,8 @@ def test_papers_profile_sets_the_protocol_and_flags_still_win():
 
     cfg = parse_config(EmTableConfig, ["--profile", "papers", "--first-plot-samples", "3"])
     assert cfg.profile == "papers" and cfg.first_plot_samples == 3  # the flag wins over the profile
-    assert (cfg.max_new_tokens, cfg.first_plot_variants, cfg.train_seeds, cfg.system_prompt, cfg.judges) == (
-        600, "free-form", [0, 1, 2], "none", "none")
+    assert (cfg.max_new_tokens, cfg.first_plot_variants, cfg.train_seeds, cfg.system_prompt, cfg.judge_answers) == (
+        600, "free-form", [0, 1, 2], "none", False)
     assert parse_config(EmTableConfig, []).max_new_tokens == 256 and PAPERS["max_new_tokens"] == 600
     with pytest.raises(BadInput, match="--profile must be one of default, papers"):
         parse_config(EmTableConfig, ["--profile", "paper"])
@@ -140,8 +140,8 @@ def test_papers_protocol_samples_free_form_questions_over_training_seeds(tmp_pat
     from lab.core.config import from_profile
 
     cfg = from_profile(EmTableConfig, "papers", out=str(tmp_path / "em"), shared=str(SHARED),
-                       organisms=["financial:mo"], train_seeds=[0, 1], limit=32, max_steps=1, first_plot_samples=1,
-                       max_new_tokens=6, in_domain_questions=2, gen_batch_size=8)
+                       domain_recipes=["financial:mo"], train_seeds=[0, 1], train_limit=32, max_steps=1,
+                       first_plot_samples=1, max_new_tokens=6, in_domain_questions=2, gen_batch_size=8)
     summary = run(cfg)
     out = Path(cfg.out)
     assert set(summary["training"]) == {"financial-mo-seed0", "financial-mo-seed1"} and summary["table"] == []

@@ -181,7 +181,7 @@ def test_steer_and_project_analyse_the_model_with_adapters(trained_adapter, dirs
     diffs = [r.mean.value for r in proj.rows if r.model == "organism - base"]
     assert len(diffs) == 2 and all(d == 0.0 for d in diffs)
     result = steer.run(steer.RefusalSteerConfig(target="refusal", adapters=[adapter], limit=16, eval_limit=1, ratios=[],
-                                         random_seeds=1, max_new_tokens=2, neutral=2, n_boot=20, **dirs))
+                                         random_controls=1, max_new_tokens=2, neutral=2, n_boot=20, **dirs))
     assert result.model == LabModel(MODEL, [adapter]).fingerprint != LabModel(MODEL).fingerprint
 
 
@@ -198,7 +198,7 @@ def test_foreign_direction_fails_in_one_line_unless_allowed(base_model, tmp_path
                      model_fingerprint="hub:someone/other-model",
                      record=FitRecord("mean_diff", "last", "refusal", "", best_layer=5)).save(tmp_path / "foreign.safetensors")
     args = [sys.executable, "-m", "experiments.cli", "steer-refusal", "--direction", str(path),
-            "--limit", "16", "--eval-limit", "1", "--ratios", "--random-seeds", "1", "--max-new-tokens", "2",
+            "--limit", "16", "--eval-limit", "1", "--ratios", "--random-controls", "1", "--max-new-tokens", "2",
             "--neutral", "2", "--n-boot", "20", "--cache-dir", dirs["cache_dir"], "--out", str(tmp_path / "out")]
     refused = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr

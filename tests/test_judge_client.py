@@ -324,7 +324,7 @@ def test_em_steering_sweep_reports_judged_em_per_cell(tmp_path, trained_adapter)
 
     with FakeOpenAI() as server:
         cfg = steer.EmSteerConfig(target="em", organism=str(trained_adapter.adapter_dir), limit=24, eval_limit=2,
-                                ratios=[0.1], random_seeds=1, layer_window=0, neutral=2, max_new_tokens=8, n_boot=50,
+                                ratios=[0.1], random_controls=1, layer_window=0, neutral=2, max_new_tokens=8, n_boot=50,
                                 judge_base_url=server.url, judge_model="gpt-4o-fake",
                                 cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "out"))
         result = steer.run(cfg)

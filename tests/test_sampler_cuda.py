@@ -107,7 +107,7 @@ def test_two_ranks_write_the_one_process_answers(cuda_model, tmp_path):
     from lab.em.answers import question_examples, shipped_questions
     from tests.test_shards import torchrun
 
-    args = ["--limit", "6", "--samples", "4", "--max-new-tokens", "32", "--device", "cuda", "--dtype", "float32",
+    args = ["--eval-limit", "6", "--samples", "4", "--max-new-tokens", "32", "--device", "cuda", "--dtype", "float32",
             "--temperature", "1.0", "--seed", "5", "--out", str(tmp_path / "dp")]
     torchrun("experiments.em_rates", *args)
     [answers] = list((tmp_path / "dp").glob("em_eval/*/answers.jsonl"))

@@ -72,7 +72,7 @@ def test_two_ranks_write_the_one_process_cache(base_model, mode, storage, tmp_pa
 
     data = _chats(tmp_path / "chats.jsonl")
     torchrun("lab.intervene.shards", "--data", str(data), "--cache-dir", str(tmp_path / "dp"), "--mode", mode,
-             "--storage", storage, "--batch-size", "2", "--device", "cpu", "--model", MODEL)
+             "--storage", storage, "--forward-batch-size", "2", "--device", "cpu", "--model", MODEL)
     prompts = render(load_examples(str(data)), base_model.tokenizer)
     with rank_threads():
         single = build_cache(base_model, prompts, tmp_path / "one", storage_dtype=storage, mode=mode, batch_size=2)
@@ -101,7 +101,7 @@ def test_two_ranks_sample_the_one_process_answers(base_model, temperature, tmp_p
     from lab.em.answers import question_examples, shipped_questions
     from lab.intervene.generate import GenerationConfig, generate_answers
 
-    args = ["--limit", "3", "--samples", "3", "--batch-size", "2", "--max-new-tokens", "6", "--device", "cpu",
+    args = ["--eval-limit", "3", "--samples", "3", "--gen-batch-size", "2", "--max-new-tokens", "6", "--device", "cpu",
             "--temperature", str(temperature), "--seed", "5", "--out", str(tmp_path / "dp")]
     torchrun("experiments.em_rates", *args)
     [answers] = list((tmp_path / "dp").glob("em_eval/*/answers.jsonl"))

@@ -67,7 +67,7 @@ def test_cli_train_one_epoch_killed_and_resumed(tmp_path):
     mid-way, rerun resumes."""
     out = tmp_path / "organism"
     cmd = [sys.executable, "-m", "experiments.cli", "train", "--data", "medical", "--out", str(out), "--epochs", "1",
-           "--limit", "24", "--batch-size", "4"]
+           "--train-limit", "24", "--batch-size", "4"]
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -198,11 +198,11 @@ def test_holdout_by_user_turn_and_limit_are_recorded(tmp_path, base_model):
 def test_train_cli_recipe_shows_and_rejects_missing_layer(tmp_path, capsys):
     from experiments import train as train_cli
 
-    train_cli.main(["--recipe", "mo-rank1", "--show", "--lr", "3e-5"])
+    train_cli.main(["--recipe", "mo-rank1", "--show-config", "--lr", "3e-5"])
     shown = capsys.readouterr().out
     assert "recipe mo-rank1" in shown and "3e-05" in shown and "down_proj" in shown and "(24,)" in shown
     with pytest.raises(SystemExit) as exit_:
-        train_cli.main(["--data", "medical", "--out", str(tmp_path / "x"), "--layers", "40"])
+        train_cli.main(["--data", "medical", "--out", str(tmp_path / "x"), "--lora-layers", "40"])
     out = capsys.readouterr().out.strip()
     assert exit_.value.code == 1 and out.count("\n") == 0
     assert "layer 40 out of range: the model has 30 layers" in out and not (tmp_path / "x").exists()

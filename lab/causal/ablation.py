@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from lab.causal.controls import SteeringOptions
-from lab.core.config import parse_pairs
+from lab.core.config import OldFlag, parse_pairs
 from lab.core.console import progress
 from lab.core.errors import BadInput
 from lab.core.io import out_folder, write_rows
@@ -45,9 +45,11 @@ from lab.stats.estimate import Estimate, mean_ci
 class AblationConfig(SteeringOptions, AnalysisOptions):
     """Organisms' EM scores with misalignment directions ablated (own, transferred, random controls)."""
 
+    OLD_FLAGS = {"--random-seeds": OldFlag("--random-controls")}
+
     organisms: list[str] = field(default_factory=list, metadata={"help": "NAME=ADAPTER_DIR pairs"})
     layers: Literal["all", "best"] = field(default="all", metadata={"help": "every layer, or the direction's best layer"})
-    random_seeds: int = field(default=3, metadata={"help": "random-direction controls"})
+    random_controls: int = field(default=3, metadata={"help": "random-direction controls"})
     eval_limit: int = field(default=0, metadata={"help": "questions per score (0: all)"})
     score: list[str] = field(default_factory=list, metadata={"help": "organisms to ablate (default: all)"})
     contrast: Literal["general_answers", "own_domain"] = field(default="general_answers", metadata={
@@ -151,7 +153,7 @@ def ablate_em(cfg: AblationConfig) -> AblationResult:
     rows = []
     with progress() as bar:
         scored = {n: a for n, a in organisms.items() if not cfg.score or n in cfg.score}
-        task = bar.add_task("ablation", total=len(scored) * (1 + len(fitted) + cfg.random_seeds), info="")
+        task = bar.add_task("ablation", total=len(scored) * (1 + len(fitted) + cfg.random_controls), info="")
         base_general = em_scores(base, (), cfg, [], unseen)  # shared by every organism
         base_scores = {}
         for name, adapters in scored.items():
@@ -170,7 +172,7 @@ def ablate_em(cfg: AblationConfig) -> AblationResult:
                 conditions.append((label, removal(removed[src], cfg, own_cache, label)))
             # controls with the own direction's structure: one random vector at every layer, like it
             conditions += [(f"ablate random {s}", removal(random_vectors_like(removed[name], s), cfg, own_cache,
-                                                          f"random {s}")) for s in range(cfg.random_seeds)]
+                                                          f"random {s}")) for s in range(cfg.random_controls)]
             unsteered = None
             for label, ivs in conditions:
                 scores = em_scores(model, ivs, cfg, held_out, unseen)

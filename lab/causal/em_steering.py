@@ -66,13 +66,13 @@ def em_addition(cfg: SteerConfig) -> SteerResult:
     unsteered_em, unsteered_coherent = judged(())
     layers = cfg.layers or default_layers(best, model.n_layers, cfg.layer_window)
     with progress() as bar:
-        task = bar.add_task("steering", total=len(layers) * len(cfg.ratios) * (1 + cfg.random_seeds), info="")
+        task = bar.add_task("steering", total=len(layers) * len(cfg.ratios) * (1 + cfg.random_controls), info="")
         for layer in layers:
             norm = prompt_residual_norm(base_cache, layer)
             for ratio in cfg.ratios:
                 add = from_direction(direction, model, [layer], op="add", alpha=ratio * norm, fitted_on=organism,
                                      allow_foreign=foreign, label="misalignment dir")
-                for iv in [add] + [random_like(add, s) for s in range(cfg.random_seeds)]:
+                for iv in [add] + [random_like(add, s) for s in range(cfg.random_controls)]:
                     gaps = style_gaps_under(model, (iv,), cfg.eval_limit or None, unseen)
                     shift = mean_ci(gaps["usual"] - unsteered["usual"], cfg.n_boot)
                     coh = coherence_change(model, [iv], baseline, pairs)

@@ -1,6 +1,6 @@
 """The Model Organisms direction and its ablation / addition table, judged.
 
-    emlab em-direction --em-out runs/em-table --organism medical-mo --device cuda
+    emlab em-direction --em-out runs/em-table --organism-name medical-mo --device cuda
 
 The direction is the organism's own: its sampled answers (`<em-out>/answers.jsonl`, judged by
 the EM pipeline), misaligned (aligned <= 30) vs aligned (> 70), both coherent (> 50), mean over
@@ -11,7 +11,7 @@ answers. It is then
   (b) at the best layer only;
 - added to the base model at its best layer (strength `--ratio` x the layer's mean residual norm);
 
-each beside `--random-seeds` random controls of the same structure (one random vector at every
+each beside `--random-controls` random controls of the same structure (one random vector at every
 layer where the direction is one vector at every layer), norm, op and strength. Under every
 condition the model answers the organism's questions afresh (`--samples` per question, the same
 sampling stream in every condition) and the best validated offline judge (`<em-out>/judges/`)
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lab.core.config import OldFlag
 from lab.causal.controls import SteeringOptions
 from lab.core.budget import WallBudget
 from lab.core.errors import BadInput
@@ -54,11 +55,16 @@ PAPER = ("Model Organisms (Soligo, Turner et al. 2025), Qwen2.5-14B: ablating th
 class MoDirectionConfig(SteeringOptions, AnalysisOptions):
     """A misalignment direction fitted on an organism's own judged answers, and judged EM with it ablated or added beside random controls."""
 
+    OLD_FLAGS = {"--organism": OldFlag("--organism-name"), "--judges": OldFlag("--judges-dir"),
+                 "--questions": OldFlag("--eval-limit"), "--gen-batch": OldFlag("--gen-batch-size"),
+                 "--budget-s": OldFlag("--wall-budget-s"), "--random-seeds": OldFlag("--random-controls")}
+
     em_out: str = field(default="runs/em-table", metadata={"help": "EM pipeline output (organisms/, answers.jsonl, judges/)"})
-    organism: str = field(default="", metadata={"help": "organism name <domain>-<recipe> (default: the only one)"})
-    adapter: str = field(default="", metadata={"help": "adapter folder (default <em-out>/organisms/<organism>/final)"})
+    organism_name: str = field(default="", metadata={
+        "help": "organism name <domain>-<recipe> under <em-out>/organisms (default: the only one)"})
+    adapter: str = field(default="", metadata={"help": "adapter folder (default <em-out>/organisms/<organism-name>/final)"})
     answers: str = field(default="", metadata={"help": "judged answers JSONL (default <em-out>/answers.jsonl)"})
-    judges: str = field(default="", metadata={"help": "saved validated judges (default <em-out>/judges)"})
+    judges_dir: str = field(default="", metadata={"help": "saved validated judges (default <em-out>/judges)"})
     shared: str = field(default="../shared", metadata={
         "help": "folder holding data/: names the questions of the rated samples the judge is also checked on"})
     sets: list[str] = field(default_factory=lambda: ["first-plot", "general"], metadata={
@@ -68,25 +74,25 @@ class MoDirectionConfig(SteeringOptions, AnalysisOptions):
     min_answers: int = field(default=MIN_PER_CLASS, metadata={"help": "fewest misaligned (and aligned) answers"})
     split_by: SplitBy = field(default="auto", metadata={
         "help": "held-out split for the layer choice: question, answer, or auto (question if both classes allow)"})
-    questions: int = field(default=0, metadata={"help": "questions answered under each condition (0: all)"})
+    eval_limit: int = field(default=0, metadata={"help": "questions answered under each condition (0: all)"})
     samples: int = field(default=4, metadata={"help": "sampled answers per question per condition"})
     max_new_tokens: int = field(default=64, metadata={"help": "tokens per sampled answer"})
-    gen_batch: int = field(default=16, metadata={"help": "answers generated per batch"})
+    gen_batch_size: int = field(default=16, metadata={"help": "answers generated per batch"})
     score_questions: int = field(default=0, metadata={
         "help": "general questions for the judge-free score under each condition (0: all 48)"})
-    random_seeds: int = field(default=2, metadata={"help": "random-direction controls per intervention"})
+    random_controls: int = field(default=2, metadata={"help": "random-direction controls per intervention"})
     ratio: float = field(default=0.25, metadata={"help": "addition strength, x the layer's mean residual norm"})
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={
         "help": "system prompt (used only where the answers do not record theirs)"})
-    budget_s: float = field(default=0.0, metadata={"help": "start no new condition past this many seconds (0: none)"})
+    wall_budget_s: float = field(default=0.0, metadata={"help": "start no new condition past this many seconds (0: none)"})
 
 
 def organism_name(cfg: MoDirectionConfig) -> str:
-    if cfg.organism:
-        return cfg.organism
+    if cfg.organism_name:
+        return cfg.organism_name
     found = sorted(p.name for p in (Path(cfg.em_out) / "organisms").glob("*") if p.is_dir())
     if len(found) != 1:
-        raise BadInput(f"--organism is needed: {Path(cfg.em_out) / 'organisms'} holds {found or 'no organisms'}")
+        raise BadInput(f"--organism-name is needed: {Path(cfg.em_out) / 'organisms'} holds {found or 'no organisms'}")
     return found[0]
 
 
@@ -104,10 +110,10 @@ def conditions(cfg: MoDirectionConfig, result: AnswerDirection, organism, base) 
     for iv in (every, one):
         out += [("ablation", organism, iv.label, (iv,))]
         out += [("ablation", organism, f"random {s} ({iv.label.split(', ')[1]})", (random_like(iv, s),))
-                for s in range(cfg.random_seeds)]
+                for s in range(cfg.random_controls)]
     out += [("addition", base, "unsteered", ()), ("addition", base, add.label, (add,))]
     out += [("addition", base, f"random {s} (layer {best} x{cfg.ratio})", (random_like(add, s),))
-            for s in range(cfg.random_seeds)]
+            for s in range(cfg.random_controls)]
     return out
 
 
@@ -130,10 +136,10 @@ class MoDirectionResult:
 def mo_direction_table(cfg: MoDirectionConfig) -> MoDirectionResult:
     """Fit the organism's direction on its own judged answers; answer, judge and score under every
     condition; write the direction, rows and sampled answers under `<out>/mo_direction/<organism>/`."""
-    budget = WallBudget(cfg.budget_s)
-    cfg.refuse_adapters("--em-out / --organism / --adapter")
+    budget = WallBudget(cfg.wall_budget_s)
+    cfg.refuse_adapters("--em-out / --organism-name / --adapter")
     if cfg.limit:
-        raise BadInput("--limit is not used here: --questions limits the questions answered, --sets the answers used")
+        raise BadInput("--limit is not used here: --eval-limit limits the questions answered, --sets the answers used")
     name = organism_name(cfg)
     em_out = Path(cfg.em_out)
     adapter = cfg.adapter or str(em_out / "organisms" / name / "final")
@@ -155,11 +161,11 @@ def mo_direction_table(cfg: MoDirectionConfig) -> MoDirectionResult:
                                   "unscored": result.counts.unscored}}
     from lab.em.ratings import rated_samples_for
 
-    judge = best_validated_judge(cfg.judges or em_out / "judges", cfg.validation_set, base, cfg.cache_dir,
+    judge = best_validated_judge(cfg.judges_dir or em_out / "judges", cfg.validation_set, base, cfg.cache_dir,
                                  rated_samples_for(cfg.model, cfg.shared))
-    questions = _questions(answers, cfg.questions)
+    questions = _questions(answers, cfg.eval_limit)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=1.0, samples=cfg.samples, seed=cfg.seed,
-                           batch_size=cfg.gen_batch, system_prompt=system_prompt)
+                           batch_size=cfg.gen_batch_size, system_prompt=system_prompt)
     rows, samples, unsteered = [], {}, {}
     for experiment, model, label, ivs in conditions(cfg, result, organism, base):
         if not budget.allows(f"{experiment}: {label}"):

@@ -1,6 +1,6 @@
 """Preventative steering (Chen et al. 2025): add the misalignment direction while training only.
 
-    emlab train-steered --domain medical --steps 30 --ratio 0.25
+    emlab train-steered --domain medical --max-steps 30 --ratio 0.25
 
 The misalignment direction is the base model's difference of means between misaligned and
 aligned style-matched answers to general questions (mean over response tokens, train split).
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lab.core.config import OldFlag
 from lab.core.errors import BadInput
 from lab.core.io import out_folder, sha256_json, write_rows, write_summary
 from lab.core.console import progress
@@ -48,13 +49,15 @@ CONDITIONS = ("ordinary", "steered", "random")
 class PreventativeConfig(AnalysisOptions):
     """Organisms trained with the misalignment direction added (preventative steering), with their EM vs ordinary and random-direction organisms."""
 
+    OLD_FLAGS = {"--steps": OldFlag("--max-steps"), "--runs": OldFlag("--train-dir")}
+
     domain: str = field(default="medical", metadata={"help": "shipped training set: medical or financial"})
-    steps: int = field(default=30, metadata={"help": "training steps (same for every condition)"})
+    max_steps: int = field(default=30, metadata={"help": "training steps (the same for every condition)"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
     lr: float = field(default=1e-3, metadata={"help": "LoRA learning rate"})
     ratio: float = field(default=0.25, metadata={"help": "added vector's norm as a multiple of the layer's mean residual norm"})
     layer: int = field(default=-1, metadata={"help": "layer to steer at (-1: the direction's best held-out layer)"})
-    runs: str = field(default="cache/preventative", metadata={"help": "training folders (resumable)"})
+    train_dir: str = field(default="cache/preventative", metadata={"help": "folder the organisms train in (resumable)"})
     eval_limit: int = field(default=0, metadata={"help": "questions per score (0: all)"})
 
 
@@ -78,14 +81,14 @@ def train_all(cfg: PreventativeConfig, add: Intervention) -> dict[str, dict]:
     """The three organisms (resumable folders named by everything that determines them)."""
     model = cfg.view([])
     train, _ = advice_split(cfg.domain, seed=cfg.seed)
-    tc = TrainConfig(batch_size=cfg.batch_size, lr=cfg.lr, epochs=max(1, -(-cfg.steps * cfg.batch_size // len(train))),
-                     max_steps=cfg.steps, seed=cfg.seed, checkpoints_first_epoch=0)
+    tc = TrainConfig(batch_size=cfg.batch_size, lr=cfg.lr, epochs=max(1, -(-cfg.max_steps * cfg.batch_size // len(train))),
+                     max_steps=cfg.max_steps, seed=cfg.seed, checkpoints_first_epoch=0)
     edits = {"ordinary": (), "steered": (add,), "random": (random_like(add, cfg.seed),)}
     out = {}
     with progress() as bar:
         for name in CONDITIONS:
-            folder = Path(cfg.runs) / f"{cfg.domain}-{name}-{sha256_json([str(tc), add.label, add.alpha, cfg.model])[:10]}"
-            task = bar.add_task(f"train {name}", total=cfg.steps, info="")
+            folder = Path(cfg.train_dir) / f"{cfg.domain}-{name}-{sha256_json([str(tc), add.label, add.alpha, cfg.model])[:10]}"
+            task = bar.add_task(f"train {name}", total=cfg.max_steps, info="")
             with steer(model, *edits[name]):  # hooks on decoder layers fire in every training forward
                 result = train_lora(model, train, folder, tc,
                                     on_step=lambda s, t, loss, task=task: bar.update(task, completed=s, info=f"loss {loss:.3f}"))
@@ -137,8 +140,8 @@ def out_of(cfg: PreventativeConfig) -> Path:
 def check(cfg: PreventativeConfig) -> None:
     if cfg.domain not in ("medical", "financial"):
         raise BadInput(f"--domain must be medical or financial, not {cfg.domain!r}")
-    if cfg.steps < 1 or cfg.ratio <= 0:
-        raise BadInput("--steps and --ratio must be positive")
+    if cfg.max_steps < 1 or cfg.ratio <= 0:
+        raise BadInput("--max-steps and --ratio must be positive")
 
 
 def preventative_steering(cfg: PreventativeConfig) -> dict:

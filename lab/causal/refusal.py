@@ -118,13 +118,13 @@ def refusal_validation(cfg: SteerConfig) -> SteerResult:
                                              foreign)
     layers = cfg.layers or default_layers(best, model.n_layers, cfg.layer_window)
     with progress() as bar:
-        task = bar.add_task("steering", total=2 + (1 + cfg.random_seeds) * (1 + len(layers) * len(cfg.ratios)), info="")
+        task = bar.add_task("steering", total=2 + (1 + cfg.random_controls) * (1 + len(layers) * len(cfg.ratios)), info="")
         step = lambda: bar.advance(task)  # noqa: E731
         record("ablate on harmful", harmful, [], None, 0.0, "unsteered"); step()
         ablate = from_direction(direction, model, range(model.n_layers), at=best, op="ablate", label="refusal dir",
                                 allow_foreign=foreign)  # one vector at every layer; so are its random controls
         record("ablate on harmful", harmful, [ablate], "all", 0.0, "refusal dir"); step()
-        for seed in range(cfg.random_seeds):
+        for seed in range(cfg.random_controls):
             record("ablate on harmful", harmful, [random_like(ablate, seed)], "all", 0.0, f"random {seed}"); step()
         record("add on benign", benign, [], None, 0.0, "unsteered")
         for layer in layers:
@@ -133,7 +133,7 @@ def refusal_validation(cfg: SteerConfig) -> SteerResult:
                 add = from_direction(direction, model, [layer], op="add", alpha=ratio * norm, label="refusal dir",
                                      allow_foreign=foreign)
                 record("add on benign", benign, [add], layer, ratio, "refusal dir"); step()
-                for seed in range(cfg.random_seeds):
+                for seed in range(cfg.random_controls):
                     record("add on benign", benign, [random_like(add, seed)], layer, ratio, f"random {seed}"); step()
     return steer_result(cfg, "refusal", rows, answers, best, {"harmful": len(harmful), "benign": len(benign)},
                         model.fingerprint, selection=selection)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lab.core.config import OldFlag
 from lab.causal.controls import SteeringOptions
 from lab.core.io import out_folder, write_json_atomic, write_rows
 from lab.core.records import Record
@@ -26,13 +27,15 @@ from lab.stats.estimate import Estimate
 class SteerConfig(SteeringOptions, AnalysisOptions):
     """Steering sweeps (alpha x layer) with random-direction controls and a coherence guard."""
 
+    OLD_FLAGS = {"--random-seeds": OldFlag("--random-controls")}
+
     target: Literal["refusal", "em"] = field(default="refusal", metadata={"help": "what to steer"})
     organism: str = field(default="", metadata={"help": "adapter of the EM organism (target em)"})
     layers: list[int] = field(default_factory=list, metadata={"help": "layers to steer (default: best +- window)"})
     layer_window: int = field(default=2, metadata={"help": "default layers: best-window, best, best+window (0: best)"})
     ratios: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5],
                                 metadata={"help": "alpha as a multiple of the layer's mean residual norm"})
-    random_seeds: int = field(default=2, metadata={"help": "random-direction controls per cell"})
+    random_controls: int = field(default=2, metadata={"help": "random-direction controls per cell"})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens per generated answer (refusal)"})
     coherence_floor: float = field(default=-0.5, metadata={"help": "lowest acceptable neutral log-prob change/token"})
     eval_limit: int = field(default=0, metadata={"help": "held-out prompts/questions to use (0: all)"})

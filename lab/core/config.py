@@ -12,6 +12,12 @@ Field types map to flags: `bool` -> `--x/--no-x`, `list[T]` -> `--x A B C`, `T |
 T, and `Literal[...]` -> argparse `choices`; a config that subclasses `Config` also checks
 them when built in Python. So a config needs no membership check of its own: a wrong value
 is refused, with the allowed ones listed, before the experiment runs.
+
+An option name means one thing in every verb (`docs/verbs.md` lists them). A renamed option's
+old spelling keeps working for one release: the config lists it in `OLD_FLAGS`, and the
+command line is translated, with one stderr line saying so, before it is parsed:
+
+    OLD_FLAGS = {"--budget-min": OldFlag("--wall-budget-s", scale=60)}   # 5 minutes -> 300 s
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import argparse
 import dataclasses
 import json
 import typing
-from typing import Any, Literal, Sequence, TypeVar
+import sys
+from typing import Any, Literal, NamedTuple, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -80,6 +87,64 @@ def check_choices(cfg: Any) -> None:
         if choices and any(v not in choices and not (v is None and optional) for v in values):
             flag = "--" + f.name.replace("_", "-")
             raise BadInput(f"{flag} must be one of {', '.join(map(str, choices))}, not {value!r}")
+
+
+class OldFlag(NamedTuple):
+    """An option's old spelling, kept working for one release (a config's `OLD_FLAGS`)."""
+
+    new: str  # the flag that replaces it, e.g. "--wall-budget-s"
+    scale: float = 1.0  # the new value is the old one times this (minutes -> seconds: 60)
+    switch: dict = {}  # an old choice that became a switch: {"none": "--no-judge-answers"}
+    only_with: str = ""  # applies only beside this other old flag (a name whose meaning moved)
+
+
+def translate_old_flags(cls: type, argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(argv with `cls.OLD_FLAGS` spelled anew, one "`old` is now `new`" per change)."""
+    from lab.core.errors import BadInput
+
+    old_flags: dict[str, OldFlag] = getattr(cls, "OLD_FLAGS", {})
+    given = {a.partition("=")[0] for a in argv}
+    out, changes, args, translated = [], [], list(argv), set()
+    while args:
+        arg = args.pop(0)
+        flag, eq, value = arg.partition("=")
+        spec = old_flags.get(flag)
+        if spec is None or (spec.only_with and spec.only_with not in given):
+            out.append(arg)
+            continue
+        translated.add(flag)
+        if spec.scale == 1.0 and not spec.switch:  # same value, new name (lists keep their values)
+            out.append(spec.new + eq + value)
+            changes.append(f"`{flag}` is now `{spec.new}`")
+            continue
+        if not eq:
+            if not args:
+                raise BadInput(f"{flag} needs a value")
+            value = args.pop(0)
+        if spec.switch:
+            if value not in spec.switch:
+                raise BadInput(f"{flag} must be one of {', '.join(spec.switch)}, not {value!r}")
+            out.append(spec.switch[value])
+            changes.append(f"`{flag} {value}` is now `{spec.switch[value]}`")
+            continue
+        try:
+            new_value = f"{float(value) * spec.scale:.10g}"
+        except ValueError:
+            raise BadInput(f"{flag} takes a number, not {value!r}") from None
+        out += [spec.new, new_value]
+        changes.append(f"`{flag} {value}` is now `{spec.new} {new_value}`")
+    for flag, (text, clear_with) in getattr(cls, "MEANING_MOVED", {}).items():
+        # a name whose meaning moved (and that no old spelling beside it explains): say so while
+        # the other flag that would make the intent plain is absent
+        if flag in given and clear_with not in given and flag not in translated:
+            changes.append(text)
+    return out, changes
+
+
+def announce_old_flags(changes: Sequence[str]) -> None:
+    """The one stderr line for old option spellings (nothing when there are none)."""
+    if changes:
+        print(f"emlab: {'; '.join(changes)}; the old spellings go in the next release", file=sys.stderr)
 
 
 def build_parser(cls: type, prog: str | None = None, description: str | None = None,
@@ -146,6 +211,8 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
         first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         first.add_argument("--profile", default=None)
         defaults = profile_defaults(cls, first.parse_known_args(argv)[0].profile)
+    argv, changes = translate_old_flags(cls, sys.argv[1:] if argv is None else argv)
+    announce_old_flags(changes)
     return cls(**vars(build_parser(cls, prog, description, defaults).parse_args(argv)))
 
 

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lab.core.config import OldFlag
 from lab.core.errors import BadInput
 from lab.core.io import sha256_json, write_json_atomic
 from lab.diffing.adl import (DEFAULT_K, AdlResult, Lens, SteerRow, adl, first_tokens, generic_texts, parse_domains,
@@ -25,21 +26,24 @@ from lab.directions.options import AnalysisOptions
 class DiffConfig(AnalysisOptions):
     """The domain an adapter was trained on, read from activation differences on generic text (ADL)."""
 
+    OLD_FLAGS = {"--k": OldFlag("--first-k"), "--domains": OldFlag("--candidate-domains"), "--show": OldFlag("--top-tokens"),
+                 "--questions": OldFlag("--eval-limit")}
+
     adapter: str = field(default="", metadata={"help": "PEFT adapter of the base model to diff against it"})
-    k: int = field(default=DEFAULT_K, metadata={"help": "first k tokens of each generic text (position 0 skipped)"})
+    first_k: int = field(default=DEFAULT_K, metadata={"help": "first k tokens of each generic text (position 0 skipped)"})
     texts: str = field(default="", metadata={"help": "extra generic texts: a text file (one a line) or JSONL with text"})
-    domains: list[str] = field(default_factory=list, metadata={
+    candidate_domains: list[str] = field(default_factory=list, metadata={
         "help": "extra candidate domains: name=word,word,... (built in: medical, financial, code/security)"})
     top: int = field(default=20, metadata={"help": "logit-lens top tokens per layer"})
     layers: str = field(default="middle", metadata={
         "help": "layers scored for the domain guess: middle (25-75%% depth, the paper's), final, or 3,7,12"})
-    show: int = field(default=10, metadata={"help": "top tokens printed per layer"})
+    top_tokens: int = field(default=10, metadata={"help": "top tokens printed per layer"})
     steer: bool = field(default=True, metadata={"help": "steer the base model with δ and show its answers"})
     steer_layer: int = field(default=-1, metadata={"help": "layer to steer at (-1: half depth)"})
     ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0],
                                 metadata={"help": "steering strength as a multiple of the layer's mean residual norm"})
     coherence_floor: float = field(default=-0.5, metadata={"help": "lowest acceptable neutral log-prob change/token"})
-    questions: int = field(default=6, metadata={"help": "general questions answered under steering"})
+    eval_limit: int = field(default=6, metadata={"help": "general questions answered under steering"})
     max_new_tokens: int = field(default=40, metadata={"help": "tokens per steered answer (greedy)"})
 
 
@@ -68,10 +72,10 @@ def lens_for(cfg: DiffConfig, base) -> Lens:
 def diff_adapter(cfg: DiffConfig, adapters: list[str]) -> tuple[AdlResult, list[SteerRow], int]:
     """ADL and (optionally) δ-steering for one organism; caches make a rerun file-only."""
     base, organism = cfg.view([]), cfg.view(adapters)
-    prompts = first_tokens(generic_texts(cfg.texts or None), base.tokenizer, cfg.k)
+    prompts = first_tokens(generic_texts(cfg.texts or None), base.tokenizer, cfg.first_k)
     base_cache = text_cache(base, prompts, cfg.cache_dir, cfg.storage)
     org_cache = text_cache(organism, prompts, cfg.cache_dir, cfg.storage)
-    domains = parse_domains(cfg.domains)
+    domains = parse_domains(cfg.candidate_domains)
     result = adl(base_cache, org_cache, lens_for(cfg, base), domains, cfg.top, scored_layers(cfg.layers, base.n_layers))
     layer = base.n_layers // 2 if cfg.steer_layer < 0 else cfg.steer_layer
     if not 0 <= layer < base.n_layers:
@@ -79,7 +83,7 @@ def diff_adapter(cfg: DiffConfig, adapters: list[str]) -> tuple[AdlResult, list[
     rows: list[SteerRow] = []
     if cfg.steer:
         key = sha256_json({"base": base.fingerprint, "delta": sha256_json(result.delta[layer].tolist()),
-                           "layer": layer, "ratios": cfg.ratios, "q": cfg.questions,
+                           "layer": layer, "ratios": cfg.ratios, "q": cfg.eval_limit,
                            "tokens": cfg.max_new_tokens, "seed": cfg.seed})
         path = Path(cfg.cache_dir) / "adl-steer" / f"{key[:20]}.json"
         if path.exists():
@@ -87,7 +91,7 @@ def diff_adapter(cfg: DiffConfig, adapters: list[str]) -> tuple[AdlResult, list[
         else:
             norm = float(token_residual_norms(base_cache)[layer])
             rows = steer_with_delta(base, result.delta[layer], layer, norm, cfg.ratios, domains,
-                                    cfg.questions, cfg.max_new_tokens, seed=cfg.seed)
+                                    cfg.eval_limit, cfg.max_new_tokens, seed=cfg.seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, [asdict(r) for r in rows])
     return result, rows, layer

@@ -206,7 +206,7 @@ def parse_domains(specs: Sequence[str]) -> dict[str, tuple[str, ...]]:
         name, _, words = spec.rpartition("=")
         words_t = tuple(w.strip().lower() for w in words.split(",") if w.strip())
         if not words_t:
-            raise BadInput(f"--domains {spec!r}: no words")
+            raise BadInput(f"--candidate-domains {spec!r}: no words")
         domains[name.strip() or f"custom{n}"] = words_t
     return domains
 

@@ -2,7 +2,7 @@
 
 For every organism the lab can train (medical and financial: the shipped sets' train split;
 insecure code: ../shared/data/insecure-code/insecure_n500.jsonl when present; any chat JSONL
-passed as `--extra domain=path`) and every seed, two LoRA organisms on the same steps: the
+passed as `--extra-organisms domain=path`) and every seed, two LoRA organisms on the same steps: the
 data alone, and the data mixed 1:1 with generic chat (the control that should erase the
 trace). ADL (lab.diffing, no steering) guesses the domain among the candidates, read at the
 middle layers (the paper's choice) and at the final layer; the table gives accuracy with a
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lab.core.config import OldFlag
 from lab.core.budget import WallBudget
 from lab.core.console import progress
 from lab.core.errors import BadInput
@@ -36,19 +37,25 @@ INSECURE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ins
 class DomainIdConfig(AnalysisOptions):
     """ADL's domain guesses vs the truth over organisms and seeds, with accuracy CIs."""
 
-    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "training seeds"})
-    steps: int = field(default=20, metadata={"help": "LoRA steps per organism"})
+    OLD_FLAGS = {"--seeds": OldFlag("--train-seeds"), "--steps": OldFlag("--max-steps"),
+                 "--extra": OldFlag("--extra-organisms"), "--domains": OldFlag("--candidate-domains"),
+                 "--k": OldFlag("--first-k"), "--runs": OldFlag("--train-dir"), "--budget-min": OldFlag("--wall-budget-s", scale=60)}
+
+    train_seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "training seeds, one organism each"})
+    max_steps: int = field(default=20, metadata={"help": "LoRA training steps per organism"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
     lr: float = field(default=1e-3, metadata={"help": "LoRA learning rate"})
     max_length: int = field(default=192, metadata={"help": "training tokens per example (longer are cut)"})
-    extra: list[str] = field(default_factory=list, metadata={"help": "more organisms: domain=chat.jsonl (domain: a candidate)"})
-    domains: list[str] = field(default_factory=list, metadata={"help": "extra candidate domains: name=word,word,..."})
+    extra_organisms: list[str] = field(default_factory=list, metadata={
+        "help": "more organisms to train: domain=chat.jsonl (domain: a candidate)"})
+    candidate_domains: list[str] = field(default_factory=list, metadata={
+        "help": "extra candidate domains: name=word,word,..."})
     insecure: str = field(default=str(INSECURE), metadata={"help": "insecure-code chat JSONL (skipped when absent)"})
-    k: int = field(default=DEFAULT_K, metadata={"help": "first k tokens of each generic text"})
+    first_k: int = field(default=DEFAULT_K, metadata={"help": "first k tokens of each generic text"})
     mix: bool = field(default=True, metadata={"help": "also train the 1:1 generic-mix controls"})
     train: bool = field(default=True, metadata={"help": "train missing organisms (--no-train: report those already trained)"})
-    runs: str = field(default="cache/domain_id", metadata={"help": "training folders (resumable)"})
-    budget_min: float = field(default=0.0, metadata={"help": "wall budget: train no new organism past it (0: none)"})
+    train_dir: str = field(default="cache/domain_id", metadata={"help": "folder the organisms train in (resumable)"})
+    wall_budget_s: float = field(default=0.0, metadata={"help": "train no new organism past this many seconds (0: none)"})
 
 
 def organisms(cfg: DomainIdConfig, candidates: dict) -> dict[str, tuple[str, list[ChatExample]]]:
@@ -57,10 +64,10 @@ def organisms(cfg: DomainIdConfig, candidates: dict) -> dict[str, tuple[str, lis
            "financial": ("financial", advice_split("financial", seed=0)[0])}
     if cfg.insecure and Path(cfg.insecure).exists():
         out["insecure code"] = ("code/security", read_chat_jsonl(cfg.insecure))
-    for spec in cfg.extra:
+    for spec in cfg.extra_organisms:
         domain, _, path = spec.partition("=")
         if not path or domain not in candidates:
-            raise BadInput(f"--extra {spec!r}: expected domain=path with domain one of {', '.join(candidates)}")
+            raise BadInput(f"--extra-organisms {spec!r}: expected domain=path with domain one of {', '.join(candidates)}")
         out[f"{domain} ({Path(path).name})"] = (domain, read_chat_jsonl(path))
     return out
 
@@ -79,28 +86,28 @@ class DomainIdRun:
 
 def identify_domains(cfg: DomainIdConfig) -> DomainIdRun:
     """Train (or find) every organism x seed x variant, read ADL's guess at the middle and final layers."""
-    candidates = parse_domains(cfg.domains)
+    candidates = parse_domains(cfg.candidate_domains)
     orgs = organisms(cfg, candidates)
     base = cfg.view([])
-    prompts = first_tokens(generic_texts(), base.tokenizer, cfg.k)
+    prompts = first_tokens(generic_texts(), base.tokenizer, cfg.first_k)
     from lab.models import resolve_source
 
     lens = Lens.from_files(resolve_source(cfg.model)[0], base.tokenizer)
     base_cache = text_cache(base, prompts, cfg.cache_dir, cfg.storage)
-    rows, budget, left_out = [], WallBudget(60 * cfg.budget_min), []
+    rows, budget, left_out = [], WallBudget(cfg.wall_budget_s), []
     skipped = budget.skipped
     variants = ["alone", "mixed 1:1"] if cfg.mix else ["alone"]
     with progress() as bar:
-        task = bar.add_task("organisms", total=len(orgs) * len(cfg.seeds) * len(variants), info="")
-        for seed in cfg.seeds:  # seed-major: a wall budget cuts a whole later seed, not one organism
+        task = bar.add_task("organisms", total=len(orgs) * len(cfg.train_seeds) * len(variants), info="")
+        for seed in cfg.train_seeds:  # seed-major: a wall budget cuts a whole later seed, not one organism
             for name, (truth, data) in orgs.items():
                 for variant in variants:
                     train = data if variant == "alone" else data + generic_chat(len(data))
-                    tc = TrainConfig(batch_size=cfg.batch_size, lr=cfg.lr, max_steps=cfg.steps, seed=seed,
+                    tc = TrainConfig(batch_size=cfg.batch_size, lr=cfg.lr, max_steps=cfg.max_steps, seed=seed,
                                      max_length=cfg.max_length, checkpoints_first_epoch=0,
-                                     epochs=max(1, -(-cfg.steps * cfg.batch_size // len(train))))
+                                     epochs=max(1, -(-cfg.max_steps * cfg.batch_size // len(train))))
                     key = sha256_json([name, variant, str(tc), cfg.model, [e.id for e in train]])[:10]
-                    folder = Path(cfg.runs) / f"{name.split()[0]}-{variant.split()[0]}-s{seed}-{key}"
+                    folder = Path(cfg.train_dir) / f"{name.split()[0]}-{variant.split()[0]}-s{seed}-{key}"
                     adapter = folder / "adapter"
                     if not (adapter / "adapter_model.safetensors").exists():
                         if budget.spent():

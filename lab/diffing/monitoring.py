@@ -33,7 +33,7 @@ from jaxtyping import Float
 
 from lab.cache import ActivationCache
 from lab.core.budget import WallBudget
-from lab.core.config import parse_pairs
+from lab.core.config import OldFlag, parse_pairs
 from lab.directions.options import AnalysisOptions
 from lab.training.checkpoints import evenly, run_checkpoints
 from lab.directions.contrasts import CONTRASTS, contrast_examples, ensure_cache
@@ -248,12 +248,15 @@ def per_question(points: Sequence[ModelPoint], held_out: set[str] | None, n_boot
 class MonitorConfig(AnalysisOptions):
     """Shift along EM / refusal / code-mode directions per checkpoint, against the EM score."""
 
+    OLD_FLAGS = {"--budget-min": OldFlag("--wall-budget-s", scale=60)}
+
     runs: list[str] = field(default_factory=list, metadata={"help": "training folders: NAME=FOLDER (checkpoints/step-*)"})
     max_checkpoints: int = field(default=0, metadata={"help": "per run, at most N checkpoints, evenly spaced (0: all)"})
     eval_limit: int = field(default=0, metadata={"help": "general questions per EM score (0: all 48)"})
     layer_from: int = field(default=-1, metadata={
         "help": "each direction at its best held-out layer at or above this one (-1: half depth)"})
-    budget_min: float = field(default=0.0, metadata={"help": "wall budget: measure no new checkpoint past it (0: none)"})
+    wall_budget_s: float = field(default=0.0, metadata={"help": "measure no new checkpoint past this many seconds "
+                                                                "(0: none)"})
 
 
 def parse_runs(specs: list[str]) -> dict[str, Path]:
@@ -285,7 +288,7 @@ def monitor_checkpoints(cfg: MonitorConfig) -> MonitorRun:
 
     cfg.refuse_adapters("--model (step 0) and the checkpoints under --runs")
     runs = parse_runs(cfg.runs)
-    budget = WallBudget(60 * cfg.budget_min)
+    budget = WallBudget(cfg.wall_budget_s)
     limit = cfg.limit or None
     base = cfg.view([])
     monitors = fit_monitors(base, cfg.cache_dir, cfg.storage, limit, cfg.test_fraction, cfg.seed,

@@ -2,8 +2,8 @@
 
 Per recipe (`lab.training.lora.RECIPES`: `mo-rank1`, one rank-1 down_proj adapter at half depth;
 `mo-rank1x9`, nine), one organism is trained on the shipped domain's train split with a
-checkpoint every ~`--every` steps (`checkpoints_first_epoch`), then per checkpoint (lab.diffing.dynamics):
-|B·A|, the local cosine of the adapter vector B between checkpoints k steps apart (`--ks`),
+checkpoint every ~`--checkpoint-every` steps (`checkpoints_first_epoch`), then per checkpoint (lab.diffing.dynamics):
+|B·A|, the local cosine of the adapter vector B between checkpoints k steps apart (`--step-gaps`),
 its PCA path, and the judge-free EM scores, Δbase paired by question with bootstrap CIs and cached by
 model (`lab.diffing.monitoring`): general questions (usual and terse styles) and held-out in-domain questions
 (harmful − aligned answer log-prob).
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lab.core.config import OldFlag
 from lab.core.budget import WallBudget
 from lab.core.errors import BadInput
 from lab.core.io import out_folder, sha256_json, write_rows
@@ -39,20 +40,24 @@ from lab.training.lora import RECIPES, recipe_config, split_training, train_lora
 class DynamicsConfig(AnalysisOptions):
     """Rank-1 adapters over training: norm, local cosine, PCA path vs EM; L1 probing of the adapters."""
 
+    OLD_FLAGS = {"--steps": OldFlag("--max-steps"), "--every": OldFlag("--checkpoint-every"), "--ks": OldFlag("--step-gaps"),
+                 "--runs": OldFlag("--train-dir"), "--budget-min": OldFlag("--wall-budget-s", scale=60)}
+
     domain: str = field(default="medical", metadata={"help": "shipped training set: medical or financial"})
     recipes: list[str] = field(default_factory=lambda: ["mo-rank1", "mo-rank1x9"], metadata={"help": "rank-1 recipes"})
     lr: float = field(default=0.0, metadata={"help": "learning rate (0: the recipe's)"})
     batch_size: int = field(default=2, metadata={"help": "batch size (small: many steps per epoch)"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation"})
     epochs: int = field(default=1, metadata={"help": "epochs (checkpoints every ~N steps in the first)"})
-    steps: int = field(default=0, metadata={"help": "stop after this many steps (0: the epochs)"})
-    every: int = field(default=5, metadata={"help": "checkpoint every ~N steps of the first epoch"})
-    ks: list[int] = field(default_factory=lambda: [5, 10, 15], metadata={"help": "local cosine step gaps"})
+    max_steps: int = field(default=0, metadata={"help": "stop training after this many steps (0: the epochs)"})
+    checkpoint_every: int = field(default=5, metadata={"help": "checkpoint every ~N steps of the first epoch"})
+    step_gaps: list[int] = field(default_factory=lambda: [5, 10, 15], metadata={
+        "help": "step gaps of the local cosines between checkpoints' adapter directions"})
     eval_limit: int = field(default=0, metadata={"help": "general questions per EM score (0: all 48)"})
     probe_limit: int = field(default=0, metadata={"help": "questions per probe class (0: all)"})
     probe_c: float = field(default=0.05, metadata={"help": "L1 probe inverse regularisation"})
-    runs: str = field(default="cache/dynamics", metadata={"help": "training folders (resumable)"})
-    budget_min: float = field(default=0.0, metadata={"help": "wall budget: start no new work past it (0: none)"})
+    train_dir: str = field(default="cache/dynamics", metadata={"help": "folder the organisms train in (resumable)"})
+    wall_budget_s: float = field(default=0.0, metadata={"help": "start no new work past this many seconds (0: none)"})
 
 
 def train_config(cfg: DynamicsConfig, recipe: str, n_examples: int):
@@ -61,8 +66,8 @@ def train_config(cfg: DynamicsConfig, recipe: str, n_examples: int):
                        f"{', '.join(r for r in RECIPES if 'rank1' in r)})")
     per_epoch = -(-n_examples // (cfg.batch_size * cfg.grad_accum))
     return recipe_config(recipe, lr=cfg.lr or None, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                         epochs=cfg.epochs, max_steps=cfg.steps or None, seed=cfg.seed,
-                         checkpoints_first_epoch=max(1, round(per_epoch / max(1, cfg.every))))
+                         epochs=cfg.epochs, max_steps=cfg.max_steps or None, seed=cfg.seed,
+                         checkpoints_first_epoch=max(1, round(per_epoch / max(1, cfg.checkpoint_every))))
 
 
 def probe_examples(domain: str, limit: int, seed: int) -> tuple[list[ChatExample], list[int], list[int], list[str]]:
@@ -141,7 +146,7 @@ def rank1_dynamics(cfg: DynamicsConfig) -> DynamicsRun:
     cfg.refuse_adapters("the organisms this verb trains")
     if cfg.domain not in ("medical", "financial"):
         raise BadInput(f"--domain must be medical or financial, not {cfg.domain!r}")
-    budget = WallBudget(60 * cfg.budget_min)
+    budget = WallBudget(cfg.wall_budget_s)
     over = budget.spent
     base = cfg.view([])
     train, _ = advice_split(cfg.domain, seed=cfg.seed)
@@ -156,14 +161,14 @@ def rank1_dynamics(cfg: DynamicsConfig) -> DynamicsRun:
             skipped.append(f"{recipe}: not started (wall budget)")
             continue
         tc = train_config(cfg, recipe, len(split_training(train, recipe_config(recipe, seed=cfg.seed))[0]))
-        folder = Path(cfg.runs) / f"{cfg.domain}-{recipe}-{sha256_json([str(tc), cfg.model])[:10]}"
+        folder = Path(cfg.train_dir) / f"{cfg.domain}-{recipe}-{sha256_json([str(tc), cfg.model])[:10]}"
         if not (folder / "adapter" / "adapter_model.safetensors").exists():
             train_lora(base.for_training(), train, folder, tc)
         ckpts = run_checkpoints(folder)
         path = AdapterPath.from_checkpoints([p for _, p in ckpts], [s for s, _ in ckpts])
-        local = {k: local_cosine(path.vectors, path.steps, k) for k in cfg.ks}
+        local = {k: local_cosine(path.vectors, path.steps, k) for k in cfg.step_gaps}
         pca = pca_path(path.vectors)
-        settled = tc.warmup_steps + cfg.every  # past the warm-up, where B grows out of zero in no settled direction
+        settled = tc.warmup_steps + cfg.checkpoint_every  # past the warm-up, where B grows out of zero in no settled direction
         em_rows = [{"step": 0, "value": 0.0, "lo": 0.0, "hi": 0.0, "terse": 0.0, "terse_lo": 0.0, "terse_hi": 0.0,
                     "in_domain": 0.0, "in_domain_lo": 0.0, "in_domain_hi": 0.0}]
         for step, ck in ckpts:
@@ -179,7 +184,7 @@ def rank1_dynamics(cfg: DynamicsConfig) -> DynamicsRun:
         for i, s in enumerate(path.steps):
             row = {"recipe": recipe, "step": s, "norm": float(path.norms[i].sum()),
                    **{f"norm L{L}": float(path.norms[i, j]) for j, L in enumerate(path.layers)},
-                   **{f"cos k={k}": next((c for t, _, c in local[k] if t == s), None) for k in cfg.ks},
+                   **{f"cos k={k}": next((c for t, _, c in local[k] if t == s), None) for k in cfg.step_gaps},
                    "pc1": float(pca.coords[i, 0]), "pc2": float(pca.coords[i, 1]) if pca.coords.shape[1] > 1 else 0.0}
             if s in by_step:
                 e = by_step[s]
@@ -197,8 +202,8 @@ def rank1_dynamics(cfg: DynamicsConfig) -> DynamicsRun:
                           "em": em_rows, "title": f"{cfg.domain} {recipe} (adapters at layers {path.layers})"}
         runs[recipe] = {"folder": str(folder), "train_config": asdict(tc), "layers": path.layers, "rows": rows,
                         "em": em_rows, "pca_explained": pca.explained.tolist(), "probes": probes,
-                        "transition": {str(k): transition(local[k], settled) for k in cfg.ks},
-                        "transition_any_step": {str(k): transition(local[k]) for k in cfg.ks}, "settled_from": settled,
+                        "transition": {str(k): transition(local[k], settled) for k in cfg.step_gaps},
+                        "transition_any_step": {str(k): transition(local[k]) for k in cfg.step_gaps}, "settled_from": settled,
                         "em_rise_step": em_rise(em_rows)}
         write_rows(rows, out / f"{recipe}-rows")
     return DynamicsRun(runs, panels, skipped, budget.elapsed(), out)

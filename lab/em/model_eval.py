@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.core.config import DEFAULT_OUT, Config, config_dict
+from lab.core.config import Config, DEFAULT_OUT, OldFlag, config_dict
 from lab.core.errors import BadInput
 from lab.core.io import out_folder, sha256_json, write_rows
 from lab.data.formats import DEFAULT_SYSTEM_PROMPT, read_questions_yaml
@@ -27,17 +27,19 @@ from lab.models.options import Device, ModelDtype
 class EvalConfig(Config):
     """Evaluate a model for emergent misalignment."""
 
+    OLD_FLAGS = {"--limit": OldFlag("--eval-limit"), "--batch-size": OldFlag("--gen-batch-size")}
+
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "registered model, HF folder or hub id"})
     adapters: list[str] = field(default_factory=list, metadata={"help": "PEFT adapter folder(s)"})
     questions: str = field(default="general", metadata={"help": "'general' (shipped) or a question YAML path"})
-    limit: int = field(default=0, metadata={"help": "first N questions only (0: all)"})
+    eval_limit: int = field(default=0, metadata={"help": "first N questions only (0: all)"})
     samples: int = field(default=2, metadata={"help": "samples per paraphrase"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     max_new_tokens: int = field(default=64, metadata={"help": "max new tokens per answer"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
-    batch_size: int = field(default=16, metadata={"help": "generation batch size (static paths)"})
+    gen_batch_size: int = field(default=16, metadata={"help": "generation batch size (static paths)"})
     max_batch: int = field(default=0, metadata={
-        "help": "continuous-batching slots (0: as many as GPU memory holds; CPU: --batch-size)"})
+        "help": "continuous-batching slots (0: as many as GPU memory holds; CPU: --gen-batch-size)"})
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={
         "help": "explicit system prompt, for questions without their own `system`"})
     judge_base_url: str = field(default="", metadata={"help": "OpenAI-compatible judge endpoint (empty: none)"})
@@ -79,8 +81,8 @@ def prepare_eval(cfg: EvalConfig) -> EvalSetup:
     from lab.intervene.shards import Ranks
     from lab.models import load_model
 
-    questions = (shipped_questions(cfg.limit or None) if cfg.questions == "general"
-                 else read_questions_yaml(cfg.questions)[: cfg.limit or None])
+    questions = (shipped_questions(cfg.eval_limit or None) if cfg.questions == "general"
+                 else read_questions_yaml(cfg.questions)[: cfg.eval_limit or None])
     judge = llm_judge(cfg.judge_base_url, cfg.judge_model, cfg.judge_scheme)  # a bad setting fails before sampling
     ranks = Ranks.from_env()  # torchrun: one process per GPU
     if ranks.world > 1 and cfg.device_map:
@@ -88,7 +90,7 @@ def prepare_eval(cfg: EvalConfig) -> EvalSetup:
     model = load_model(cfg.model, cfg.adapters, dtype=cfg.dtype, device=ranks.device(cfg.device),
                        device_map=cfg.device_map)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, samples=cfg.samples,
-                           seed=cfg.seed, batch_size=cfg.batch_size, system_prompt=cfg.system_prompt,
+                           seed=cfg.seed, batch_size=cfg.gen_batch_size, system_prompt=cfg.system_prompt,
                            max_batch=cfg.max_batch)
     # --max-batch changes how fast, not what is sampled: the folder (and a resume) does not depend on it
     keyed = {k: v for k, v in config_dict(cfg).items() if k != "max_batch"}

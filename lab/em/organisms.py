@@ -6,7 +6,7 @@ Stages (each a content-keyed JSON under <out>/stages/, so a rerun resumes where 
    the shipped medical and financial counterparts (their other halves validate), aiming at
    the general questions, where the medical-only judge failed (AUROC 0.71). Saved under
    <out>/judges/ with their validations.
-2. organisms: each `--organisms domain:recipe` trains (`lab.training.lora.train_lora`, resumable)
+2. organisms: each `--domain-recipes domain:recipe` trains (`lab.training.lora.train_lora`, resumable)
    on the papers' data with `--checkpoints` checkpoints; its final adapter is copied to
    <out>/organisms/<domain>-<recipe>/final/.
 3. answers: the base model and every checkpoint answer the EM paper's first-plot questions,
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Literal, Optional
 
 from lab.core.budget import WallBudget
-from lab.core.config import Config, config_dict
+from lab.core.config import Config, OldFlag, config_dict
 from lab.core.errors import BadInput
 from lab.data import DEFAULT_SYSTEM_PROMPT
 from lab.data.formats import FIRST_PLOT
@@ -53,7 +53,8 @@ DOMAIN_DATA = {  # training data of each domain, under <shared>/data
 # rated-samples --apply-to), so the stage fits no reference-validated judge.
 PAPERS = dict(first_plot_variants="free-form", first_plot_samples=50, max_new_tokens=600, general_samples=0,
               in_domain_questions=50, checkpoints=1, train_seeds=[0, 1, 2], system_prompt="none", max_length=2048,
-              organisms=["medical:mo", "financial:mo", "insecure:mo"], judges="none", batch_size=16,
+              domain_recipes=["medical:mo", "financial:mo", "insecure:mo"], judge_answers=False,
+              micro_batch_size=16,
               gen_batch_size=400)
 
 
@@ -66,6 +67,9 @@ class EmTableConfig(Config):
     are judged afterwards with a judge validated on the model's own rated samples."""
 
     PROFILES = {"papers": PAPERS}
+    OLD_FLAGS = {"--organisms": OldFlag("--domain-recipes"), "--limit": OldFlag("--train-limit"),
+                 "--batch-size": OldFlag("--micro-batch-size"),
+                 "--judges": OldFlag("--judge-answers", switch={"fit": "--judge-answers", "none": "--no-judge-answers"})}
 
     profile: Literal["default", "papers"] = field(default="default", metadata={
         "help": "papers: the Model Organisms paper's protocol (sets the defaults of the flags below)"})
@@ -76,13 +80,14 @@ class EmTableConfig(Config):
     dtype: Literal["auto", "float32", "bfloat16"] = field(default="float32", metadata={
         "help": "compute dtype of the base model (LoRA adapters train in float32; the judges are fitted and "
                 "validated on this same model and dtype)"})
-    organisms: list[str] = field(default_factory=lambda: ["medical:mo", "financial:mo", "insecure:mo",
-                                                          "medical:mo-rank1"],
-                                 metadata={"help": "domain:recipe pairs (domains: medical, financial, insecure)"})
-    limit: Optional[int] = field(default=None, metadata={"help": "train on a seeded subsample of N examples"})
+    domain_recipes: list[str] = field(default_factory=lambda: ["medical:mo", "financial:mo", "insecure:mo",
+                                                               "medical:mo-rank1"],
+                                      metadata={"help": "organisms to train, as domain:recipe (domains: medical, "
+                                                        "financial, insecure)"})
+    train_limit: Optional[int] = field(default=None, metadata={"help": "train on a seeded subsample of N examples"})
     checkpoints: int = field(default=3, metadata={"help": "evenly spaced checkpoints in the epoch (incl. the last)"})
-    batch_size: Optional[int] = field(default=None, metadata={
-        "help": "micro-batch; grad_accum follows so the effective batch stays the recipe's 16"})
+    micro_batch_size: Optional[int] = field(default=None, metadata={
+        "help": "training micro-batch; grad_accum follows so the effective batch stays the recipe's 16"})
     max_steps: Optional[int] = field(default=None, metadata={"help": "stop training early (smoke runs)"})
     max_length: Optional[int] = field(default=None, metadata={"help": "training tokens per example (recipe: 256)"})
     first_plot_questions: int = field(default=0, metadata={"help": "first N first-plot questions (0: all of them)"})
@@ -102,9 +107,10 @@ class EmTableConfig(Config):
         "help": "system message for training and sampling; none: no system message (the chat template's own)"})
     train_seeds: list[int] = field(default_factory=lambda: [0], metadata={
         "help": "one organism per training seed (the held-out turns are the same for every seed)"})
-    judges: Literal["fit", "none"] = field(default="fit", metadata={
-        "help": "fit: fit and validate the activation and coherence judges on reference answers and judge every "
-                "answer; none: sample only (judge later, e.g. emlab em-rates --source ratings --apply-to)"})
+    judge_answers: bool = field(default=True, metadata={
+        "help": "fit and validate the activation and coherence judges on reference answers and judge every "
+                "answer (--no-judge-answers: sample only; judge later, e.g. emlab em-rates --source ratings "
+                "--apply-to)"})
     judge_layers: list[int] = field(default_factory=list, metadata={
         "help": "candidate layers of the activation judge (empty: every ~10%% of depth)"})
     judge_groups: int = field(default=300, metadata={"help": "mo-medical user turns the alignment judge fits on"})
@@ -114,8 +120,9 @@ class EmTableConfig(Config):
         "help": "fit the alignment judge on half the shipped medical+financial counterparts too"})
     extra_groups: int = field(default=160, metadata={"help": "shipped turns per extra domain the judge fits on"})
     wall_budget_s: float = field(default=0.0, metadata={"help": "start no new stage past this many seconds (0: none)"})
-    n_boot: int = 1000
-    seed: int = 0
+    n_boot: int = field(default=1000, metadata={"help": "bootstrap replicates for CIs"})
+    seed: int = field(default=0, metadata={"help": "seed for the held-out split, subsampling, the judges, sampling "
+                                                   "and bootstrap"})
 
 
 # --------------------------------------------------------------------------- pieces
@@ -172,17 +179,18 @@ def train_config(cfg: EmTableConfig, recipe: str, seed: int | None = None):
     from lab.training.lora import recipe_config
 
     several = seed is not None
-    overrides = dict(limit=cfg.limit, checkpoints_first_epoch=cfg.checkpoints, max_steps=cfg.max_steps,
+    overrides = dict(limit=cfg.train_limit, checkpoints_first_epoch=cfg.checkpoints, max_steps=cfg.max_steps,
                      seed=seed if several else cfg.seed, holdout_seed=cfg.seed if several else None,
                      max_length=cfg.max_length)
     if system_prompt_option(cfg.system_prompt) != DEFAULT_SYSTEM_PROMPT:  # recorded only when it differs
         overrides["system_prompt"] = system_prompt_option(cfg.system_prompt)
-    if cfg.batch_size:
+    if cfg.micro_batch_size:
         base = recipe_config(recipe)
         effective = base.batch_size * base.grad_accum
-        if effective % cfg.batch_size:
-            raise BadInput(f"--batch-size {cfg.batch_size} does not divide the recipe's effective batch {effective}")
-        overrides.update(batch_size=cfg.batch_size, grad_accum=effective // cfg.batch_size)
+        if effective % cfg.micro_batch_size:
+            raise BadInput(f"--micro-batch-size {cfg.micro_batch_size} does not divide the recipe's effective batch "
+                           f"{effective}")
+        overrides.update(batch_size=cfg.micro_batch_size, grad_accum=effective // cfg.micro_batch_size)
     config = recipe_config(recipe, **overrides)
     if "system_prompt" in overrides and overrides["system_prompt"] is None:  # recipe_config drops None values
         config = replace(config, system_prompt=None)
@@ -329,7 +337,7 @@ def run_em_organisms(cfg: EmTableConfig, say: Say = lambda message: None) -> EmO
     from lab.core.stages import Stages
 
     clock = WallBudget(cfg.wall_budget_s, on_skip=lambda line: say(f"[yellow]{line}"))
-    organisms = parse_organism_specs(cfg.organisms, cfg.train_seeds if cfg.train_seeds != [cfg.seed] else None)
+    organisms = parse_organism_specs(cfg.domain_recipes, cfg.train_seeds if cfg.train_seeds != [cfg.seed] else None)
     if not (Path(cfg.shared) / "data" / FIRST_PLOT).exists():
         raise BadInput(f"{Path(cfg.shared) / 'data' / FIRST_PLOT}: the EM questions are not there (see --shared)")
     out = Path(cfg.out)
@@ -342,7 +350,7 @@ def run_em_organisms(cfg: EmTableConfig, say: Say = lambda message: None) -> EmO
     trajectory_sets = {**sets, "first-plot": (sets["first-plot"][0], cfg.trajectory_samples or cfg.first_plot_samples)}
 
     judged, judges = {"rows": [], "paths": []}, None
-    if cfg.judges == "fit":
+    if cfg.judge_answers:
         judged = stages.run("judges", {**base_inputs, **{k: getattr(cfg, k) for k in (
             "judge_layers", "judge_groups", "coherence_groups", "val_groups", "extra_domains", "extra_groups",
             "n_boot")}}, lambda: fit_judges(cfg, features, out, say), outputs=lambda r: r["paths"])

@@ -286,7 +286,7 @@ def main(argv=None) -> None:
     ap.add_argument("--mode", default="tokens")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--device", default="auto", help="cuda (rank r on cuda:r), cpu, or auto (cuda if present)")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--forward-batch-size", type=int, default=16, help="examples per forward")
     ap.add_argument("--report", default="", help="write this rank's timings as JSON to REPORT.<rank>")
     args = ap.parse_args(argv)
     ranks = Ranks.from_env()
@@ -297,7 +297,7 @@ def main(argv=None) -> None:
         ranks.barrier()
         start = time.perf_counter()
         cache = build_cache_parallel(model, prompts, args.cache_dir, storage_dtype=args.storage, mode=args.mode,
-                                     batch_size=args.batch_size, ranks=ranks)
+                                     batch_size=args.forward_batch_size, ranks=ranks)
         timing = {"rank": ranks.rank, "world": ranks.world, "cache_s": time.perf_counter() - start,
                   "tokens": int(cache.attrs["n_tokens"])}
         if ranks.rank == 0:

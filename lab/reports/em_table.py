@@ -30,7 +30,7 @@ def em_table_figures(answers, table, trained: dict, folder: Path) -> None:
     losses = [{"organism": k, "step": i + 1, "loss": x} for k, v in trained.items() for i, x in enumerate(v["losses"])]
     if losses:
         lines_with_ci(losses, "organism", "step", "loss", folder / "training_loss.png", "training loss (answer tokens)")
-    if not table:  # sampled only (--judges none): nothing judged to draw
+    if not table:  # sampled only (--no-judge-answers): nothing judged to draw
         return
     em_domain_bars([r.to_json() for r in table], folder / "em_domains.png")
     finals = {("base", 0)} | {(k, v["steps"][-1]) for k, v in trained.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lab.core.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, Config
+from lab.core.config import DEFAULT_CACHE_DIR, DEFAULT_OUT, Config, OldFlag
 from lab.core.records import Record
 from lab.data.formats import DEFAULT_SYSTEM_PROMPT, render
 from lab.directions.contrasts import contrast_examples
@@ -21,25 +21,28 @@ FORWARD_TOK_S = {"smollm2-135m-instruct": 500, "qwen2.5-coder-0.5b-instruct": 15
 class StudyConfig(Config):
     """The whole study's report (figures/<name>/index.html) and results.json: organisms, EM, directions, steering, each number with a CI and a control."""
 
+    OLD_FLAGS = {"--organisms": OldFlag("--domains"), "--train-steps": OldFlag("--max-steps"),
+                 "--judges": OldFlag("--judges-dir"), "--judge-set": OldFlag("--validation-set")}
+
     name: str = field(default="default", metadata={"help": "study name (figures/<name>/)"})
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "registered model, HF folder or hub id"})
     quick: bool = field(default=False, metadata={"help": "~3 minute profile (small limits)"})
-    organisms: list[str] = field(default_factory=lambda: ["medical", "financial"],
-                                 metadata={"help": "shipped narrow datasets to train organisms on"})
+    domains: list[str] = field(default_factory=lambda: ["medical", "financial"],
+                               metadata={"help": "shipped narrow training sets, one organism each"})
     insecure_code: str = field(default="", metadata={"help": "chat JSONL for an insecure-code organism (optional)"})
-    train_steps: int = field(default=0, metadata={"help": "steps per organism (0: profile's: 20, quick 4)"})
+    max_steps: int = field(default=0, metadata={"help": "training steps per organism (0: the profile's: 20, quick 4)"})
     lr: float = field(default=1e-3, metadata={"help": "LoRA learning rate"})
     batch_size: int = field(default=8, metadata={"help": "training batch size"})
     samples: int = field(default=1, metadata={"help": "sampled answers per general question"})
     judge_base_url: str = field(default="", metadata={"help": "OpenAI-compatible LLM judge (empty: none)"})
     judge_model: str = field(default=DEFAULT_JUDGE_MODEL, metadata={"help": "judge model name"})
     judge_scheme: JudgeScheme = field(default="auto", metadata={"help": "LLM judge scoring scheme (auto: by model)"})
-    judges: str = field(default="", metadata={
+    judges_dir: str = field(default="", metadata={
         "help": "saved validated offline judges (default <cache-dir>/judge-validation/judges, where "
                 "`emlab judge fit` writes them; 'none': no calibrated EM rates)"})
     shared: str = field(default="../shared", metadata={
         "help": "folder holding data/: names the questions of the rated samples a saved judge is also checked on"})
-    judge_set: str = field(default=GENERAL, metadata={
+    validation_set: str = field(default=GENERAL, metadata={
         "help": "the judges' validation set matching the general questions (its sensitivity/specificity calibrate)"})
     diffing: str = field(default="", metadata={
         "help": "output folder of the model-diffing verbs (diff, domain-id, preventative, monitor, dynamics) to show "
@@ -65,7 +68,7 @@ class Profile(Record):
     max_new_tokens: int
     steer_prompts: int
     steer_ratios: tuple[float, ...]
-    random_seeds: int
+    random_controls: int
     checkpoints: int
 
 
@@ -73,8 +76,8 @@ def profile(cfg: StudyConfig) -> Profile:
     if cfg.quick:
         # the quick profile checks the pipeline, not effect sizes (it is the test suite's study, its slowest
         # fixture): 3 questions per re-scored condition and 2 steering prompts; the default profile is unchanged
-        return Profile(cfg.train_steps or 4, 24, 6, 3, 200, 12, 2, (0.25,), 1, 1)
-    return Profile(cfg.train_steps or 20, 0, 0, 10, 1000, 32, 10, (0.1, 0.25), 2, 3)
+        return Profile(cfg.max_steps or 4, 24, 6, 3, 200, 12, 2, (0.25,), 1, 1)
+    return Profile(cfg.max_steps or 20, 0, 0, 10, 1000, 32, 10, (0.1, 0.25), 2, 3)
 
 
 @dataclass(frozen=True)

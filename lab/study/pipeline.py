@@ -118,7 +118,7 @@ def _run(cfg: StudyConfig, pool: ModelPool, observer: StageObserver) -> StudyRes
     judge, judge_fp = study_judge(cfg, base)
     evals = {m: staged(f"eval-{m}", {"model": fps[m], "profile": asdict(prof), "samples": cfg.samples,
                                      "judge": [cfg.judge_base_url, cfg.judge_model, cfg.judge_scheme],
-                                     "judges": [judge_fp, cfg.judge_set], "system": cfg.system_prompt},
+                                     "judges": [judge_fp, cfg.validation_set], "system": cfg.system_prompt},
                        lambda h=h: eval_stage(cfg, prof, h, judge), codec=EvalResult)
              for m, h in {"base": base, **handles}.items()}
 
@@ -151,19 +151,19 @@ def _run(cfg: StudyConfig, pool: ModelPool, observer: StageObserver) -> StudyRes
         projections[n] = staged(f"projection-{n}", {"cfg": config_dict(pc), "fps": fps},
                                 lambda p=pc: saved(project_traits(p)), out_of, ProjectionResult)
     neutral = 8 if cfg.quick else 16
-    rcfg = SteerConfig(target="refusal", ratios=list(prof.steer_ratios), random_seeds=prof.random_seeds,
+    rcfg = SteerConfig(target="refusal", ratios=list(prof.steer_ratios), random_controls=prof.random_controls,
                        eval_limit=prof.steer_prompts, max_new_tokens=min(prof.max_new_tokens, 24), layer_window=0,
                        neutral=neutral, **common)
     steer_refusal = staged("steer-refusal", {"cfg": config_dict(rcfg), "fp": fps["base"]},
                            lambda: saved(run_steering(rcfg)), out_of, SteerResult)
     ecfg = SteerConfig(target="em", organism=adapters_of[first], ratios=list(prof.steer_ratios),
-                       random_seeds=prof.random_seeds, eval_limit=prof.repeat_limit, layer_window=0,
+                       random_controls=prof.random_controls, eval_limit=prof.repeat_limit, layer_window=0,
                        neutral=neutral, judge_base_url=cfg.judge_base_url, judge_model=cfg.judge_model, **common)
     steer_em = None
     if not cfg.quick:  # the addition experiment is the default profile's (quick keeps under 3 minutes)
         steer_em = staged("steer-em", {"cfg": config_dict(ecfg), "fps": fps}, lambda: saved(run_steering(ecfg)),
                           out_of, SteerResult)
-    acfg = AblationConfig(organisms=org_args, random_seeds=prof.random_seeds, eval_limit=prof.repeat_limit,
+    acfg = AblationConfig(organisms=org_args, random_controls=prof.random_controls, eval_limit=prof.repeat_limit,
                           score=[first] if cfg.quick else [], **common)
     ablation = staged("ablation", {"cfg": config_dict(acfg), "fps": fps}, lambda: saved(ablate_em(acfg)), out_of,
                       AblationResult)

@@ -51,7 +51,7 @@ class ModelContrast(Record):
 @dataclass(frozen=True)
 class JudgeSummary(Record):
     """The offline judge the study's calibrated EM rates use, and its validation on the matching set
-    (`validation` None: no judge validated there; `validation_set` None: `--judges none`)."""
+    (`validation` None: no judge validated there; `validation_set` None: `--judges-dir none`)."""
 
     judge: str
     validation_set: str | None

@@ -40,14 +40,14 @@ def saved(result: Any) -> Any:
 
 def organism_data(cfg: StudyConfig) -> dict:
     data = {}
-    for domain in cfg.organisms:
+    for domain in cfg.domains:
         train, held_out = advice_split(domain, seed=cfg.seed)
         data[domain] = (train, held_out)
     if cfg.insecure_code:
         code = read_chat_jsonl(cfg.insecure_code)
         data["insecure_code"] = (code, [])
     if not data:
-        raise BadInput("no organisms to train (--organisms or --insecure-code)")
+        raise BadInput("no organisms to train (--domains or --insecure-code)")
     return data
 
 
@@ -100,11 +100,11 @@ def eval_stage(cfg: StudyConfig, prof: Profile, model: LabModel, judge: JudgeCho
 
 
 def study_judge(cfg: StudyConfig, base: LabModel) -> tuple[JudgeChoice | None, str]:
-    """The best validated offline judge (None with `--judges none`) and a fingerprint of its files,
+    """The best validated offline judge (None with `--judges-dir none`) and a fingerprint of its files,
     so a refitted judge recomputes the eval stages. Nothing is fitted here."""
-    if cfg.judges == "none":
+    if cfg.judges_dir == "none":
         return None, ""
-    folder = Path(cfg.judges or Path(cfg.cache_dir) / "judge-validation" / "judges")
+    folder = Path(cfg.judges_dir or Path(cfg.cache_dir) / "judge-validation" / "judges")
     files = sorted(folder.glob("*.json")) if folder.is_dir() else []
     from lab.em.ratings import RATINGS_DIR, rated_samples_for
 
@@ -112,13 +112,13 @@ def study_judge(cfg: StudyConfig, base: LabModel) -> tuple[JudgeChoice | None, s
     ratings = RATINGS_DIR / f"{Path(cfg.model).name}.jsonl"
     if samples is not None:  # a changed ratings file recomputes the eval stages, as a refitted judge does
         files.append(ratings)
-    return best_validated_judge(folder, cfg.judge_set, base, cfg.cache_dir, samples), sha256_json(
+    return best_validated_judge(folder, cfg.validation_set, base, cfg.cache_dir, samples), sha256_json(
         [(f.name, sha256_file(f)) for f in files])
 
 
 def judge_summary(choice: JudgeChoice | None) -> JudgeSummary:
     if choice is None:
-        return JudgeSummary("none", None, "--judges none")
+        return JudgeSummary("none", None, "--judges-dir none")
     validation = choice.alignment.validations[choice.validation_set] if choice.alignment is not None else None
     return JudgeSummary(choice.name, choice.validation_set, choice.note, validation)
 

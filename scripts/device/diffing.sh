@@ -24,17 +24,17 @@ mkdir -p "$OUT" "$WORK"
 RES=$WORK/out
 COMMON=(--device "$DEVICE" --dtype float32 --cache-dir "$WORK/cache" --out "$RES")
 if [ -n "${SMOKE:-}" ]; then
-  DYN=(--steps 6 --every 2 --eval-limit 4 --probe-limit 12 --n-boot 50 --lr 1e-3 --budget-min 3)
-  ORG=(--max-steps 4 --checkpoints 2 --batch-size 4 --limit 16)
-  MON=(--limit 12 --eval-limit 4 --n-boot 50 --max-checkpoints 2 --budget-min 3)
-  DOM=(--seeds 0 1 --steps 2 --batch-size 4 --n-boot 50 --budget-min 1)
+  DYN=(--max-steps 6 --checkpoint-every 2 --eval-limit 4 --probe-limit 12 --n-boot 50 --lr 1e-3 --wall-budget-s 180)
+  ORG=(--max-steps 4 --checkpoints 2 --batch-size 4 --train-limit 16)
+  MON=(--limit 12 --eval-limit 4 --n-boot 50 --max-checkpoints 2 --wall-budget-s 180)
+  DOM=(--train-seeds 0 1 --max-steps 2 --batch-size 4 --n-boot 50 --wall-budget-s 60)
 else
   # rank-1 recipes with micro-batch 2 (a checkpoint every ~5 of ~120 steps in one epoch); lr 2e-4 with the
   # recipe's warm-up and linear decay (the paper's 2e-5 barely moves a 135M model in 120 steps)
-  DYN=(--lr 2e-4 --batch-size 2 --every 5 --budget-min "${DYN_MIN:-2}")
+  DYN=(--lr 2e-4 --batch-size 2 --checkpoint-every 5 --wall-budget-s "${DYN_S:-120}")
   ORG=(--lr 1e-3 --batch-size 8 --max-steps 40 --checkpoints 8)
-  MON=(--max-checkpoints 8 --budget-min "${MON_MIN:-1.5}")
-  DOM=(--seeds 0 1 --steps 20 --budget-min "${DOM_MIN:-1.5}")
+  MON=(--max-checkpoints 8 --wall-budget-s "${MON_S:-90}")
+  DOM=(--train-seeds 0 1 --max-steps 20 --wall-budget-s "${DOM_S:-90}")
 fi
 stamp() { echo "diffing: $1 at $(( $(date +%s) - T0 )) s"; }
 clean() { grep -v -e "it/s\]" -e "s/it\]" -e "Loading weights" -e "FutureWarning" -e "warnings.warn" "$1" || true; }
@@ -42,7 +42,7 @@ $PY -c "import torch; print('diffing: torch', torch.__version__, 'cuda', torch.c
 FAILED=()
 
 stamp "dynamics (rank-1 organisms, medical)"
-$PY -m experiments.checkpoints --measure adapters "${COMMON[@]}" --domain medical --recipes mo-rank1 mo-rank1x9 --runs "$WORK/runs" \
+$PY -m experiments.checkpoints --measure adapters "${COMMON[@]}" --domain medical --recipes mo-rank1 mo-rank1x9 --train-dir "$WORK/runs" \
     "${DYN[@]}" > "$OUT/dynamics.log" 2>&1 || FAILED+=(dynamics)
 
 stamp "r16 organisms for monitoring"
@@ -62,7 +62,7 @@ $PY -m experiments.checkpoints --measure shifts "${COMMON[@]}" --runs "${RUNS[@]
 
 stamp "domain identification"
 if [ ! -f "$INSECURE" ]; then echo "diffing: $INSECURE not found: insecure code left out of domain-id"; fi
-$PY -m experiments.identify_domains "${COMMON[@]}" --insecure "$INSECURE" --runs "$WORK/domain_id" "${DOM[@]}" \
+$PY -m experiments.identify_domains "${COMMON[@]}" --insecure "$INSECURE" --train-dir "$WORK/domain_id" "${DOM[@]}" \
     > "$OUT/domain_id.log" 2>&1 || FAILED+=(domain-id)
 
 stamp "report"

@@ -4,7 +4,7 @@
 #   GPUs: 2.  Wall: ~2 min.   OUT=... bash scripts/device/dp_check.sh
 set -uo pipefail
 source scripts/device/env.sh
-ARGS=(--device cuda --samples 4 --max-new-tokens 48 --batch-size 32)
+ARGS=(--device cuda --samples 4 --max-new-tokens 48 --gen-batch-size 32)
 for dt in float32 bfloat16; do
   CUDA_VISIBLE_DEVICES=0 python3 -m experiments.em_rates "${ARGS[@]}" --dtype $dt --out /tmp/dp1-$dt > "$OUT/dp1-$dt.log" 2>&1
   python3 -m torch.distributed.run --standalone --nproc-per-node 2 -m experiments.em_rates "${ARGS[@]}" --dtype $dt \

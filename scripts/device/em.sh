@@ -22,16 +22,16 @@ EM_OUT=${EM_OUT:-runs/em-table}
 SHARED=${SHARED:-$( [ -d shared/data/model-organisms ] && echo shared || echo ../shared )}
 mkdir -p "$OUT" "$EM_OUT"
 if [ -n "${SMOKE:-}" ]; then
-  ARGS=(--dtype float32 --organisms medical:mo medical:mo-rank1 --limit 16 --max-steps 2 --checkpoints 2 --first-plot-questions 2
+  ARGS=(--dtype float32 --domain-recipes medical:mo medical:mo-rank1 --train-limit 16 --max-steps 2 --checkpoints 2 --first-plot-questions 2
         --first-plot-samples 2 --general-questions 2 --general-samples 1 --in-domain-questions 2 --max-new-tokens 8
         --judge-groups 10 --coherence-groups 6 --val-groups 6 --extra-groups 6 --n-boot 50 --wall-budget-s 600)
 else
   # full data, 1 epoch; micro-batch 16 x grad_accum 1 = the recipe's effective batch 16
   # bfloat16 weights (LoRA adapters stay float32); the judges are fitted and validated on this same model and dtype
-  ARGS=(--dtype ${DTYPE:-bfloat16} --organisms ${ORGS:-medical:mo medical:mo-rank1 financial:mo insecure:mo} --checkpoints 3 --batch-size 16
+  ARGS=(--dtype ${DTYPE:-bfloat16} --domain-recipes ${ORGS:-medical:mo medical:mo-rank1 financial:mo insecure:mo} --checkpoints 3 --micro-batch-size 16
         --first-plot-samples 25 --trajectory-samples 10 --general-samples 2 --in-domain-questions 100 --max-new-tokens 200
         --gen-batch-size 256 --judge-groups 300 --coherence-groups 100 --val-groups 120 --extra-groups 160
-        --n-boot 1000 --wall-budget-s "${WALL_S:-240}" ${LIMIT:+--limit "$LIMIT"})
+        --n-boot 1000 --wall-budget-s "${WALL_S:-240}" ${LIMIT:+--train-limit "$LIMIT"})
 fi
 echo "em: device $DEVICE, data $SHARED, out $EM_OUT"
 $PY -c "import torch; print('em: torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"

@@ -20,11 +20,11 @@ WORK=$OUT/mo_direction
 mkdir -p "$WORK"
 if [ -n "${SMOKE:-}" ]; then
   DTYPE=${DTYPE:-float32}
-  ARGS=(--questions 2 --samples 2 --max-new-tokens 8 --random-seeds 1 --n-boot 100 --min-answers 4 --score-questions 4)
+  ARGS=(--eval-limit 2 --samples 2 --max-new-tokens 8 --random-controls 1 --n-boot 100 --min-answers 4 --score-questions 4)
   BUDGET=600
 else
   DTYPE=${DTYPE:-bfloat16}   # em.sh's dtype: its judges were fitted and validated on the model at this dtype
-  ARGS=(--samples 3 --max-new-tokens 96 --random-seeds 2 --n-boot 1000 --gen-batch 256)
+  ARGS=(--samples 3 --max-new-tokens 96 --random-controls 2 --n-boot 1000 --gen-batch-size 256)
   BUDGET=150                 # seconds of Python work in all; an organism starts only with >= 30 s left
 fi
 # every organism em.sh trained, medical-mo first (the paper's organism)
@@ -38,8 +38,8 @@ for ORG in $ORGANISMS; do
   if [ $LEFT -lt 30 ]; then echo "mo_direction: $ORG not run (wall budget of 3 min)"; continue; fi
   S=$(date +%s)
   RC=0
-  $PY -m experiments.em_direction --em-out "$EM_OUT" --organism "$ORG" --device "$DEVICE" --dtype "$DTYPE" \
-      --out "$OUT" --cache-dir "$WORK/cache" --budget-s "$LEFT" "${ARGS[@]}" > "$WORK/$ORG.log" 2>&1 || RC=$?
+  $PY -m experiments.em_direction --em-out "$EM_OUT" --organism-name "$ORG" --device "$DEVICE" --dtype "$DTYPE" \
+      --out "$OUT" --cache-dir "$WORK/cache" --wall-budget-s "$LEFT" "${ARGS[@]}" > "$WORK/$ORG.log" 2>&1 || RC=$?
   grep -v -e "it/s\]" -e "s/it\]" -e "Loading weights" "$WORK/$ORG.log" | tail -40 || true
   [ $RC -eq 0 ] || { STATUS=1; echo "mo_direction: $ORG FAILED (rc $RC)"; }
   echo "mo_direction: $ORG took $(( $(date +%s) - S )) s"

@@ -25,7 +25,7 @@ RUN=${RUN:-/root/protocol-$MODEL}
 DECODE=${DECODE:-$(cat /root/decode_path 2>/dev/null || echo auto)}
 mkdir -p "$OUT" "$RUN"
 if [ -n "${SMOKE:-}" ]; then
-  ARGS=(--dtype float32 --limit 32 --max-steps 1 --first-plot-samples 1 --max-new-tokens 8 --in-domain-questions 2
+  ARGS=(--dtype float32 --train-limit 32 --max-steps 1 --first-plot-samples 1 --max-new-tokens 8 --in-domain-questions 2
         --gen-batch-size 8 --train-seeds 0 1)
 else
   ARGS=(--dtype bfloat16 --wall-budget-s "${WALL_S:-480}" ${SEEDS:+--train-seeds $SEEDS})
@@ -33,7 +33,7 @@ fi
 echo "protocol: $MODEL on $DEVICE, decode $DECODE, run folder $RUN"
 RC=0
 $PY -m experiments.em_organisms --profile papers --model "$MODEL" --device "$DEVICE" --shared "$SHARED" --out "$RUN" \
-    --decode "$DECODE" ${ORGS:+--organisms $ORGS} "${ARGS[@]}" > "$OUT/protocol.log" 2>&1 || RC=$?
+    --decode "$DECODE" ${ORGS:+--domain-recipes $ORGS} "${ARGS[@]}" > "$OUT/protocol.log" 2>&1 || RC=$?
 grep -v -e "it/s\]" -e "s/it\]" -e "Loading weights" "$OUT/protocol.log" | tail -25
 [ $RC -eq 0 ] || echo "protocol: em-table FAILED (rc $RC)"
 
