@@ -5,6 +5,7 @@
         --judge-base-url http://127.0.0.1:8765/v1 --judge-model smollm2
     emlab em-rates --source ratings                                              # every shipped ratings file
     emlab em-rates --source ratings --fit-judges embedding activation
+    emlab em-rates --source answers --answers runs/em-table/answers.jsonl --judge-base-url http://127.0.0.1:8765/v1
 
 `--source` picks the job, and the options listed by `--help` are the chosen job's:
 - `sample` (`lab.em.model_eval`): one model (base or organism) answers the questions; code-mode and
@@ -20,6 +21,10 @@
   against the consensus, and judges fitted on half of the rated questions, validated on the other
   half (`--apply-to`: their calibrated rates on em-organisms answers files). Writes
   `<out>/rated_samples.md` / `.json`, `<out>/<model>.rates.png` and `<out>/<model>.labels.jsonl`.
+- `answers` (`lab.em.answer_rates`): an answers file already sampled (em-organisms' or em-rates'),
+  judged now by an LLM judge (`--judge llm`, every papers' criterion) or by the best saved validated
+  judge (`--judge validated`, calibrated rates); one rate per organism, checkpoint and question set.
+  Writes `<out>/em_rates_answers/<answers folder>/summary.json` and `em_rates.md`.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from experiments.common import routed
 from experiments.verbs import VERBS
 from lab.core.console import console, progress, table
 from lab.core.io import write_json_atomic, write_summary
+from lab.em.answer_rates import AnswerRatesConfig, measure_answer_rates
 from lab.em.answers import EvalResult
 from lab.em.model_eval import EvalConfig, evaluate_model, prepare_eval
 from lab.em.rated_samples import RatedSamplesConfig, measure_rated_samples
@@ -76,6 +82,21 @@ def run_ratings(cfg: RatedSamplesConfig) -> dict[str, list[dict]]:
     return r.tables
 
 
+def run_answers(cfg: AnswerRatesConfig) -> list:
+    r = measure_answer_rates(cfg, say=console.print)
+    rows = [{"organism": x.organism, "step": x.step, "set": x.set, "n": x.n, "judge": x.judge,
+             "criterion": x.criterion, "EM rate [95% CI]": str(x.rate) if x.rate is not None else "", "note": x.note}
+            for x in r.rows]
+    console.print(table(f"EM rates of {cfg.answers} ({cfg.judge} judge)", rows))
+    r.out.mkdir(parents=True, exist_ok=True)
+    (r.out / "em_rates.md").write_text("\n".join(_markdown(f"EM rates of {cfg.answers}", rows)))
+    write_summary(r.out, cfg, rates=[{"organism": x.organism, "step": x.step, "set": x.set, "n": x.n,
+                                      "judge": x.judge, "criterion": x.criterion, "note": x.note,
+                                      "rate": x.rate.to_json() if x.rate is not None else None} for x in r.rows])
+    console.print(f"rates: {r.out / 'summary.json'}")
+    return r.rows
+
+
 def rates_figure(path: Path, model: str, rates: list) -> Path:
     """EM, misaligned and coherent shares (consensus) per source x set, with 95% CIs."""
     from lab.reports.plots import grouped_bars_with_ci
@@ -94,8 +115,8 @@ def _markdown(title: str, rows: list[dict]) -> list[str]:
 
 
 DESCRIPTION = VERBS["em-rates"].help  # the routed verb's own first line
-main = routed("--source", {"sample": (EvalConfig, run_sampled), "ratings": (RatedSamplesConfig, run_ratings)},
-              DESCRIPTION, __name__)
+main = routed("--source", {"sample": (EvalConfig, run_sampled), "ratings": (RatedSamplesConfig, run_ratings),
+                          "answers": (AnswerRatesConfig, run_answers)}, DESCRIPTION, __name__)
 
 if __name__ == "__main__":
     main()

@@ -26,7 +26,8 @@ VERBS: dict[str, Verb] = {
                   "A LoRA organism (adapter folder + checkpoints) trained from a recipe; every flag overrides it."),
     "em-rates": Verb("experiments.em_rates", "Measure EM",
                      "EM rates with 95% CIs from answers: sampled from a model and judged by an LLM (--source "
-                     "sample), or rated by people (--source ratings)."),
+                     "sample), rated by people (--source ratings), or already sampled and judged now by any judge "
+                     "(--source answers)."),
     "em-organisms": Verb("experiments.em_organisms", "Measure EM",
                          "An EM table of the papers' organisms across checkpoints: trains, samples, judges with "
                          "validated judges, tabulates."),

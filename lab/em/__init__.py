@@ -33,10 +33,11 @@ Getting started::
 
 The verbs' whole runs live beside these: `model_eval` (one model evaluated, data-parallel under
 torchrun: `evaluate_model`), `organisms` (the EM table of the papers' organisms across
-checkpoints: `run_em_organisms`) and `rated_samples` (`measure_rated_samples`).
+checkpoints: `run_em_organisms`), `rated_samples` (`measure_rated_samples`) and `answer_rates` (an
+answers file judged now by any judge: `measure_answer_rates`).
 
 Modules: `judge_free`, `flags`, `rates`, `answers`, `table`, `ratings`, `model_eval`, `organisms`,
-`rated_samples`.
+`rated_samples`, `answer_rates`.
 """
 
 from lab.core.lazy import face_names, lazy_face
@@ -51,6 +52,7 @@ FACE = {
     "model_eval": "EvalConfig EvalSetup ModelEval prepare_eval evaluate_model",
     "organisms": "EmTableConfig PAPERS DOMAIN_DATA Organism parse_organism_specs EmOrganismsRun run_em_organisms",
     "rated_samples": "RatedSamplesConfig RatedSamplesRun measure_rated_samples",
+    "answer_rates": "AnswerRatesConfig AnswerRate AnswerRatesRun read_answers measure_answer_rates",
     "table": "MATCHING EmRow em_row em_table",
     "ratings": """RATINGS_DIR Rating RatedAnswer read_rated shipped_ratings Agreement agreement RatedRate rated_rates
         wilson newcombe JudgeOnRatings judge_on_ratings resolve_questions labelled_from_ratings rated_samples_for""",
