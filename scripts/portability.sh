@@ -9,6 +9,10 @@
 # A test that passes under `default` and fails under another setting depends on this CPU's
 # kernels or thread count: it compares two computations bit for bit that only agree to rounding.
 #
+# Each setting runs the suite in one process (`-n 0`): the README's command splits it over two worker
+# processes of one thread each (pyproject's `-n 2`), so the default setting here is what covers
+# torch's multi-threaded kernels.
+#
 # Settings (each adds these variables to the environment; every process a test starts inherits them):
 #   default             nothing: ATen's best vector ISA for this CPU, one thread per core
 #   avx2                ATEN_CPU_CAPABILITY=avx2: ATen's kernels (softmax, norms, reductions, sdpa) in AVX2
@@ -52,7 +56,7 @@ for s in $SETTINGS; do
         "import torch; print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())")
     echo "== $s (${vars:-no change}): torch uses $capability, $threads threads; log $LOGS/$s.log"
     start=$(date +%s)
-    env $vars HF_HUB_OFFLINE=1 "$PYTHON" -m pytest -m "slow or not slow" -q -p no:cacheprovider "$@" \
+    env $vars HF_HUB_OFFLINE=1 "$PYTHON" -m pytest -m "slow or not slow" -q -p no:cacheprovider -n 0 "$@" \
         > "$LOGS/$s.log" 2>&1
     rc=$?
     seconds=$(( $(date +%s) - start ))
